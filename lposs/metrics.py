@@ -1,0 +1,217 @@
+"""Segmentation metrics: dataset-level mIoU and Boundary IoU (spec section 7).
+
+mIoU follows MMSegmentation: one confusion matrix accumulated over the whole dataset, pixels whose ground
+truth is the ignore label are skipped, IoU per class, mean over the classes whose union is not empty.
+
+Boundary IoU follows Cheng et al. (CVPR 2021) as the LPOSS reference computes it: for every class, the
+boundary of a binary mask is the mask minus its erosion by a 3x3 square repeated
+``d = max(1, round(0.02 * image_diagonal))`` times, after padding the mask with one zero pixel so that the
+image border counts as boundary. Prediction pixels on ignored ground truth are set to ignore first.
+Boundary intersections and unions are summed per class over the dataset, then averaged over classes.
+
+Implementation note: ``d`` iterations of a 3x3 erosion of a zero-padded mask equal one erosion by a
+``(2d+1) x (2d+1)`` square with zeros outside the image (the square is the d-fold Minkowski sum of the
+3x3 square). For a whole label map this means: a pixel of class ``c`` is interior to the mask of ``c`` iff
+every pixel in its ``(2d+1)``-window lies in the image and has label ``c``, i.e. iff the window holds no
+label change once the map is padded with a value no class uses. Counting changes with cumulative sums
+gives the boundaries of all classes at once in O(1) per pixel, whatever ``d`` is (tests/test_metrics.py
+checks this against a plain loop over 3x3 erosions).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Union
+
+import numpy as np
+import torch
+
+ArrayLike = Union[np.ndarray, torch.Tensor]
+
+_PAD_VALUE = -1  # a label value no class (and no ignore label) uses
+
+
+def to_numpy_labels(array: ArrayLike, name: str) -> np.ndarray:
+    """A 2-D integer numpy array (int64) from a numpy array or a torch tensor."""
+    if isinstance(array, torch.Tensor):
+        array = array.detach().cpu().numpy()
+    array = np.asarray(array)
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D [H, W] label map, got shape {array.shape}")
+    if not (np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_):
+        raise ValueError(f"{name} must hold integer class indices, got dtype {array.dtype}")
+    return array.astype(np.int64, copy=False)
+
+
+def reduce_zero(label: np.ndarray, ignore_index: int = 255) -> np.ndarray:
+    """MMSegmentation's reduce_zero_label: 0 -> ignore, every other class shifts down by one."""
+    reduced = label - 1
+    reduced[(label == 0) | (label == ignore_index)] = ignore_index
+    return reduced
+
+
+def boundary_dilation(height: int, width: int, ratio: float = 0.02) -> int:
+    """Erosion iterations of Boundary IoU: max(1, round(ratio * image diagonal))."""
+    return max(1, int(round(ratio * float(np.sqrt(height**2 + width**2)))))
+
+
+def sliding_sum(values: np.ndarray, width: int, axis: int) -> np.ndarray:
+    """Sums over every run of ``width`` consecutive entries along ``axis`` (length n - width + 1)."""
+    csum = np.cumsum(values, axis=axis, dtype=np.int32)
+    csum = np.concatenate([np.zeros_like(np.take(csum, [0], axis=axis)), csum], axis=axis)
+    n = csum.shape[axis]
+    return np.take(csum, range(width, n), axis=axis) - np.take(csum, range(0, n - width), axis=axis)
+
+
+def interior_mask(label_map: np.ndarray, dilation: int) -> np.ndarray:
+    """Pixels whose (2*dilation+1)-window lies inside the image and holds only their own label.
+
+    For any class c, ``(label_map == c) & interior`` is the erosion of the mask of c by ``dilation``
+    iterations of a 3x3 square with zeros outside the image; the rest of the mask is its boundary.
+    A window is constant iff each of its rows is constant and its centre column is constant; "constant"
+    along a line means no label change inside the window, counted with cumulative sums (O(1) per pixel).
+    """
+    d = dilation
+    height, width = label_map.shape
+    padded = np.pad(label_map, d, constant_values=_PAD_VALUE)  # [H+2d, W+2d]; the pad differs from all labels
+    row_changes = np.diff(padded, axis=1) != 0  # [H+2d, W+2d-1]
+    row_constant = sliding_sum(row_changes, 2 * d, axis=1) == 0  # [H+2d, W]: row segment of the window
+    rows_ok = sliding_sum(~row_constant, 2 * d + 1, axis=0) == 0  # [H, W]: every row of the window
+    column = padded[:, d : d + width]  # [H+2d, W]
+    column_changes = np.diff(column, axis=0) != 0  # [H+2d-1, W]
+    column_ok = sliding_sum(column_changes, 2 * d, axis=0) == 0  # [H, W]: centre column of the window
+    return rows_ok & column_ok
+
+
+class SegmentationMetrics:
+    """Accumulates the confusion matrix and per-class boundary counts over a dataset.
+
+    ``update(pred, label)`` takes one image: ``pred`` the predicted class indices in ``0..num_classes-1``,
+    ``label`` the ground truth exactly as the dataset stores it (``reduce_zero_label`` is applied here).
+    Scores are reported in percent.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        ignore_index: int = 255,
+        reduce_zero_label: bool = False,
+        boundary_dilation: float = 0.02,
+    ) -> None:
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        if 0 <= ignore_index < num_classes:
+            raise ValueError(f"ignore_index {ignore_index} collides with a class index (0..{num_classes - 1})")
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.reduce_zero_label = reduce_zero_label
+        self.dilation_ratio = boundary_dilation
+        self.confusion = np.zeros((num_classes, num_classes), dtype=np.int64)  # [gt, pred]
+        self.boundary_intersection = np.zeros(num_classes, dtype=np.int64)
+        self.boundary_union = np.zeros(num_classes, dtype=np.int64)
+        self.images = 0
+
+    def prepare(self, pred: ArrayLike, label: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+        """Validated int64 (pred, label) in the evaluation encoding, pred set to ignore where label is."""
+        pred = to_numpy_labels(pred, "pred")
+        label = to_numpy_labels(label, "label")
+        if pred.shape != label.shape:
+            raise ValueError(f"pred {pred.shape} and label {label.shape} must have the same [H, W] shape")
+        if self.reduce_zero_label:
+            label = reduce_zero(label, self.ignore_index)
+        valid = label != self.ignore_index
+        bad = valid & ((label < 0) | (label >= self.num_classes))
+        if bad.any():
+            raise ValueError(
+                f"label holds values {np.unique(label[bad])[:10].tolist()} outside 0..{self.num_classes - 1} "
+                f"that are not the ignore label {self.ignore_index}"
+                + (" (after reduce_zero_label)" if self.reduce_zero_label else "")
+            )
+        bad = valid & ((pred < 0) | (pred >= self.num_classes))
+        if bad.any():
+            raise ValueError(
+                f"pred holds values {np.unique(pred[bad])[:10].tolist()} outside 0..{self.num_classes - 1}"
+            )
+        pred = np.where(valid, pred, self.ignore_index)
+        return pred, label
+
+    def update(self, pred: ArrayLike, label: ArrayLike) -> None:
+        """Add one image: pred [H, W] class indices, label [H, W] raw ground truth."""
+        pred, label = self.prepare(pred, label)
+        valid = label != self.ignore_index
+        n = self.num_classes
+        pairs = label[valid] * n + pred[valid]
+        self.confusion += np.bincount(pairs, minlength=n * n).reshape(n, n)
+        self.add_boundaries(pred, label)
+        self.images += 1
+
+    def add_boundaries(self, pred: np.ndarray, label: np.ndarray) -> None:
+        """Accumulate per-class boundary intersection and union of one prepared (pred, label) pair."""
+        dilation = boundary_dilation(*label.shape, ratio=self.dilation_ratio)
+        label_edge = ~interior_mask(label, dilation) & (label != self.ignore_index)
+        pred_edge = ~interior_mask(pred, dilation) & (pred != self.ignore_index)
+        both = label_edge & pred_edge & (label == pred)
+        n = self.num_classes
+        inter = np.bincount(label[both], minlength=n)
+        label_count = np.bincount(label[label_edge], minlength=n)
+        pred_count = np.bincount(pred[pred_edge], minlength=n)
+        self.boundary_intersection += inter
+        self.boundary_union += label_count + pred_count - inter
+
+    def per_class_iou(self) -> np.ndarray:
+        """IoU per class in percent; nan where the class has an empty union."""
+        inter = np.diag(self.confusion).astype(np.float64)
+        union = self.confusion.sum(0) + self.confusion.sum(1) - np.diag(self.confusion)
+        return _ratio_percent(inter, union)
+
+    def per_class_boundary_iou(self) -> np.ndarray:
+        """Boundary IoU per class in percent; nan where the class has an empty boundary union."""
+        return _ratio_percent(self.boundary_intersection.astype(np.float64), self.boundary_union)
+
+    def miou(self) -> float:
+        """Mean IoU (percent) over classes with a non-empty union."""
+        return _nanmean(self.per_class_iou())
+
+    def boundary_iou(self) -> float:
+        """Mean Boundary IoU (percent) over classes with a non-empty boundary union."""
+        return _nanmean(self.per_class_boundary_iou())
+
+    def summary(self) -> dict:
+        """{"miou", "biou", "per_class_iou", "per_class_biou", "images"}; scores in percent (nan as None)."""
+        return {
+            "miou": self.miou(),
+            "biou": self.boundary_iou(),
+            "per_class_iou": _as_list(self.per_class_iou()),
+            "per_class_biou": _as_list(self.per_class_boundary_iou()),
+            "images": self.images,
+        }
+
+
+def _ratio_percent(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    out = np.full(numerator.shape, np.nan)
+    nonzero = denominator > 0
+    out[nonzero] = 100.0 * numerator[nonzero] / denominator[nonzero]
+    return out
+
+
+def _nanmean(values: np.ndarray) -> float:
+    finite = values[~np.isnan(values)]
+    return float(finite.mean()) if finite.size else float("nan")
+
+
+def _as_list(values: np.ndarray) -> list:
+    return [None if np.isnan(v) else float(v) for v in values]
+
+
+def mean_iou(
+    preds: Iterable[ArrayLike],
+    labels: Iterable[ArrayLike],
+    num_classes: int,
+    ignore_index: int = 255,
+    reduce_zero_label: bool = False,
+    boundary_dilation: float = 0.02,
+) -> dict:
+    """Summary (see SegmentationMetrics.summary) of paired predictions and labels."""
+    metrics = SegmentationMetrics(num_classes, ignore_index, reduce_zero_label, boundary_dilation)
+    for pred, label in zip(preds, labels, strict=True):
+        metrics.update(pred, label)
+    return metrics.summary()
