@@ -1,0 +1,172 @@
+"""One image, end to end: backbones -> seeds -> patch LP -> canvas -> pixel LP -> classes.
+
+Split in two so the pipeline can cache the expensive half:
+- `extract_features` runs the backbones once (MaskCLIP seeds, vision-model graph features, layout);
+- `propagate_features` runs every graph / propagation setting on those features.
+`segment` chains both and returns the label map.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .graphs import patch_graph
+from .propagation import propagate
+from .refine import refine_pixels
+from .windows import Window, crop_windows, merge_windows, patch_centers, resize_image, resized_size, window_layout
+
+MODES = ("maskclip", "lposs", "lposs+")
+
+
+@dataclass
+class ImageFeatures:
+    """What the backbones give for one image; enough to run any propagation setting."""
+
+    seeds: Tensor  # [N, C'] raw cosine similarities, N = windows * g * g, one column per synonym
+    vm_feats: Tensor  # [N, D] L2-normalised vision-model features (graph appearance)
+    owner: Tensor  # [C'] class index of each synonym column
+    layout: list[Window]  # windows (y1, y2, x1, x2) in resized-image pixels
+    resized_hw: tuple[int, int]
+    original_hw: tuple[int, int]
+    grid: int  # patches per window side (14 for 224 / 16)
+    crop: int = 224
+    image_resized: Tensor | None = field(default=None, repr=False)  # [3, H', W'] in [0, 1], for LPOSS+
+
+
+def as_image_tensor(image: Any) -> Tensor:
+    """uint8 [H, W, 3] array / PIL image, or float [3, H, W] in [0, 1] -> float32 [3, H, W] in [0, 1]."""
+    if isinstance(image, Tensor) and image.dim() == 3 and image.shape[0] == 3 and image.is_floating_point():
+        return image.float()
+    array = np.asarray(image)
+    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+        raise ValueError(
+            f"image must be an RGB uint8 array [H, W, 3] or a float tensor [3, H, W] in [0, 1], "
+            f"got {array.dtype} with shape {array.shape}"
+        )
+    return torch.from_numpy(array).permute(2, 0, 1).float() / 255.0
+
+
+@torch.no_grad()
+def extract_features(
+    image: Any,
+    class_names: list[str],
+    vlm: Any,
+    vm: Any,
+    crop: int = 224,
+    stride: int = 112,
+    short_side: int = 448,
+    long_side: int = 2048,
+    text: tuple[Tensor, Tensor] | None = None,
+) -> ImageFeatures:
+    """Run both backbones over all windows of one image as one batch.
+
+    text: precomputed `vlm.text_embeddings(class_names)` to reuse over a dataset.
+    """
+    image = as_image_tensor(image)
+    original_hw = tuple(image.shape[1:])
+    resized_hw = resized_size(*original_hw, short_side=short_side, long_side=long_side)
+    resized = resize_image(image, resized_hw)  # [3, H', W']
+    layout = window_layout(*resized_hw, crop=crop, stride=stride)
+    windows = crop_windows(resized, layout, crop=crop)  # [B, 3, crop, crop]
+    emb, owner = text if text is not None else vlm.text_embeddings(class_names)  # [C', D], [C']
+    dense = vlm.dense_features(windows)  # [B, g, g, D]
+    graph = vm.dense_features(windows)  # [B, g, g, Dv]
+    if dense.shape[:3] != graph.shape[:3]:
+        raise ValueError(
+            f"the VLM gives a {tuple(dense.shape[1:3])} patch grid per window but the vision model gives "
+            f"{tuple(graph.shape[1:3])}: use backbones with the same patch size (e.g. both /16)"
+        )
+    grid = dense.shape[1]
+    seeds = dense.reshape(-1, dense.shape[-1]).float() @ emb.float().to(dense.device).T  # [N, C']
+    return ImageFeatures(
+        seeds=seeds.cpu(),
+        vm_feats=graph.reshape(-1, graph.shape[-1]).float().cpu(),
+        owner=owner.cpu(),
+        layout=layout,
+        resized_hw=resized_hw,
+        original_hw=original_hw,
+        grid=grid,
+        crop=crop,
+        image_resized=resized,
+    )
+
+
+def pool_synonyms(scores: Tensor, owner: Tensor) -> Tensor:
+    """Max over the synonym columns of each class: [C', H, W] -> [K, H, W]."""
+    owner = owner.to(scores.device)
+    return torch.stack([scores[owner == c].amax(0) for c in range(int(owner.max()) + 1)])
+
+
+def propagate_features(
+    features: ImageFeatures,
+    mode: str = "lposs+",
+    k: int = 400,
+    gamma: float = 3.0,
+    sigma: float = 0.01,
+    p: float = 1.0,
+    alpha: float = 0.95,
+    maxiter: int = 10,
+    tol: float = 1e-6,
+    r: int = 13,
+    tau: float = 0.01,
+    solver: str = "cg",
+    device: str | torch.device = "cpu",
+    **refine_options: Any,
+) -> Tensor:
+    """Class scores [K, H, W] at the original image size for one propagation setting.
+
+    mode: "maskclip" (seeds only), "lposs" (patch LP), "lposs+" (patch LP then pixel LP).
+    solver: "cg" (batched) or "cg_reference" (column loop, as the released code).
+    refine_options: passed to `refine_pixels` (e.g. refiner="best").
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    seeds = features.seeds.to(device)  # [N, C']
+    if mode == "maskclip":
+        patch_scores = seeds
+    else:
+        centers = patch_centers(features.layout, grid=features.grid, patch=features.crop // features.grid)
+        S = patch_graph(features.vm_feats.to(device), centers.to(device), k=k, gamma=gamma, sigma=sigma, p=p)
+        patch_scores = propagate(S, seeds, alpha=alpha, method=solver, maxiter=maxiter, tol=tol)
+    g, n_windows = features.grid, len(features.layout)
+    blocks = patch_scores.T.reshape(-1, n_windows, g, g).transpose(0, 1)  # [B, C', g, g]
+    canvas = merge_windows(blocks, features.layout, *features.resized_hw, crop=features.crop)  # [C', H', W']
+    if mode == "lposs+":
+        if features.image_resized is None:
+            raise ValueError("LPOSS+ needs the resized image: features.image_resized is None")
+        image = features.image_resized.to(device)
+        canvas = refine_pixels(image, canvas, r=r, tau=tau, alpha=alpha, maxiter=maxiter, tol=tol, **refine_options)
+    scores = pool_synonyms(canvas, features.owner)  # [K, H', W']
+    return F.interpolate(scores[None], size=features.original_hw, mode="bilinear", align_corners=False)[0]
+
+
+def segment(
+    image: Any,
+    class_names: list[str],
+    mode: str = "lposs+",
+    vlm: Any = None,
+    vm: Any = None,
+    device: str | torch.device = "cpu",
+    **params: Any,
+) -> Tensor:
+    """Label map [H, W] (class indices into class_names) for one image.
+
+    vlm / vm default to the paper's backbones (OpenCLIP ViT-B-16 laion2b_s34b_b88k, DINO ViT-B/16),
+    which need their weights (see lposs.backbones). params: any argument of `propagate_features`.
+    """
+    if not class_names:
+        raise ValueError("class_names is empty: give at least one class, e.g. ['cow', 'grass', 'sky']")
+    if vlm is None or vm is None:
+        from .backbones import load_backbones
+
+        default_vlm, default_vm = load_backbones(device=str(device))
+        vlm, vm = vlm or default_vlm, vm or default_vm
+    image = as_image_tensor(image).to(device)
+    features = extract_features(image, class_names, vlm, vm)
+    return propagate_features(features, mode=mode, device=device, **params).argmax(0)
