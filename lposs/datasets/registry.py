@@ -1,0 +1,126 @@
+"""The registry of benchmarks: name -> DatasetSpec, and ``get_dataset(name, root, split)``.
+
+Eight datasets of the paper (spec section 8, MMSegmentation layouts and encodings), two real sets that
+this project can test on (CamVid, DAVIS-2016) and ``demo`` (a generated folder, see lposs/demo.py).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .base import SegmentationDataset, packaged_class_names
+from .layouts import CamVidDataset, DavisDataset, FolderDataset, Layout, StandardDataset
+
+DATA_DIR_ENV = "LPOSS_DATA"
+
+VOC12 = Layout("VOCdevkit/VOC2012", "JPEGImages", "SegmentationClass", ".jpg", ".png",
+               list_file="ImageSets/Segmentation/{split}.txt")
+CONTEXT = Layout("VOCdevkit/VOC2010", "JPEGImages", "SegmentationClassContext", ".jpg", ".png",
+                 list_file="ImageSets/SegmentationContext/{split}.txt")
+COCO_SPLITS = {"val": "val2017", "train": "train2017"}
+COCO_OBJECT = Layout("coco_stuff164k", "images/{split}", "annotations/{split}", ".jpg",
+                     "_instanceTrainIds.png", split_folders=COCO_SPLITS)
+COCO_STUFF = Layout("coco_stuff164k", "images/{split}", "annotations/{split}", ".jpg",
+                    "_labelTrainIds.png", split_folders=COCO_SPLITS)
+CITYSCAPES = Layout("cityscapes", "leftImg8bit/{split}", "gtFine/{split}", "_leftImg8bit.png",
+                    "_gtFine_labelTrainIds.png")
+ADE20K = Layout("ADEChallengeData2016", "images/{split}", "annotations/{split}", ".jpg", ".png",
+                split_folders={"val": "validation", "train": "training"})
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One registered benchmark.
+
+    ``folder``: default root under the data directory (``$LPOSS_DATA`` or ``data/``); datasets that
+    share files share a folder (voc21/voc20, context60/59, coco_object/coco_stuff). ``label_max``: the
+    largest raw mask value (before reduce_zero_label). ``images``: size of the default split in the
+    paper's protocol (None where it depends on the copy). ``manual``: the download needs a person.
+    """
+
+    name: str
+    description: str
+    folder: str
+    default_split: str
+    images: int | None = None
+    layout: Layout | None = None
+    classes: str | None = None
+    label_max: int = 0
+    reduce_zero_label: bool = False
+    manual: bool = False
+
+    def fetch_hint(self, root) -> str:
+        hint = f"Get it with `python -m lposs data fetch {self.name} --root {root}`"
+        if self.manual:
+            hint += " (part of it needs a manual download; that command prints the exact steps)"
+        if self.name == "demo":
+            hint = f"Generate it with `python -m lposs.demo --out {root}`"
+        return hint + "."
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    spec.name: spec
+    for spec in [
+        DatasetSpec("voc21", "PASCAL VOC 2012 val, 20 classes + background", "voc", "val", 1449, VOC12,
+                    "voc21", label_max=20),
+        DatasetSpec("voc20", "PASCAL VOC 2012 val, 20 classes (background ignored)", "voc", "val", 1449, VOC12,
+                    "voc20", label_max=20, reduce_zero_label=True),
+        DatasetSpec("context60", "PASCAL Context val, 59 classes + background", "context", "val", 5104,
+                    CONTEXT, "context60", label_max=59),
+        DatasetSpec("context59", "PASCAL Context val, 59 classes (background ignored)", "context", "val", 5104,
+                    CONTEXT, "context59", label_max=59, reduce_zero_label=True),
+        DatasetSpec("coco_object", "COCO-Object val2017, 80 things + background", "coco", "val", 5000,
+                    COCO_OBJECT, "coco_object", label_max=80),
+        DatasetSpec("coco_stuff", "COCO-Stuff 164k val2017, 171 classes", "coco", "val", 5000, COCO_STUFF,
+                    "coco_stuff", label_max=170),
+        DatasetSpec("cityscapes", "Cityscapes val, 19 classes", "cityscapes", "val", 500, CITYSCAPES,
+                    "cityscapes", label_max=18, manual=True),
+        DatasetSpec("ade20k", "ADE20K (SceneParsing) val, 150 classes", "ade20k", "val", 2000, ADE20K,
+                    "ade20k", label_max=150, reduce_zero_label=True),
+        DatasetSpec("camvid", "CamVid (SegNet 11 classes) val/test, void ignored", "camvid", "val", 101,
+                    classes="camvid", label_max=11),
+        DatasetSpec("davis2016", "DAVIS-2016 480p, background vs the primary object", "davis2016",
+                    "train_every10", 215, label_max=255),
+        DatasetSpec("demo", "generated demo scenes (lposs/demo.py), a plain image/label folder", "demo", "all"),
+    ]
+}
+
+
+def available_datasets() -> list[str]:
+    """Registered dataset names."""
+    return list(DATASETS)
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    """The spec of ``name``; unknown names raise ValueError listing the known ones."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def default_root(name: str) -> Path:
+    """Where ``name`` lives by default: ``$LPOSS_DATA/<folder>`` (``data/<folder>`` without the variable)."""
+    return Path(os.environ.get(DATA_DIR_ENV, "data")) / dataset_spec(name).folder
+
+
+def get_dataset(name: str, root=None, split: str | None = None) -> SegmentationDataset:
+    """Load benchmark ``name`` from ``root`` (default: ``default_root(name)``), split default per dataset.
+
+    Raises ValueError for unknown names, FileNotFoundError (naming the expected layout and the fetch
+    command) when the folder or a listed file is missing.
+    """
+    spec = dataset_spec(name)
+    root = Path(root) if root is not None else default_root(name)
+    split = split or spec.default_split
+    hint = spec.fetch_hint(root)
+    if name == "demo":
+        return FolderDataset(name, root, None if split == "all" else split, hint)
+    class_names = packaged_class_names(spec.classes) if spec.classes else ["background", "object"]
+    if name == "camvid":
+        return CamVidDataset(name, root, split, class_names, hint)
+    if name == "davis2016":
+        return DavisDataset(name, root, split, class_names, hint)
+    return StandardDataset(name, root, split, class_names, spec.layout, spec.label_max,
+                           spec.reduce_zero_label, hint)
