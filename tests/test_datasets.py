@@ -306,3 +306,15 @@ def test_davis_every10_rule_reproduces_the_shared_list(davis_root, tmp_path):
     ours = (lists / "train_every10.txt").read_text().split()
     shared = (davis_root / "DAVIS" / "ImageSets" / "480p" / "train_every10.txt").read_text().split()
     assert ours == shared and len(ours) == 2 * 215
+
+
+def test_generated_demo_set_loads(tmp_path):
+    demo = pytest.importorskip("lposs.demo")
+    if not hasattr(demo, "generate_demo"):
+        pytest.skip("lposs.demo has no generate_demo")
+    demo.generate_demo(tmp_path / "demo", count=2)
+    ds = get_dataset("demo", tmp_path / "demo")
+    assert len(ds) == 2 and ds.class_names == list(demo.DEMO_CLASSES)
+    sample = ds[1]
+    assert sample.image.shape[:2] == sample.label.shape
+    assert set(np.unique(sample.label).tolist()) <= set(range(ds.num_classes)) | {255}

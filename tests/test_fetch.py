@@ -362,3 +362,12 @@ def test_cli_list_fetch_check(tmp_path, server, monkeypatch, capsys):
     assert "cityscapes-dataset.com" in capsys.readouterr().err
     assert main_data(["check", "nosuch"]) == 1
     assert "known datasets" in capsys.readouterr().err
+
+
+def test_folders_unpacked_by_hand_are_used_without_download(tmp_path):
+    labels = write_voc(tmp_path / "voc")  # extracted already, no archive, no network, no mirror
+    ds = fetch("voc21", tmp_path / "voc", progress=False)
+    np.testing.assert_array_equal(ds[0].label, labels["2007_000033"])
+    write_cityscapes_raw(tmp_path / "cs" / "cityscapes")  # registration files unpacked by hand
+    ds = fetch("cityscapes", tmp_path / "cs", progress=False)  # only the conversion runs
+    np.testing.assert_array_equal(ds[0].label, block_mask([0, 13, 18, 255, 255]))

@@ -13,6 +13,7 @@ import hashlib
 import http.client
 import os
 import shutil
+import sys
 import tarfile
 import urllib.error
 import urllib.request
@@ -209,11 +210,11 @@ def obtain(name: str, archive: Archive, root: Path, mirror: str | None, progress
     path = root / archive.filename
     url = archive_url(archive, mirror)
     if path.exists():
-        if not verify_checksum(path, archive.checksum, str(path)) and progress:
-            print(f"{path.name}: present, no published checksum (not verified)")
+        if not verify_checksum(path, archive.checksum, str(path)):
+            print(f"{path.name}: already present; no published checksum, so it is not verified", file=sys.stderr)
         return path
-    if archive.checksum is None and progress:
-        print(f"{archive.filename}: no published checksum, the download is not verified")
+    if archive.checksum is None:
+        print(f"{archive.filename}: no published checksum, the download is not verified", file=sys.stderr)
     try:
         return download(url, path, archive.checksum, progress)
     except DownloadError as err:
@@ -235,13 +236,11 @@ def fetch(name: str, root=None, progress: bool = True, mirror: str | None = None
     source = SOURCES[spec.folder]
     root.mkdir(parents=True, exist_ok=True)
     state = root / STATE_DIR
-    pending = [a for a in source.archives if not (state / f"{a.filename}.extracted").exists()]
+    pending = [a for a in source.archives if not _unpacked(a, root)]
     unreachable = [a for a in pending if archive_url(a, mirror) is None and not (root / a.filename).exists()]
-    if unreachable and not _already_unpacked(name, root):
+    if unreachable:
         raise FileNotFoundError(manual_message(name, source, root, unreachable))
     for archive in pending:
-        if archive in unreachable:
-            continue  # unpacked by hand: the converter / loader below checks the result
         path = obtain(name, archive, root, mirror, progress)
         if archive.extract_to is not None:
             extract(path, root / archive.extract_to, archive.strip, progress)
@@ -255,9 +254,9 @@ def fetch(name: str, root=None, progress: bool = True, mirror: str | None = None
     return dataset
 
 
-def _already_unpacked(name: str, root: Path) -> bool:
-    """Whether the raw folders of a manual dataset are already in place (only conversion is left)."""
-    if name == "cityscapes":
-        base = root / "cityscapes"
-        return (base / "gtFine").is_dir() and (base / "leftImg8bit").is_dir()
-    return False
+def _unpacked(archive: Archive, root: Path) -> bool:
+    """Extracted by an earlier fetch (marker), or by hand (its folder exists and the file does not)."""
+    if (root / STATE_DIR / f"{archive.filename}.extracted").exists():
+        return True
+    return (archive.creates is not None and (root / archive.creates).exists()
+            and not (root / archive.filename).exists())

