@@ -1,0 +1,374 @@
+"""Backbones: MaskCLIP dense head and text classifier (open_clip), DINO q/k/v features (timm), offline errors.
+
+Random weights only (CPU, no download). The hand recomputations below use plain tensor ops on the blocks'
+weights and the token sequence captured from the library's OWN forward pass, so they check our forward
+(embedding, token layout, positional embedding, block loop) as well as the MaskCLIP head itself.
+"""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lposs import backbones
+from lposs.backbones import BackboneUnavailable, DinoFeatures, MaskCLIP, load_backbones, split_synonyms
+
+CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+TINY_CLIP = "lposs-test-tiny-clip"
+SMALL_DINO = "vit_small_patch16_224.dino"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_clip_config(tmp_path_factory):
+    """Register a tiny open_clip config (1 attention head, width 64) so most tests run in a second."""
+    import open_clip
+
+    cfg = {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 224, "layers": 3, "width": 64, "head_width": 64, "patch_size": 16},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 2},
+    }
+    path = tmp_path_factory.mktemp("open_clip_cfg") / f"{TINY_CLIP}.json"
+    path.write_text(json.dumps(cfg))
+    open_clip.add_model_config(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tiny_clip_config):
+    return MaskCLIP(TINY_CLIP, pretrained=None)
+
+
+@pytest.fixture(scope="module")
+def small_dino():
+    return DinoFeatures(SMALL_DINO, pretrained=False)
+
+
+def windows(batch: int, height: int = 224, width: int = 224, seed: int = 0) -> torch.Tensor:
+    return torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
+
+
+def capture_input(module: torch.nn.Module, run) -> torch.Tensor:
+    """The first positional input `module` receives while `run()` executes."""
+    seen = []
+    handle = module.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().clone()))
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def clip_last_block_input(vlm: MaskCLIP, images: torch.Tensor) -> torch.Tensor:
+    """Tokens entering the last block during open_clip's own encode_image, as [B, L, W]."""
+    x = (images - CLIP_MEAN) / CLIP_STD
+    block = vlm.model.visual.transformer.resblocks[-1]
+    tokens = capture_input(block, lambda: vlm.model.encode_image(x))
+    # Read the layout from the shape itself (B != L here), not from open_clip's batch_first flag.
+    return tokens if tokens.shape[0] == images.shape[0] else tokens.transpose(0, 1)
+
+
+def hand_maskclip(visual, x: torch.Tensor) -> torch.Tensor:
+    """Spec section 2 written out with plain tensor ops. x: [B, L, W] entering the last block."""
+    block = visual.transformer.resblocks[-1]
+    width = x.shape[-1]
+    ln1, ln2, mlp = block.ln_1, block.ln_2, block.mlp
+    y = F.layer_norm(x, (width,), ln1.weight, ln1.bias, ln1.eps)
+    w_in, b_in = block.attn.in_proj_weight, block.attn.in_proj_bias
+    v = y @ w_in[2 * width :].T + b_in[2 * width :]
+    v = v @ block.attn.out_proj.weight.T + block.attn.out_proj.bias
+    v = v + x
+    h = F.layer_norm(v, (width,), ln2.weight, ln2.bias, ln2.eps)
+    h = F.gelu(h @ mlp.c_fc.weight.T + mlp.c_fc.bias) @ mlp.c_proj.weight.T + mlp.c_proj.bias
+    v = v + h
+    v = F.layer_norm(v, (width,), visual.ln_post.weight, visual.ln_post.bias, visual.ln_post.eps)
+    feats = v[:, 1:] @ visual.proj
+    return feats / feats.norm(dim=-1, keepdim=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# MaskCLIP dense features
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_maskclip_spec_model_matches_hand_recomputation():
+    """The paper's ViT-B-16 config (random weights): features = hand-written MaskCLIP head, to 1e-5."""
+    vlm = MaskCLIP("ViT-B-16", pretrained=None)
+    images = windows(1)
+    feats = vlm.dense_features(images)
+    assert feats.shape == (1, 14, 14, 512)
+    assert vlm.patch_size == 16 and vlm.embed_dim == 512
+    with torch.no_grad():
+        expected = hand_maskclip(vlm.model.visual, clip_last_block_input(vlm, images))  # [1, 196, 512]
+    torch.testing.assert_close(feats.reshape(1, 196, 512), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(feats.norm(dim=-1), torch.ones(1, 14, 14), atol=1e-5, rtol=0)
+
+
+def test_maskclip_tiny_batch_matches_hand_recomputation(tiny_clip):
+    images = windows(3, seed=1)
+    feats = tiny_clip.dense_features(images)
+    assert feats.shape == (3, 14, 14, 32)
+    with torch.no_grad():
+        expected = hand_maskclip(tiny_clip.model.visual, clip_last_block_input(tiny_clip, images))
+    torch.testing.assert_close(feats.reshape(3, 196, 32), expected, atol=1e-5, rtol=1e-5)
+    # Windows are independent: one window alone gives the same features as inside the batch.
+    torch.testing.assert_close(tiny_clip.dense_features(images[1:2]), feats[1:2], atol=1e-5, rtol=1e-5)
+
+
+def test_maskclip_token_layout_matches_open_clip_and_transposing_breaks_it(tiny_clip):
+    images = windows(2, seed=2)
+    ours = tiny_clip.tokens_before_last_block((images - CLIP_MEAN) / CLIP_STD)
+    theirs = clip_last_block_input(tiny_clip, images)
+    assert ours.shape == (2, 197, 64)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    # The check is sensitive: the first block on transposed tokens mixes windows instead of patches.
+    block = tiny_clip.model.visual.transformer.resblocks[0]
+    with torch.no_grad():
+        straight = block(ours)
+        transposed = block(ours.transpose(0, 1)).transpose(0, 1)
+    assert (straight - transposed).abs().max() > 1e-2
+
+
+def test_maskclip_head_equals_open_clip_block_when_attention_is_self(tiny_clip_config):
+    """With one head and q = k = 30 * ln_1(x), each token attends only to itself, so open_clip's own
+    last block reduces to MaskCLIP's value path: its own output tokens must then equal our features."""
+    vlm = MaskCLIP(TINY_CLIP, pretrained=None, seed=3)
+    attn = vlm.model.visual.transformer.resblocks[-1].attn
+    assert attn.num_heads == 1
+    with torch.no_grad():
+        attn.in_proj_weight[:128] = 30.0 * torch.eye(64).repeat(2, 1)
+        attn.in_proj_bias[:128] = 0.0
+    images = windows(2, seed=4)
+    vlm.model.visual.output_tokens = True
+    with torch.no_grad():
+        _, tokens = vlm.model.visual((images - CLIP_MEAN) / CLIP_STD)  # [2, 196, 64] after ln_post
+    vlm.model.visual.output_tokens = False
+    expected = F.normalize(tokens @ vlm.model.visual.proj, dim=-1)
+    torch.testing.assert_close(vlm.dense_features(images).reshape(2, 196, 32), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_maskclip_other_window_sizes_interpolate_positions(tiny_clip):
+    native = tiny_clip.model.visual.positional_embedding
+    assert tiny_clip.positional_embedding(14, 14) is native
+    pos = tiny_clip.positional_embedding(10, 28)
+    assert pos.shape == (1 + 280, 64)
+    torch.testing.assert_close(pos[0], native[0])
+    feats = tiny_clip.dense_features(windows(1, 160, 448))
+    assert feats.shape == (1, 10, 28, 32)
+    torch.testing.assert_close(feats.norm(dim=-1), torch.ones(1, 10, 28), atol=1e-5, rtol=0)
+
+
+def test_maskclip_rejects_bad_windows(tiny_clip):
+    with pytest.raises(ValueError, match="multiple of the patch size 16"):
+        tiny_clip.dense_features(windows(1, 200, 224))
+    with pytest.raises(ValueError, match=r"\[B, 3, h, w\]"):
+        tiny_clip.dense_features(torch.rand(3, 224, 224))
+
+
+def test_maskclip_random_weights_are_seeded_and_bf16_is_ignored_on_cpu(tiny_clip):
+    again = MaskCLIP(TINY_CLIP, pretrained=None, bf16=True)
+    assert again.bf16 is False
+    assert again.id == tiny_clip.id == f"openclip-{TINY_CLIP}-random0-maskclip"
+    torch.testing.assert_close(again.dense_features(windows(1)), tiny_clip.dense_features(windows(1)))
+    other = MaskCLIP(TINY_CLIP, pretrained=None, seed=1)
+    assert other.id.endswith("random1-maskclip")
+    assert not torch.equal(other.model.visual.proj, tiny_clip.model.visual.proj)
+
+
+def test_maskclip_loads_a_local_checkpoint(tiny_clip, tmp_path):
+    path = tmp_path / "tiny weights.pt"
+    torch.save(tiny_clip.model.state_dict(), path)
+    loaded = MaskCLIP(TINY_CLIP, pretrained=None, checkpoint=path, seed=7)
+    assert loaded.id == f"openclip-{TINY_CLIP}-file-tiny_weights-maskclip"
+    torch.testing.assert_close(loaded.dense_features(windows(1)), tiny_clip.dense_features(windows(1)))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Text embeddings
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_split_synonyms():
+    assert split_synonyms(["cat", " dog ; puppy", "New York"]) == (["cat", "dog", "puppy", "New York"], [0, 1, 1, 2])
+    for bad in ([], "cat", [""], ["cat", "  "], ["a;;b"], ["a;"]):
+        with pytest.raises(ValueError, match="class"):
+            split_synonyms(bad)
+
+
+def test_text_embeddings_use_the_80_templates_and_match_hand_ensemble(tiny_clip_config, monkeypatch):
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+    vlm = MaskCLIP(TINY_CLIP, pretrained=None)
+    real_tokenizer, prompts = vlm.tokenizer, []
+
+    def spy(texts):
+        prompts.extend(texts)
+        return real_tokenizer(texts)
+
+    vlm.tokenizer = spy
+    monkeypatch.setattr(backbones, "TEXT_BATCH_SIZE", 70)  # 240 prompts -> 4 uneven batches
+    emb, owner = vlm.text_embeddings(["cat", "dog; puppy"])
+    assert len(OPENAI_IMAGENET_TEMPLATES) == 80
+    assert prompts == [t(name) for name in ["cat", "dog", "puppy"] for t in OPENAI_IMAGENET_TEMPLATES]
+    assert emb.shape == (3, 32) and owner.dtype == torch.long and owner.tolist() == [0, 1, 1]
+    torch.testing.assert_close(emb.norm(dim=-1), torch.ones(3), atol=1e-5, rtol=0)
+    with torch.no_grad():
+        per_prompt = vlm.model.encode_text(real_tokenizer([t("puppy") for t in OPENAI_IMAGENET_TEMPLATES]))
+    per_prompt = per_prompt / per_prompt.norm(dim=-1, keepdim=True)
+    expected = per_prompt.mean(0) / per_prompt.mean(0).norm()
+    torch.testing.assert_close(emb[2], expected, atol=1e-5, rtol=1e-5)
+    # Repeated calls reuse the encoding and hand out copies.
+    emb[0] = 0.0
+    again, _ = vlm.text_embeddings(["cat", "dog; puppy"])
+    assert len(prompts) == 240 and again.norm(dim=-1).min() > 0.99
+
+
+def test_text_embeddings_reject_empty_class_lists(tiny_clip):
+    with pytest.raises(ValueError, match="non-empty list"):
+        tiny_clip.text_embeddings([])
+    with pytest.raises(ValueError, match="empty name"):
+        tiny_clip.text_embeddings(["cat", ""])
+
+
+# ---------------------------------------------------------------------------------------------------
+# DINO q / k / v features
+# ---------------------------------------------------------------------------------------------------
+
+
+def hand_qkv(vm: DinoFeatures, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """norm1 -> qkv slices of the last block, on the block input captured from timm's own forward."""
+    x_in = (images - IMAGENET_MEAN) / IMAGENET_STD
+    block = vm.model.blocks[-1]
+    x = capture_input(block, lambda: vm.model.forward_features(x_in))  # [B, prefix + N, C]
+    y = F.layer_norm(x, x.shape[-1:], block.norm1.weight, block.norm1.bias, block.norm1.eps)
+    dim, prefix = x.shape[-1], vm.model.num_prefix_tokens
+    out = {}
+    for index, name in enumerate("qkv"):
+        w = block.attn.qkv.weight[index * dim : (index + 1) * dim]
+        b = block.attn.qkv.bias[index * dim : (index + 1) * dim]
+        part = (y @ w.T + b)[:, prefix:]
+        out[name] = part / part.norm(dim=-1, keepdim=True)
+    return out
+
+
+def test_dino_spec_model_matches_hand_recomputation():
+    vm = DinoFeatures("vit_base_patch16_224.dino", pretrained=False)
+    assert vm.patch_size == 16 and vm.embed_dim == 768 and vm.id == "timm-vit_base_patch16_224.dino-random0-v"
+    images = windows(1, seed=5)
+    feats = vm.dense_features(images)
+    assert feats.shape == (1, 14, 14, 768)
+    with torch.no_grad():
+        expected = hand_qkv(vm, images)["v"]  # [1, 196, 768]
+    torch.testing.assert_close(feats.reshape(1, 196, 768), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("feature", ["q", "k", "v"])
+def test_dino_qkv_features_match_hand_recomputation(small_dino, feature, monkeypatch):
+    monkeypatch.setattr(small_dino, "feature", feature)
+    images = windows(2, seed=6)
+    feats = small_dino.dense_features(images)
+    assert feats.shape == (2, 14, 14, 384)
+    with torch.no_grad():
+        expected = hand_qkv(small_dino, images)
+    torch.testing.assert_close(feats.reshape(2, 196, 384), expected[feature], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(feats.norm(dim=-1), torch.ones(2, 14, 14), atol=1e-5, rtol=0)
+    others = [name for name in "qkv" if name != feature]
+    assert all((feats.reshape(2, 196, 384) - expected[name]).abs().max() > 1e-2 for name in others)
+
+
+def test_dino_drops_register_tokens_and_takes_other_sizes():
+    vm = DinoFeatures("vit_small_patch14_reg4_dinov2.lvd142m", pretrained=False)
+    assert vm.num_prefix_tokens == 5 and vm.patch_size == 14
+    images = windows(1, 224, 168, seed=7)
+    feats = vm.dense_features(images)
+    assert feats.shape == (1, 16, 12, 384)
+    with torch.no_grad():
+        expected = hand_qkv(vm, images)["v"]
+    torch.testing.assert_close(feats.reshape(1, 192, 384), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_dino_rejects_unknown_feature_and_loads_a_checkpoint(small_dino, tmp_path):
+    with pytest.raises(ValueError, match="'q', 'k', 'v'"):
+        DinoFeatures(SMALL_DINO, pretrained=False, feature="x")
+    path = tmp_path / "dino.pth"
+    torch.save(small_dino.model.state_dict(), path)
+    loaded = DinoFeatures(SMALL_DINO, checkpoint=path, seed=3)
+    assert loaded.id == f"timm-{SMALL_DINO}-file-dino-v"
+    torch.testing.assert_close(loaded.dense_features(windows(1)), small_dino.dense_features(windows(1)))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Offline behaviour and the factory
+# ---------------------------------------------------------------------------------------------------
+
+
+def _skip_if_cached(repo_id: str) -> None:
+    from huggingface_hub import try_to_load_from_cache
+
+    names = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "model.safetensors", "pytorch_model.bin")
+    for name in names:
+        if isinstance(try_to_load_from_cache(repo_id, name), str):
+            pytest.skip(f"{repo_id} weights are cached here; the offline error cannot happen")
+
+
+@pytest.mark.parametrize("offline_how", ["HF_HUB_OFFLINE", "unreachable endpoint"])
+def test_real_clip_weights_offline_raise_actionable_error(monkeypatch, offline_how):
+    _skip_if_cached("laion/CLIP-ViT-B-16-laion2B-s34B-b88K")
+    if offline_how == "HF_HUB_OFFLINE":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:  # the probe path, made deterministic: nothing listens on the discard port of localhost
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setattr(backbones, "_hf_offline", lambda: False)
+        monkeypatch.setattr(backbones, "_hf_endpoint", lambda: "http://127.0.0.1:9")
+    with pytest.raises(BackboneUnavailable) as info:
+        MaskCLIP("ViT-B-16", pretrained="laion2b_s34b_b88k")
+    message = str(info.value)
+    needed_parts = ("ViT-B-16", "laion2b_s34b_b88k", backbones.hf_cache_dir(), "network", "checkpoint=PATH")
+    for needed in needed_parts + ("--clip-checkpoint",):
+        assert needed in message
+    assert isinstance(info.value, RuntimeError)
+
+
+def test_real_dino_weights_offline_raise_actionable_error(monkeypatch):
+    _skip_if_cached("timm/vit_base_patch16_224.dino")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(BackboneUnavailable) as info:
+        DinoFeatures("vit_base_patch16_224.dino", pretrained=True)
+    message = str(info.value)
+    for needed in ("vit_base_patch16_224.dino", backbones.hf_cache_dir(), "network", "--dino-checkpoint"):
+        assert needed in message
+
+
+def test_missing_checkpoint_and_unknown_names_are_named():
+    with pytest.raises(BackboneUnavailable, match="nowhere.pt"):
+        MaskCLIP(TINY_CLIP, pretrained=None, checkpoint="/nowhere.pt")
+    with pytest.raises(ValueError, match="unknown pretrained tag 'no-such-tag'"):
+        MaskCLIP("ViT-B-16", pretrained="no-such-tag")
+    with pytest.raises(ValueError, match="unknown open_clip model"):
+        MaskCLIP("ViT-Q-99", pretrained=None)
+    with pytest.raises(ValueError, match="unknown timm model"):
+        DinoFeatures("vit_nothing", pretrained=False)
+
+
+def test_load_backbones_random_weights():
+    vlm, vm = load_backbones(clip_model=TINY_CLIP, dino_model=SMALL_DINO, dino_feature="k", random_weights=True)
+    assert isinstance(vlm, MaskCLIP) and isinstance(vm, DinoFeatures)
+    assert vlm.id == f"openclip-{TINY_CLIP}-random0-maskclip" and vm.id == f"timm-{SMALL_DINO}-random0-k"
+    assert vlm.patch_size == vm.patch_size == 16
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bf16_on_cuda_stays_close_to_float32():
+    images = windows(2)
+    for make in (lambda bf16: MaskCLIP(pretrained=None, device="cuda", bf16=bf16),
+                 lambda bf16: DinoFeatures(pretrained=False, device="cuda", bf16=bf16)):
+        full, half = make(False), make(True)
+        assert half.bf16 and half.id.endswith("-bf16")
+        a, b = full.dense_features(images), half.dense_features(images)
+        assert a.dtype == b.dtype == torch.float32
+        assert (a * b).sum(-1).min() > 0.98
