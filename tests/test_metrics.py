@@ -240,3 +240,37 @@ def test_perfect_prediction_scores_100():
     m.update(pred, gt)
     assert m.miou() == pytest.approx(100.0)
     assert m.boundary_iou() == pytest.approx(100.0)
+
+
+# --------------------------------------------------------------------------- spec section 11 on real data
+def coarse_oracle_scores(dataset):
+    """Spec section 11's coarse predictor: GT one-hot averaged over 16x16 patches (ceil mode), upsampled
+    bilinearly, argmax; on the short-side-448 grid. Yields (pred, gt) pairs."""
+    import torch.nn.functional as F
+
+    from lposs.windows import resized_size
+
+    for i in range(len(dataset)):
+        label = torch.from_numpy(dataset[i].label)
+        size = resized_size(*label.shape)
+        gt = F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].long()  # [H', W']
+        valid = gt != dataset.ignore_index
+        onehot = F.one_hot(torch.where(valid, gt, 0), dataset.num_classes).permute(2, 0, 1).float() * valid
+        coarse = F.avg_pool2d(onehot[None], 16, 16, ceil_mode=True)  # [1, C, ceil(H'/16), ceil(W'/16)]
+        up = F.interpolate(coarse, size=size, mode="bilinear", align_corners=False)[0]  # [C, H', W']
+        yield up.argmax(0), gt
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, fixture, expected", [
+    ("camvid", "camvid_root", (73.06, 63.25)),
+    ("davis2016", "davis_root", (94.48, 81.91)),
+])
+def test_reference_coarse_scores_on_real_data(name, fixture, expected, request):
+    from lposs.datasets import get_dataset
+
+    dataset = get_dataset(name, request.getfixturevalue(fixture))
+    metrics = SegmentationMetrics(dataset.num_classes, dataset.ignore_index, dataset.reduce_zero_label)
+    for pred, gt in coarse_oracle_scores(dataset):
+        metrics.update(pred, gt)
+    assert (round(metrics.miou(), 2), round(metrics.boundary_iou(), 2)) == expected
