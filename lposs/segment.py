@@ -49,7 +49,7 @@ def as_image_tensor(image: Any) -> Tensor:
             f"image must be an RGB uint8 array [H, W, 3] or a float tensor [3, H, W] in [0, 1], "
             f"got {array.dtype} with shape {array.shape}"
         )
-    return torch.from_numpy(array).permute(2, 0, 1).float() / 255.0
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255.0
 
 
 @torch.no_grad()

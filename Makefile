@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make repro` (the pipeline on the offline demo) and `make test`.
+# Both create .venv (reusing packages already installed system-wide) and install what they need.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# papermill runs notebooks in the "python3" kernel: make it the one inside .venv
+export JUPYTER_PREFER_ENV_PATH := 1
+# plain tqdm bars print one line per update under papermill: keep them sparse
+export TQDM_MININTERVAL ?= 5
+
+.PHONY: install repro paper test test-fast lab clean-results
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (lposs)"
+	touch $(STAMP)
+
+repro: install
+	$(PY) -m lposs data demo --root data/demo
+	$(VENV)/bin/dvc repro
+	@echo "results: results/table.md, results/metrics.json, plots/, executed/ (open the executed notebooks)"
+
+test: install
+	$(PY) -m pytest -ra
+
+test-fast: install
+	$(PY) -m pytest -ra -m "not slow"
+
+lab: install
+	$(VENV)/bin/python -m pip install jupyterlab && $(VENV)/bin/jupyter lab notebooks/

@@ -1,0 +1,180 @@
+"""Time every LPOSS stage, reference mode against our fast path, in one process.
+
+    python -m benchmarks.speed [--device cpu|cuda] [--json OUT.json] [--repeats 3] [--backbones]
+
+Cases (spec section 10): 448x597 with 46 and 171 seed columns, 448x896 with 19. Inputs are synthetic
+(random image, random unit vision features and seeds) of the real sizes; the label propagation cost does
+not depend on the values.
+
+- reference: the released code's path: sparse kNN patch graph, one CG per class column on it; the pixel
+  graph assembled as a generic sparse matrix, again one CG per column.
+- fast: dense patch graph + batched CG; matrix-free pixel stencil + batched CG.
+
+On CPU the reference pixel column loop takes minutes per case, so by default it runs on the first
+`--ref-columns` columns (8 on CPU) and its time is scaled by C / ref_columns (each column is an
+independent CG of the same length); the JSON marks this as "extrapolated". The largest relative
+difference of the outputs is measured on those columns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from lposs.graphs import PixelGraph, patch_graph
+from lposs.propagation import propagate
+from lposs.windows import merge_windows, patch_centers, window_layout
+
+CASES = [(448, 597, 46), (448, 597, 171), (448, 896, 19)]
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], Any], device: str, repeats: int) -> tuple[float, Any]:
+    """Median wall time of fn over `repeats` runs (after one warm-up on CUDA) and its last result."""
+    if device.startswith("cuda"):
+        fn()
+    times, result = [], None
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        result = fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def synthetic_case(height: int, width: int, classes: int, device: str, seed: int = 0) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(seed)
+    layout = window_layout(height, width)
+    n = len(layout) * 196
+    feats = torch.nn.functional.normalize(torch.randn(n, 768, generator=g), dim=1)
+    return {
+        "image": torch.rand(3, height, width, generator=g).to(device),
+        "seeds": torch.randn(n, classes, generator=g).to(device),
+        "feats": feats.to(device),
+        "centers": patch_centers(layout).to(device),
+        "layout": layout,
+        "size": (height, width),
+    }
+
+
+def run_path(case: dict[str, Any], reference: bool, device: str, repeats: int, columns: int | None) -> dict[str, Any]:
+    """Stage times of one path; `columns` limits the reference pixel solve to the first columns."""
+    solver = "cg_reference" if reference else "cg"
+    form = "sparse" if reference else "dense"
+    t: dict[str, float] = {}
+    t["patch_graph"], S = timed(lambda: patch_graph(case["feats"], case["centers"], form=form), device, repeats)
+    t["patch_solve"], F = timed(lambda: propagate(S, case["seeds"], method=solver), device, repeats)
+    blocks = F.T.reshape(F.shape[1], len(case["layout"]), 14, 14).transpose(0, 1)
+    t["merge"], canvas = timed(lambda: merge_windows(blocks, case["layout"], *case["size"]), device, repeats)
+
+    def pixel_graph() -> Any:
+        graph = PixelGraph(case["image"], r=13, tau=0.01)
+        return graph.to_sparse() if reference else graph
+
+    t["pixel_graph"], P = timed(pixel_graph, device, repeats)
+    channels = canvas.shape[0] if columns is None else min(columns, canvas.shape[0])
+    Y = canvas[:channels].permute(1, 2, 0).reshape(-1, channels)
+    t["pixel_solve"], out = timed(lambda: propagate(P, Y, method=solver), device, repeats)
+    if channels < canvas.shape[0]:
+        t["pixel_solve"] *= canvas.shape[0] / channels
+    t["total_lp"] = sum(t.values())
+    return {"seconds": t, "output": out, "pixel_columns_run": channels}
+
+
+def benchmark_case(height: int, width: int, classes: int, device: str, repeats: int, ref_columns: int | None) -> dict:
+    case = synthetic_case(height, width, classes, device)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    fast = run_path(case, reference=False, device=device, repeats=repeats, columns=None)
+    fast_peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
+    ref = run_path(case, reference=True, device=device, repeats=1 if ref_columns else repeats, columns=ref_columns)
+    c = ref["pixel_columns_run"]
+    diff = (fast["output"][:, :c] - ref["output"]).abs().max() / ref["output"].abs().max()
+    return {
+        "case": f"{height}x{width}, C'={classes}",
+        "reference_s": ref["seconds"],
+        "fast_s": fast["seconds"],
+        "speedup": {k: ref["seconds"][k] / max(fast["seconds"][k], 1e-9) for k in fast["seconds"]},
+        "max_relative_difference": float(diff),
+        "reference_pixel_columns_run": c,
+        "extrapolated": c < classes,
+        "fast_peak_gpu_gib": fast_peak,
+    }
+
+
+def backbone_times(device: str, repeats: int) -> dict[str, float]:
+    """Two ViT-B/16 forwards over the 15 windows of a VOC-size image (random weights: same cost)."""
+    from lposs.backbones import load_backbones
+
+    windows = torch.rand(15, 3, 224, 224, device=device)
+    out = {}
+    for bf16 in ([False, True] if device.startswith("cuda") else [False]):
+        vlm, vm = load_backbones(device=device, random_weights=True, bf16=bf16)
+        seconds, _ = timed(lambda: (vlm.dense_features(windows), vm.dense_features(windows)), device, repeats)
+        out["bf16" if bf16 else "fp32"] = seconds
+    return out
+
+
+def print_table(results: list[dict]) -> None:
+    stages = ["patch_graph", "patch_solve", "merge", "pixel_graph", "pixel_solve", "total_lp"]
+    print(f"{'case':<22}{'path':<11}" + "".join(f"{s:>13}" for s in stages))
+    for r in results:
+        for name in ("reference", "fast"):
+            row = r[f"{name}_s"]
+            print(f"{r['case']:<22}{name:<11}" + "".join(f"{row[s] * 1e3:>11.1f}ms" for s in stages))
+        print(f"{'':<22}{'speedup':<11}" + "".join(f"{r['speedup'][s]:>12.1f}x" for s in stages))
+        note = " (reference pixel solve extrapolated)" if r["extrapolated"] else ""
+        print(f"{'':<22}max relative difference {r['max_relative_difference']:.2e}{note}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per stage (median); 3 CUDA, 1 CPU")
+    parser.add_argument("--ref-columns", type=int, default=None, help="reference pixel columns to run (CPU: 8)")
+    parser.add_argument("--backbones", action="store_true", help="also time the two ViT-B/16 forwards")
+    parser.add_argument("--cases", default="all", help="'all' or indices into the case list, e.g. 0,2")
+    args = parser.parse_args(argv)
+    cpu = args.device == "cpu"
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda asked for, but torch sees no CUDA device")
+    repeats = args.repeats or (1 if cpu else 3)
+    ref_columns = args.ref_columns if args.ref_columns is not None else (8 if cpu else None)
+    cases = CASES if args.cases == "all" else [CASES[int(i)] for i in args.cases.split(",")]
+    results = [benchmark_case(h, w, c, args.device, repeats, ref_columns) for h, w, c in cases]
+    print_table(results)
+    report = {
+        "device": torch.cuda.get_device_name() if not cpu else f"CPU: {platform.processor() or platform.machine()}",
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "repeats": repeats,
+        "cases": results,
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    }
+    if args.backbones:
+        report["backbones_s"] = backbone_times(args.device, repeats)
+        print("backbones (two ViT-B/16 forwards, 15 windows):", report["backbones_s"])
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.json.with_suffix(".tmp")
+        tmp.write_text(json.dumps(report, indent=2))
+        tmp.replace(args.json)
+    return report
+
+
+if __name__ == "__main__":
+    main()
