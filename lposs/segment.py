@@ -153,12 +153,17 @@ def segment(
     vlm: Any = None,
     vm: Any = None,
     device: str | torch.device = "cpu",
+    crop: int = 224,
+    stride: int = 112,
+    short_side: int = 448,
+    long_side: int = 2048,
     **params: Any,
 ) -> Tensor:
     """Label map [H, W] (class indices into class_names) for one image.
 
     vlm / vm default to the paper's backbones (OpenCLIP ViT-B-16 laion2b_s34b_b88k, DINO ViT-B/16),
-    which need their weights (see lposs.backbones). params: any argument of `propagate_features`.
+    which need their weights (see lposs.backbones). crop, stride, short_side, long_side: the windows
+    (spec section 1). params: any argument of `propagate_features` (k, gamma, sigma, p, alpha, ...).
     """
     if not class_names:
         raise ValueError("class_names is empty: give at least one class, e.g. ['cow', 'grass', 'sky']")
@@ -168,5 +173,5 @@ def segment(
         default_vlm, default_vm = load_backbones(device=str(device))
         vlm, vm = vlm or default_vlm, vm or default_vm
     image = as_image_tensor(image).to(device)
-    features = extract_features(image, class_names, vlm, vm)
+    features = extract_features(image, class_names, vlm, vm, crop, stride, short_side, long_side)
     return propagate_features(features, mode=mode, device=device, **params).argmax(0)
