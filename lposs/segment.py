@@ -113,17 +113,19 @@ def propagate_features(
     alpha: float = 0.95,
     maxiter: int = 10,
     tol: float = 1e-6,
-    r: int = 13,
-    tau: float = 0.01,
+    r: int | None = None,
+    tau: float | None = None,
     solver: str = "cg",
     device: str | torch.device = "cpu",
-    **refine_options: Any,
+    refiner: str = "reference",
 ) -> Tensor:
     """Class scores [K, H, W] at the original image size for one propagation setting.
 
     mode: "maskclip" (seeds only), "lposs" (patch LP), "lposs+" (patch LP then pixel LP).
     solver: "cg" (batched) or "cg_reference" (column loop, as the released code).
-    refine_options: passed to `refine_pixels` (e.g. refiner="best").
+    refiner: a named pixel refiner of `lposs.refine.REFINERS`. The "reference" one uses r, tau
+    (default 13, 0.01) and the same alpha, maxiter and tol as the patch graph, as the released code;
+    another refiner keeps its own settings, except r and tau when they are given.
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -141,7 +143,9 @@ def propagate_features(
         if features.image_resized is None:
             raise ValueError("LPOSS+ needs the resized image: features.image_resized is None")
         image = features.image_resized.to(device)
-        canvas = refine_pixels(image, canvas, r=r, tau=tau, alpha=alpha, maxiter=maxiter, tol=tol, **refine_options)
+        overrides = {"alpha": alpha, "maxiter": maxiter, "tol": tol} if refiner == "reference" else {}
+        overrides.update({name: v for name, v in (("r", r), ("tau", tau)) if v is not None})
+        canvas = refine_pixels(image, canvas, refiner=refiner, **overrides)
     scores = pool_synonyms(canvas, features.owner)  # [K, H', W']
     return F.interpolate(scores[None], size=features.original_hw, mode="bilinear", align_corners=False)[0]
 
