@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 DEMO_CLASSES: tuple[str, ...] = ("sky", "tree", "grass", "water", "road", "building", "cow", "sand")
 IGNORE_INDEX = 255
-DEFAULT_COUNT = 24
+DEFAULT_COUNT = 16
 DEFAULT_SIZE = (256, 352)  # (height, width) of a generated scene
 DEFAULT_SEED = 0
 

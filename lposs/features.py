@@ -20,9 +20,11 @@ cannot be read or has the wrong keys/shapes raises `CorruptShard` on load; `fill
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import re
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -96,6 +98,15 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def code_fingerprint() -> str:
+    """md5 of the source that turns an image into features (extraction, windows, both backbone modules)."""
+    from . import backbones, demo, windows
+
+    sources = [inspect.getsource(f) for f in (extract_features, as_image_tensor, extract_shard)]
+    sources += [inspect.getsource(m) for m in (windows, backbones, demo)]
+    return hashlib.md5("\n".join(sources).encode()).hexdigest()
+
+
 def make_manifest(dataset: str, class_names: list[str], vlm_id: str, vm_ids: dict[str, str],
                   windows: dict[str, int]) -> dict[str, Any]:
     """The identity of a store: change any of it and the stored features no longer apply."""
@@ -107,6 +118,7 @@ def make_manifest(dataset: str, class_names: list[str], vlm_id: str, vm_ids: dic
         "vm": dict(sorted(vm_ids.items())),
         "windows": dict(sorted(windows.items())),
         "versions": package_versions(),
+        "code": code_fingerprint(),
     }
 
 
@@ -148,6 +160,8 @@ class FeatureStore:
                     f"the feature store {self.folder} was made with other settings:\n  " + "\n  ".join(diffs)
                     + "\nRe-run with reset=True (the features notebook does) to recompute it, or delete the folder.")
             if diffs:
+                print(f"feature store {self.folder}: settings changed, recomputing:\n  " + "\n  ".join(diffs),
+                      file=sys.stderr)
                 self.clear()
         if not path.exists():
             atomic_write_bytes(path, (json.dumps(self.manifest, indent=2) + "\n").encode())
@@ -283,24 +297,29 @@ def fill_store(store: FeatureStore, items: Iterable[tuple[str, Path, list[str]]]
 
     compute(image_id, image_path, class_names, image_md5) -> shard. Existing shards are checked
     (readable, right keys and shapes, same class names and image file); corrupt or stale ones are
-    recomputed. Returns counts and timings.
+    recomputed. Returns counts, this run's seconds, and backbone_seconds: the backbone time of every shard
+    (whenever it was computed), i.e. what the features of this dataset cost.
     """
     items = list(items)
-    stats = {"images": len(items), "computed": 0, "reused": 0, "recomputed_corrupt": 0, "seconds": 0.0}
+    stats = {"images": len(items), "computed": 0, "reused": 0, "recomputed_corrupt": 0, "seconds": 0.0,
+             "backbone_seconds": 0.0}
     start = time.perf_counter()
     bar = tqdm(items, desc=desc, unit="img", disable=not progress)
     for image_id, image_path, class_names in bar:
         md5 = file_md5(image_path)
         if store.path(image_id).exists():
             try:
-                store.load(image_id, class_names=class_names, image_md5=md5, check_values=False)
+                shard = store.load(image_id, class_names=class_names, image_md5=md5, check_values=False)
                 stats["reused"] += 1
+                stats["backbone_seconds"] += float(shard["seconds"])
                 continue
             except CorruptShard as error:
                 tqdm.write(f"recomputing: {error}")
                 stats["recomputed_corrupt"] += 1
-        store.save(compute(image_id, image_path, class_names, md5))
+        shard = compute(image_id, image_path, class_names, md5)
+        store.save(shard)
         stats["computed"] += 1
+        stats["backbone_seconds"] += float(shard["seconds"])
     stats["seconds"] = time.perf_counter() - start
     return stats
 

@@ -1,0 +1,425 @@
+"""Helpers for the DVC pipeline's notebooks (notebooks/*.ipynb, run by papermill from dvc.yaml).
+
+stage -> features -> ablate -> plots. This module holds what the notebooks share and what tests check:
+parameter validation (papermill only warns on unknown names), atomic JSON, timing, the staged index,
+backbone construction, the ablation loop and the results table. The notebooks keep the story.
+
+    python -m lposs.pipeline paper            # check data + weights, then `dvc exp run` the paper setting
+    python -m lposs.pipeline paper --check    # only the checks
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .datasets import get_dataset
+from .datasets.registry import dataset_spec
+from .features import FeatureStore, atomic_write_bytes, file_md5, to_image_features
+from .metrics import SegmentationMetrics
+from .segment import MODES, propagate_features
+
+DEMO_NOTE = ("demo = synthetic scenes + stand-in backbones (colour-prototype 'CLIP', appearance-kernel 'DINO'; "
+             "lposs/demo.py): shows what label propagation does to noisy seeds, says nothing about CLIP/DINO")
+
+
+def caption(title: str, datasets: list[str], width: int = 110) -> str:
+    """A figure title, with the demo note (wrapped) when the demo is among the datasets."""
+    import textwrap
+
+    return title + ("\n" + textwrap.fill(DEMO_NOTE, width) if "demo" in datasets else "")
+
+# --------------------------------------------------------------------------------------------------
+# Parameters: every notebook's parameters cell, by name and type (a test keeps the two in step)
+# --------------------------------------------------------------------------------------------------
+
+_BACKBONE = {"vlm": str, "vlm_pretrained": str, "vm": str, "vm_pretrained": str, "bf16": bool}
+PROPAGATION = {"k": int, "gamma": float, "sigma": float, "p": float, "vm_feature": str, "alpha": float,
+               "maxiter": int, "tol": float, "solver": str, "r": int, "tau": float, "refiner": str}
+STAGE_PARAMETERS: dict[str, dict[str, type]] = {
+    "stage": {"dataset": str, "data_dir": str, "out_dir": str, "timings_dir": str},
+    "features": {"dataset": str, "staged_dir": str, "out_dir": str, "timings_dir": str, **_BACKBONE,
+                 "vm_features": str, "device": str, "crop": int, "stride": int, "short_side": int, "long_side": int},
+    "ablate": {"dataset": str, "staged_dir": str, "features_dir": str, "out_dir": str, "timings_dir": str,
+               **_BACKBONE, "sweep_param": str, "sweep_values": list, "sweep_mode": str, **PROPAGATION,
+               "predictions": int, "device": str},
+    "plots": {"params_file": str, "staged_dir": str, "ablations_dir": str, "timings_dir": str, "plots_dir": str,
+              "results_dir": str},
+}
+SWEEPABLE = ("mode",) + tuple(PROPAGATION)
+CHOICES = {"mode": MODES, "vm_feature": ("q", "k", "v"), "solver": ("cg", "cg_reference"),
+           "device": ("auto", "cpu", "cuda")}
+
+
+def injected_parameters(namespace: dict[str, Any], before: set[str]) -> dict[str, Any]:
+    """The names a notebook's parameters cell (and papermill's injected cell) defined after `before`."""
+    return {k: v for k, v in namespace.items() if k not in before and not k.startswith("_")}
+
+
+def check_parameters(stage: str, values: dict[str, Any]) -> None:
+    """Raise ValueError for unknown names (typos papermill would only warn about), wrong types, bad choices."""
+    spec = STAGE_PARAMETERS[stage]
+    unknown = sorted(set(values) - set(spec))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown} for notebooks/{stage}.ipynb; its parameters are "
+                         f"{sorted(spec)} (check the -p/-y names in dvc.yaml or on your papermill command line)")
+    missing = sorted(set(spec) - set(values))
+    if missing:
+        raise ValueError(f"notebooks/{stage}.ipynb lacks parameter(s) {missing}")
+    for name, kind in spec.items():
+        check_value(name, values[name], kind)
+    if stage == "ablate" and values["sweep_param"] not in SWEEPABLE:
+        raise ValueError(f"sweep_param={values['sweep_param']!r}: sweepable are {', '.join(SWEEPABLE)}")
+
+
+def check_value(name: str, value: Any, kind: type) -> None:
+    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok:
+        raise ValueError(f"parameter {name}={value!r} should be {kind.__name__}")
+    if name in CHOICES and value not in CHOICES[name]:
+        raise ValueError(f"parameter {name}={value!r}: choose one of {', '.join(CHOICES[name])}")
+
+
+def sweep_settings(base: dict[str, Any], param: str, values: list, mode: str) -> list[dict[str, Any]]:
+    """One propagation setting per swept value: `base` (the PROPAGATION params) with `param` replaced."""
+    if param not in SWEEPABLE:
+        raise ValueError(f"cannot sweep {param!r}; sweepable: {', '.join(SWEEPABLE)}")
+    if not isinstance(values, list) or not values:
+        raise ValueError(f"sweep over {param!r} needs a non-empty list of values, got {values!r}")
+    check_value("sweep_mode", mode, str)
+    if mode not in MODES:
+        raise ValueError(f"sweep mode {mode!r}: choose one of {', '.join(MODES)}")
+    settings = []
+    for value in values:
+        setting = {**base, "mode": mode, param: value}
+        check_value(param, value, str if param == "mode" else PROPAGATION[param])
+        setting["label"] = f"{param}={value}"
+        settings.append(setting)
+    if len({s["label"] for s in settings}) != len(settings):
+        raise ValueError(f"sweep over {param!r} repeats a value: {values}")
+    return settings
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but torch sees no GPU; use device auto or cpu")
+    return device
+
+
+# --------------------------------------------------------------------------------------------------
+# Files: atomic JSON, timing
+# --------------------------------------------------------------------------------------------------
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """JSON written atomically (temp file in the same folder + os.replace)."""
+    path = Path(path)
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n").encode())
+    return path
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    if isinstance(obj, (Path, tuple)):
+        return str(obj) if isinstance(obj, Path) else list(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: run the stage that writes it (dvc repro)")
+    return json.loads(path.read_text())
+
+
+@contextmanager
+def timed(path: str | os.PathLike, stage: str, **info: Any) -> Iterator[dict[str, Any]]:
+    """Time a block; write {stage, seconds, device, ...info} to path when it completes."""
+    record: dict[str, Any] = {"stage": stage, **info}
+    start = time.perf_counter()
+    yield record
+    record["seconds"] = time.perf_counter() - start
+    write_json(path, record)
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage 1: the staged index of a dataset
+# --------------------------------------------------------------------------------------------------
+
+def dataset_root(name: str, data_dir: str) -> Path:
+    """data_dir/<the dataset's folder> (voc21 and voc20 share data/voc, ...)."""
+    return Path(data_dir) / dataset_spec(name).folder
+
+
+def stage_index(name: str, data_dir: str, progress: bool = True) -> dict[str, Any]:
+    """Index of a dataset's evaluation images: paths, md5s, class names (what later stages read)."""
+    ds = get_dataset(name, dataset_root(name, data_dir))
+    images = []
+    for i, item in enumerate(tqdm(ds.items, desc=f"index {name}", unit="img", disable=not progress)):
+        entry = {"id": item.id, "image": str(item.image), "label": str(item.label),
+                 "image_md5": file_md5(item.image), "label_md5": file_md5(item.label)}
+        if ds.class_names_for(i) != ds.class_names:
+            entry["class_names"] = ds.class_names_for(i)
+        images.append(entry)
+    return {"dataset": name, "root": str(ds.root), "split": ds.split, "class_names": ds.class_names,
+            "num_classes": ds.num_classes, "ignore_index": ds.ignore_index,
+            "reduce_zero_label": ds.reduce_zero_label, "images": images}
+
+
+def open_staged(staged_dir: str, name: str) -> tuple[Any, dict[str, Any]]:
+    """(dataset, index) for a staged dataset; the dataset must still list exactly the staged images."""
+    index = read_json(Path(staged_dir) / name / "index.json")
+    ds = get_dataset(name, index["root"], index["split"])
+    if [item.id for item in ds.items] != [entry["id"] for entry in index["images"]]:
+        raise ValueError(f"dataset {name!r} under {index['root']} no longer lists the staged images: "
+                         "re-run the stage step (dvc repro)")
+    return ds, index
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage 2: backbones
+# --------------------------------------------------------------------------------------------------
+
+def backbone_key(vlm: str, vlm_pretrained: str, vm: str, vm_pretrained: str, bf16: bool) -> str:
+    """Folder name of a backbone pair in the feature store, from the params alone (no weights needed)."""
+    parts = [vlm if vlm_pretrained in ("none", "") else f"{vlm}.{vlm_pretrained}",
+             vm if vm_pretrained in ("none", "pretrained", "") else f"{vm}.{vm_pretrained}"]
+    key = "+".join(parts) + ("+bf16" if bf16 else "")
+    return re.sub(r"[^A-Za-z0-9._+-]", "-", key)
+
+
+def parse_features(text: str) -> list[str]:
+    """'q,k,v' -> ['q', 'k', 'v'] (the VM feature variants to store)."""
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [n for n in names if n not in CHOICES["vm_feature"]]
+    if not names or bad or len(set(names)) != len(names):
+        raise ValueError(f"vm_features={text!r}: give distinct names among q, k, v separated by commas, e.g. 'v' "
+                         "or 'q,k,v'")
+    return names
+
+
+def build_backbones(vlm: str, vlm_pretrained: str, vm: str, vm_pretrained: str, vm_features: list[str],
+                    device: str, bf16: bool = False) -> tuple[Any, dict[str, Any]]:
+    """(vlm, {feature: vm}). "demo" -> the stand-ins of lposs/demo.py; otherwise an open_clip model name
+    (pretrained tag, or "random" for seeded random weights) and a timm model name ("pretrained"/"random").
+    Missing weights raise lposs.backbones.BackboneUnavailable within seconds, naming the fetch command."""
+    if vlm == "demo" or vm == "demo":
+        if not (vlm == "demo" and vm == "demo"):
+            raise ValueError("the demo backbones go together: set both backbone.vlm and backbone.vm to demo")
+        from .demo import DemoVLM, DemoVM
+
+        return DemoVLM(device=device), {f: DemoVM(f, device=device) for f in vm_features}
+    from .backbones import DinoFeatures, MaskCLIP
+
+    if vm_pretrained not in ("pretrained", "random"):
+        raise ValueError(f"backbone.vm_pretrained={vm_pretrained!r}: use 'pretrained' or 'random'")
+    clip = MaskCLIP(vlm, pretrained=None if vlm_pretrained == "random" else vlm_pretrained, device=device, bf16=bf16)
+    vms = {f: DinoFeatures(vm, pretrained=vm_pretrained == "pretrained", feature=f, device=device, bf16=bf16)
+           for f in vm_features}
+    return clip, vms
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage 3: the ablation loop
+# --------------------------------------------------------------------------------------------------
+
+def propagation_kwargs(setting: dict[str, Any]) -> dict[str, Any]:
+    """A setting -> keyword arguments of `segment.propagate_features`."""
+    kwargs = {k: setting[k] for k in ("mode", "k", "gamma", "sigma", "p", "alpha", "maxiter", "tol", "solver",
+                                      "r", "tau")}
+    if setting["mode"] == "lposs+":
+        kwargs["refiner"] = setting["refiner"]
+    return kwargs
+
+
+def run_settings(ds: Any, index: dict[str, Any], store: FeatureStore, settings: list[dict[str, Any]],
+                 device: str = "cpu", predictions: int = 0, prediction_dir: str | os.PathLike | None = None,
+                 progress: bool = True) -> list[dict[str, Any]]:
+    """Evaluate every setting on every image of the dataset (each shard read once).
+
+    Returns one record per setting: the setting, its metrics summary and seconds of propagation.
+    The label maps of `predictions` images spread over the dataset go to prediction_dir/<label>/<image id>.png.
+    """
+    keep = set(np.linspace(0, len(ds) - 1, min(predictions, len(ds))).round().astype(int).tolist()) if predictions else set()
+    metrics = {s["label"]: SegmentationMetrics(ds.num_classes, ds.ignore_index, ds.reduce_zero_label)
+               for s in settings}
+    seconds = {s["label"]: 0.0 for s in settings}
+    for i in tqdm(range(len(ds)), desc=f"ablate {ds.name}", unit="img", disable=not progress):
+        entry, sample = index["images"][i], ds[i]
+        shard = store.load(sample.id, class_names=ds.class_names_for(i), image_md5=entry["image_md5"])
+        for setting in settings:
+            feats = to_image_features(shard, setting["vm_feature"], sample.image if setting["mode"] == "lposs+"
+                                      else None)
+            start = time.perf_counter()
+            pred = propagate_features(feats, device=device, **propagation_kwargs(setting)).argmax(0).cpu().numpy()
+            seconds[setting["label"]] += time.perf_counter() - start
+            metrics[setting["label"]].update(pred, sample.label)
+            if i in keep and prediction_dir is not None:
+                save_label_map(Path(prediction_dir) / setting["label"] / f"{safe_id(sample.id)}.png", pred)
+    return [{"setting": {k: v for k, v in s.items() if k != "label"}, "label": s["label"],
+             "metrics": metrics[s["label"]].summary(), "seconds": seconds[s["label"]],
+             "seconds_per_image": seconds[s["label"]] / max(len(ds), 1)} for s in settings]
+
+
+def safe_id(image_id: str) -> str:
+    return re.sub(r"[\\/]", "__", image_id)
+
+
+def save_label_map(path: Path, labels: np.ndarray) -> None:
+    """Class-index map as a grey PNG, atomically."""
+    from .demo import encode_png
+
+    if labels.max(initial=0) > 255:
+        raise ValueError(f"{path}: more than 256 classes do not fit a PNG label map")
+    atomic_write_bytes(path, encode_png(labels.astype(np.uint8)))
+
+
+def read_label_map(path: str | os.PathLike) -> np.ndarray:
+    from PIL import Image
+
+    return np.array(Image.open(path))
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage 4: collecting results and timings; the results table, beside the published numbers
+# --------------------------------------------------------------------------------------------------
+
+PUBLISHED_LPOSS_PLUS = {"voc21": 61.1, "context60": 34.6, "coco_object": 33.4, "voc20": 78.8, "context59": 37.8,
+                        "coco_stuff": 25.9, "cityscapes": 37.3, "ade20k": 21.8}
+PUBLISHED_AVERAGE = {"maskclip": 27.0, "lposs": 38.3, "lposs+": 41.3}  # the talk, average of the 8
+
+
+def collect_results(ablations_dir: str, datasets: list[str], sweeps: list[dict[str, str]]) -> dict[str, dict]:
+    """{dataset: {param: results.json}} for the sweeps params.yaml lists now (stale folders are ignored)."""
+    import yaml
+
+    out: dict[str, dict] = {}
+    for dataset in datasets:
+        out[dataset] = {}
+        for sweep in sweeps:
+            run = read_json(Path(ablations_dir) / dataset / sweep["param"] / "results.json")
+            if run["sweep_values"] != yaml.safe_load(sweep["values"]) or run["sweep_mode"] != sweep["mode"]:
+                raise ValueError(f"{ablations_dir}/{dataset}/{sweep['param']} holds another sweep than params.yaml "
+                                 "lists: run `dvc repro` to bring it up to date")
+            out[dataset][sweep["param"]] = run
+    return out
+
+
+def collect_timings(timings_dir: str, datasets: list[str], sweeps: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """[{name, seconds, device}] per stage run; features count the backbone time of every shard."""
+    rows = []
+    for dataset in datasets:
+        stage = read_json(Path(timings_dir) / f"stage-{dataset}.json")
+        rows.append({"name": f"stage {dataset}", "seconds": stage["seconds"]})
+        features = read_json(Path(timings_dir) / f"features-{dataset}.json")
+        rows.append({"name": f"features {dataset} (backbones)", "seconds": features["backbone_seconds"],
+                     "device": features["device"]})
+        for sweep in sweeps:
+            ablate = read_json(Path(timings_dir) / f"ablate-{dataset}-{sweep['param']}.json")
+            rows.append({"name": f"ablate {dataset} {sweep['param']} x{ablate['settings']}",
+                         "seconds": ablate["seconds"], "device": ablate["device"]})
+    return rows
+
+
+def mode_metrics(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict[str, float]]]:
+    """{dataset: {mode: {miou, biou}}} from each dataset's mode sweep records."""
+    out = {}
+    for dataset, records in results.items():
+        out[dataset] = {r["setting"]["mode"]: {"miou": round(r["metrics"]["miou"], 2),
+                                               "biou": round(r["metrics"]["biou"], 2)} for r in records}
+    return out
+
+
+def results_table(modes: dict[str, dict[str, dict[str, float]]]) -> str:
+    """Markdown: our MaskCLIP / LPOSS / LPOSS+ mIoU (Boundary IoU) per dataset beside the published LPOSS+."""
+    def cell(scores: dict | None) -> str:
+        return "-" if not scores else f"{scores['miou']:.1f} ({scores['biou']:.1f})"
+
+    lines = ["| dataset | MaskCLIP | LPOSS | LPOSS+ | published LPOSS+ |", "|---|---|---|---|---|"]
+    for dataset, by_mode in modes.items():
+        published = PUBLISHED_LPOSS_PLUS.get(dataset)
+        note = f"{published:.1f}" if published is not None else ("synthetic demo: none" if dataset == "demo"
+                                                                 else "not a paper benchmark")
+        lines.append(f"| {dataset} | " + " | ".join(cell(by_mode.get(m)) for m in MODES) + f" | {note} |")
+    paper = [d for d in PUBLISHED_LPOSS_PLUS if d in modes]
+    if len(paper) == len(PUBLISHED_LPOSS_PLUS) and all(m in modes[d] for d in paper for m in MODES):
+        ours = [np.mean([modes[d][m]["miou"] for d in paper]) for m in MODES]
+        lines.append("| average of the 8 | " + " | ".join(f"{v:.1f}" for v in ours)
+                     + f" | {PUBLISHED_AVERAGE['lposs+']:.1f} (talk: {PUBLISHED_AVERAGE['maskclip']:.1f} -> "
+                       f"{PUBLISHED_AVERAGE['lposs']:.1f} -> {PUBLISHED_AVERAGE['lposs+']:.1f}) |")
+    lines += ["", "mIoU (Boundary IoU) in percent. Published: LPOSS+ with OpenCLIP ViT-B/16 laion2b_s34b_b88k + "
+              "DINO ViT-B/16 (CVPR 2025)."]
+    if "demo" in modes:
+        lines.append(f"Note: {DEMO_NOTE}.")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# The paper's setting, one command away
+# --------------------------------------------------------------------------------------------------
+
+PAPER_DATASETS = ["voc21", "context60", "coco_object", "voc20", "context59", "coco_stuff", "cityscapes", "ade20k"]
+PAPER_OVERRIDES = [
+    "datasets=[" + ",".join(PAPER_DATASETS) + "]",
+    "backbone.vlm=ViT-B-16", "backbone.vlm_pretrained=laion2b_s34b_b88k",
+    "backbone.vm=vit_base_patch16_224.dino", "backbone.vm_pretrained=pretrained", "backbone.vm_features=v",
+    "windows.short_side=448",
+    "ablate.sweeps=[{param:mode,values:'[maskclip, lposs, lposs+]',mode:lposs+}]",
+]
+
+
+def paper_problems(data_dir: str) -> list[str]:
+    """What is missing for the paper setting: each line names it and the command that provides it."""
+    problems = []
+    for name in PAPER_DATASETS:
+        try:
+            get_dataset(name, dataset_root(name, data_dir))
+        except (FileNotFoundError, ValueError) as error:
+            problems.append(f"data: {error}")
+    from .backbones import DinoFeatures, MaskCLIP
+
+    for what, load in (("OpenCLIP ViT-B-16 laion2b_s34b_b88k", lambda: MaskCLIP("ViT-B-16", "laion2b_s34b_b88k")),
+                       ("DINO ViT-B/16", lambda: DinoFeatures("vit_base_patch16_224.dino"))):
+        try:
+            load()
+        except Exception as error:  # noqa: BLE001 - BackboneUnavailable and friends: report them all
+            problems.append(f"weights of {what}: {error}")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lposs.pipeline", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    paper = commands.add_parser("paper", help="run the paper's setting as a DVC experiment")
+    paper.add_argument("--check", action="store_true", help="only check that data and weights are present")
+    paper.add_argument("--data-dir", default="data")
+    args = parser.parse_args(argv)
+    command = ["dvc", "exp", "run", "-n", "paper"] + [arg for o in PAPER_OVERRIDES for arg in ("-S", o)]
+    problems = paper_problems(args.data_dir)
+    if problems:
+        print("The paper setting cannot run yet:\n- " + "\n- ".join(problems), file=sys.stderr)
+        return 1
+    print("data and weights present; " + ("would run: " if args.check else "running: ")
+          + " ".join(f"'{c}'" if " " in c or "[" in c else c for c in command))
+    return 0 if args.check else subprocess.call(command)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
