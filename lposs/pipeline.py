@@ -109,6 +109,7 @@ def sweep_settings(base: dict[str, Any], param: str, values: list, mode: str) ->
         setting = {**base, "mode": mode, param: value}
         check_value(param, value, str if param == "mode" else PROPAGATION[param])
         setting["label"] = f"{param}={value}"
+        setting["swept"] = param
         settings.append(setting)
     if len({s["label"] for s in settings}) != len(settings):
         raise ValueError(f"sweep over {param!r} repeats a value: {values}")
@@ -241,11 +242,17 @@ def build_backbones(vlm: str, vlm_pretrained: str, vm: str, vm_pretrained: str, 
 # --------------------------------------------------------------------------------------------------
 
 def propagation_kwargs(setting: dict[str, Any]) -> dict[str, Any]:
-    """A setting -> keyword arguments of `segment.propagate_features`."""
-    kwargs = {k: setting[k] for k in ("mode", "k", "gamma", "sigma", "p", "alpha", "maxiter", "tol", "solver",
-                                      "r", "tau")}
+    """A setting -> keyword arguments of `segment.propagate_features`.
+
+    The reference refiner takes r and tau from the setting (pixel.r, pixel.tau); another named refiner
+    keeps its own unless the sweep is over r or tau.
+    """
+    kwargs = {k: setting[k] for k in ("mode", "k", "gamma", "sigma", "p", "alpha", "maxiter", "tol", "solver")}
     if setting["mode"] == "lposs+":
         kwargs["refiner"] = setting["refiner"]
+        for name in ("r", "tau"):
+            if setting["refiner"] == "reference" or setting.get("swept") == name:
+                kwargs[name] = setting[name]
     return kwargs
 
 
@@ -273,7 +280,7 @@ def run_settings(ds: Any, index: dict[str, Any], store: FeatureStore, settings: 
             metrics[setting["label"]].update(pred, sample.label)
             if i in keep and prediction_dir is not None:
                 save_label_map(Path(prediction_dir) / setting["label"] / f"{safe_id(sample.id)}.png", pred)
-    return [{"setting": {k: v for k, v in s.items() if k != "label"}, "label": s["label"],
+    return [{"setting": {k: v for k, v in s.items() if k not in ("label", "swept")}, "label": s["label"],
              "metrics": metrics[s["label"]].summary(), "seconds": seconds[s["label"]],
              "seconds_per_image": seconds[s["label"]] / max(len(ds), 1)} for s in settings]
 

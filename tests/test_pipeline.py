@@ -65,6 +65,17 @@ def test_sweep_settings_replace_one_parameter():
         pl.sweep_settings(base, "k", ["many"], "lposs")
 
 
+def test_named_refiners_keep_their_own_pixel_settings():
+    base = {"k": 400, "gamma": 3.0, "sigma": 0.01, "p": 1.0, "vm_feature": "v", "alpha": 0.95, "maxiter": 10,
+            "tol": 1e-6, "solver": "cg", "r": 13, "tau": 0.01, "refiner": "reference"}
+    reference, other = pl.sweep_settings(base, "refiner", ["reference", "fast"], "lposs+")
+    assert pl.propagation_kwargs(reference)["r"] == 13 and pl.propagation_kwargs(reference)["tau"] == 0.01
+    assert "r" not in pl.propagation_kwargs(other) and pl.propagation_kwargs(other)["refiner"] == "fast"
+    swept = pl.sweep_settings({**base, "refiner": "fast"}, "r", [5], "lposs+")[0]
+    assert pl.propagation_kwargs(swept)["r"] == 5 and "tau" not in pl.propagation_kwargs(swept)
+    assert "refiner" not in pl.propagation_kwargs(pl.sweep_settings(base, "k", [5], "lposs")[0])
+
+
 def test_backbone_key_and_feature_list():
     assert pl.backbone_key("demo", "none", "demo", "none", False) == "demo+demo"
     key = pl.backbone_key("ViT-B-16", "laion2b_s34b_b88k", "vit_base_patch16_224.dino", "pretrained", True)
