@@ -4,7 +4,8 @@ Layout: `ROOT/<dataset>/<backbone-key>/manifest.json` and one shard per image, `
 
     seeds        [N, C'] float32   raw cosine scores of the VLM's patch features against the class texts
     owner        [C'] int64        class index of each synonym column
-    vm           {feature: [N, D] float32}   vision-model graph features, one per stored variant (q/k/v)
+    vm           {feature: [N, D]}  vision-model graph features, one per stored variant (q/k/v), float32
+                                    or float16 as the manifest's vm_dtype says
     layout       list of (y1, y2, x1, x2)    windows in resized-image pixels
     resized_hw, original_hw, grid, crop      sizes needed to rebuild `segment.ImageFeatures`
     class_names  the prompts used for this image;  image_md5  the image file it was computed from
@@ -40,6 +41,7 @@ FORMAT_VERSION = 1
 SHARD_KEYS = frozenset({"id", "seeds", "owner", "vm", "layout", "resized_hw", "original_hw", "grid", "crop",
                         "class_names", "image_md5", "seconds"})
 MANIFEST = "manifest.json"
+VM_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
 class ManifestMismatch(RuntimeError):
@@ -108,10 +110,16 @@ def code_fingerprint() -> str:
 
 
 def make_manifest(dataset: str, class_names: list[str], vlm_id: str, vm_ids: dict[str, str],
-                  windows: dict[str, int]) -> dict[str, Any]:
-    """The identity of a store: change any of it and the stored features no longer apply."""
+                  windows: dict[str, int], vm_dtype: str = "float32") -> dict[str, Any]:
+    """The identity of a store: change any of it and the stored features no longer apply.
+
+    vm_dtype: storage type of the vision features ("float16" halves the disk; seeds stay float32).
+    """
+    if vm_dtype not in VM_DTYPES:
+        raise ValueError(f"vm_dtype must be one of {', '.join(VM_DTYPES)}, got {vm_dtype!r}")
     return {
         "format": FORMAT_VERSION,
+        "vm_dtype": vm_dtype,
         "dataset": dataset,
         "class_names": list(class_names),
         "vlm": vlm_id,
@@ -145,6 +153,7 @@ class FeatureStore:
         self.folder = Path(folder)
         self.manifest = json.loads(json.dumps(manifest))  # tuples -> lists, as stored
         self.features = tuple(self.manifest["vm"])
+        self.vm_dtype = VM_DTYPES[self.manifest.get("vm_dtype", "float32")]
         self.folder.mkdir(parents=True, exist_ok=True)
         for stale in self.folder.glob(".*.tmp"):  # temp files of an interrupted write
             stale.unlink(missing_ok=True)
@@ -229,6 +238,8 @@ class FeatureStore:
         for name, feats in shard["vm"].items():
             if not (isinstance(feats, torch.Tensor) and feats.dim() == 2 and feats.shape[0] == patches):
                 fail(f"vision feature {name!r} should be [{patches}, D], got {getattr(feats, 'shape', '?')}")
+            if feats.dtype != self.vm_dtype:
+                fail(f"vision feature {name!r} is {feats.dtype}, the manifest says {self.vm_dtype}")
         if class_names is not None and list(shard["class_names"]) != list(class_names):
             fail("computed for other class names")
         if image_md5 is not None and shard["image_md5"] != image_md5:
@@ -244,7 +255,8 @@ class FeatureStore:
 # --------------------------------------------------------------------------------------------------
 
 def extract_shard(image_id: str, image: Any, class_names: list[str], vlm: Any, vms: dict[str, Any],
-                  windows: dict[str, int], image_md5: str = "", text: tuple | None = None) -> dict[str, Any]:
+                  windows: dict[str, int], image_md5: str = "", text: tuple | None = None,
+                  vm_dtype: str = "float32") -> dict[str, Any]:
     """Run the VLM once and every VM variant once over one image's windows -> a shard dict."""
     start = time.perf_counter()
     first, *others = vms
@@ -259,7 +271,7 @@ def extract_shard(image_id: str, image: Any, class_names: list[str], vlm: Any, v
         "id": image_id,
         "seeds": feats.seeds.float().contiguous(),
         "owner": feats.owner.long(),
-        "vm": {name: t.contiguous() for name, t in vm.items()},
+        "vm": {name: t.to(VM_DTYPES[vm_dtype]).contiguous() for name, t in vm.items()},
         "layout": [tuple(int(v) for v in w) for w in feats.layout],
         "resized_hw": tuple(int(v) for v in feats.resized_hw),
         "original_hw": tuple(int(v) for v in feats.original_hw),
@@ -284,7 +296,7 @@ def to_image_features(shard: dict[str, Any], vm_feature: str, image: Any = None)
                              f"computed at {tuple(shard['original_hw'])}")
         resized = resize_image(tensor, tuple(shard["resized_hw"]))
     return ImageFeatures(
-        seeds=shard["seeds"], vm_feats=shard["vm"][vm_feature], owner=shard["owner"],
+        seeds=shard["seeds"], vm_feats=shard["vm"][vm_feature].float(), owner=shard["owner"],
         layout=[tuple(w) for w in shard["layout"]], resized_hw=tuple(shard["resized_hw"]),
         original_hw=tuple(shard["original_hw"]), grid=shard["grid"], crop=shard["crop"], image_resized=resized,
     )
@@ -335,7 +347,7 @@ def fill_dataset(store: FeatureStore, dataset: Any, vlm: Any, vms: dict[str, Any
     def compute(image_id: str, image_path: Path, class_names: list[str], md5: str) -> dict[str, Any]:
         sample = dataset[index[image_id]]
         return extract_shard(image_id, sample.image, class_names, vlm, vms, windows, md5,
-                             text=text if shared else None)
+                             text=text if shared else None, vm_dtype=store.manifest["vm_dtype"])
 
     items = [(item.id, item.image, dataset.class_names_for(i)) for i, item in enumerate(dataset.items)]
     return fill_store(store, items, compute, progress=progress, desc=f"features {dataset.name}")

@@ -52,7 +52,7 @@ PROPAGATION = {"k": int, "gamma": float, "sigma": float, "p": float, "vm_feature
 STAGE_PARAMETERS: dict[str, dict[str, type]] = {
     "stage": {"dataset": str, "data_dir": str, "out_dir": str, "timings_dir": str},
     "features": {"dataset": str, "staged_dir": str, "out_dir": str, "timings_dir": str, **_BACKBONE,
-                 "vm_features": str, "device": str, "crop": int, "stride": int, "short_side": int, "long_side": int},
+                 "vm_features": str, "vm_dtype": str, "device": str, "crop": int, "stride": int, "short_side": int, "long_side": int},
     "ablate": {"dataset": str, "staged_dir": str, "features_dir": str, "out_dir": str, "timings_dir": str,
                **_BACKBONE, "sweep_param": str, "sweep_values": list, "sweep_mode": str, **PROPAGATION,
                "predictions": int, "device": str},
@@ -61,7 +61,7 @@ STAGE_PARAMETERS: dict[str, dict[str, type]] = {
 }
 SWEEPABLE = ("mode",) + tuple(PROPAGATION)
 CHOICES = {"mode": MODES, "vm_feature": ("q", "k", "v"), "solver": ("cg", "cg_reference"),
-           "device": ("auto", "cpu", "cuda")}
+           "device": ("auto", "cpu", "cuda"), "vm_dtype": ("float32", "float16")}
 
 
 def injected_parameters(namespace: dict[str, Any], before: set[str]) -> dict[str, Any]:
@@ -387,6 +387,7 @@ PAPER_OVERRIDES = [
     "datasets=[" + ",".join(PAPER_DATASETS) + "]",
     "backbone.vlm=ViT-B-16", "backbone.vlm_pretrained=laion2b_s34b_b88k",
     "backbone.vm=vit_base_patch16_224.dino", "backbone.vm_pretrained=pretrained", "backbone.vm_features=v",
+    "backbone.vm_dtype=float16",
     "windows.short_side=448",
     "ablate.sweeps=[{param:mode,values:'[maskclip, lposs, lposs+]',mode:lposs+}]",
 ]

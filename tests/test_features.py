@@ -156,3 +156,18 @@ def test_image_ids_become_safe_file_names():
     assert safe_name("frankfurt/frankfurt_000000_000294") == "frankfurt__frankfurt_000000_000294"
     with pytest.raises(ValueError):
         safe_name("..")
+
+
+def test_float16_storage_halves_vision_features_and_is_checked(dataset, backbones, tmp_path):
+    vlm, vms = backbones
+    manifest = make_manifest(dataset.name, dataset.class_names, vlm.id, {f: vm.id for f, vm in vms.items()},
+                             WINDOWS, vm_dtype="float16")
+    store = FeatureStore(tmp_path / "s", manifest)
+    fill_dataset(store, dataset, vlm, vms, WINDOWS, progress=False)
+    shard = store.load(dataset.items[0].id)
+    assert shard["vm"]["v"].dtype == torch.float16 and shard["seeds"].dtype == torch.float32
+    assert to_image_features(shard, "v").vm_feats.dtype == torch.float32
+    with pytest.raises(CorruptShard, match="manifest says"):
+        FeatureStore(tmp_path / "t", manifest_for(dataset, backbones)).check(shard, shard["id"])
+    with pytest.raises(ValueError, match="vm_dtype"):
+        make_manifest("demo", ["sky"], "a", {"v": "b"}, WINDOWS, vm_dtype="int8")
