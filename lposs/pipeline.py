@@ -395,8 +395,11 @@ PAPER_OVERRIDES = [
 
 def paper_problems(data_dir: str) -> list[str]:
     """What is missing for the paper setting: each line names it and the command that provides it."""
-    problems = []
+    problems, roots = [], set()
     for name in PAPER_DATASETS:
+        if dataset_root(name, data_dir) in roots:
+            continue  # voc20 shares voc21's folder, and so on: one message per folder
+        roots.add(dataset_root(name, data_dir))
         try:
             get_dataset(name, dataset_root(name, data_dir))
         except (FileNotFoundError, ValueError) as error:

@@ -213,3 +213,25 @@ def test_a_typo_in_a_parameter_stops_the_notebook(pipeline_copy, tmp_path):
     result = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert "unknown parameter(s) ['datset']" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_real_backbone_path_with_random_weights(tmp_path):
+    """The non-demo branch of the features stage (open_clip MaskCLIP + timm DINO), offline: seeded random weights."""
+    from lposs.demo import generate_demo
+    from lposs.datasets import get_dataset
+    from lposs.features import FeatureStore, fill_dataset, make_manifest, to_image_features
+    from lposs.segment import propagate_features
+
+    ds = get_dataset("demo", generate_demo(tmp_path / "demo", count=1, seed=2, size=(224, 240)))
+    vlm, vms = pl.build_backbones("ViT-B-16", "random", "vit_base_patch16_224.dino", "random", ["k", "v"], "cpu")
+    assert vlm.id != vms["v"].id and vms["k"].id != vms["v"].id
+    windows = dict(crop=224, stride=112, short_side=224, long_side=2048)
+    store = FeatureStore(tmp_path / "f", make_manifest("demo", ds.class_names, vlm.id,
+                                                       {f: m.id for f, m in vms.items()}, windows, "float16"))
+    stats = fill_dataset(store, ds, vlm, vms, windows, progress=False)
+    assert stats["computed"] == 1
+    shard = store.load(ds.items[0].id)
+    assert shard["seeds"].shape == (2 * 196, len(ds.class_names)) and shard["vm"]["v"].shape == (2 * 196, 768)
+    scores = propagate_features(to_image_features(shard, "v"), mode="lposs", k=50)
+    assert scores.shape == (len(ds.class_names), 224, 240)
