@@ -57,19 +57,24 @@ def resize_pair(image: np.ndarray, label: np.ndarray) -> tuple[Tensor, Tensor]:
     return img, lab
 
 
-def coarse_scores(label: Tensor, num_classes: int, patch: int = PATCH) -> Tensor:
-    """Ground truth [h, w] -> coarse class scores [C, h, w]: one-hot, patch-averaged, upsampled bilinearly.
+def patch_average(label: Tensor, num_classes: int, patch: int = PATCH) -> Tensor:
+    """Ground truth [h, w] -> class fractions per patch [C, ceil(h/patch), ceil(w/patch)].
 
-    Labels outside 0..num_classes-1 (the ignore label) count for no class. The average pooling runs in
-    ceil mode without padding, so a border patch divides by the number of pixels it really has.
+    One-hot where labels outside 0..num_classes-1 (the ignore label) count for no class. Average pooling
+    in ceil mode without padding: a border patch divides by the number of pixels it really has.
     """
     if label.dim() != 2:
         raise ValueError(f"label must be a 2-D [H, W] map, got shape {tuple(label.shape)}")
     valid = (label >= 0) & (label < num_classes)
     onehot = F.one_hot(torch.where(valid, label, 0), num_classes).permute(2, 0, 1).float()  # [C, h, w]
     onehot = onehot * valid
-    pooled = F.avg_pool2d(onehot[None], patch, stride=patch, ceil_mode=True)  # [1, C, ceil(h/16), ceil(w/16)]
-    return F.interpolate(pooled, size=label.shape, mode="bilinear", align_corners=False)[0]  # [C, h, w]
+    return F.avg_pool2d(onehot[None], patch, stride=patch, ceil_mode=True)[0]  # [C, ceil(h/p), ceil(w/p)]
+
+
+def coarse_scores(label: Tensor, num_classes: int, patch: int = PATCH) -> Tensor:
+    """Ground truth [h, w] -> coarse class scores [C, h, w]: patch fractions upsampled bilinearly."""
+    pooled = patch_average(label, num_classes, patch)
+    return F.interpolate(pooled[None], size=tuple(label.shape), mode="bilinear", align_corners=False)[0]
 
 
 # --------------------------------------------------------------------------- data

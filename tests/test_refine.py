@@ -1,0 +1,222 @@
+"""Pixel refinement: shapes, the reference solve, the relaxed ("best") refiner's pieces against explicit
+matrices, a synthetic boundary it must find, clear errors, and the refinement benchmark's coarse scores."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from benchmarks.refine import coarse_scores, patch_average, protocol_size
+from lposs.graphs import PixelGraph
+from lposs.propagation import propagate
+from lposs.refine import (
+    REFINERS,
+    _Rescaled,
+    class_probabilities,
+    colour_relaxation,
+    confidence_propagate,
+    margin_confidence,
+    SUPPORT_EPS,
+    refine_pixels,
+)
+
+
+def explicit_weights(graph: PixelGraph) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W, B): the graph's dense affinity matrix and its unit-weight neighbourhood matrix."""
+    S = graph.to_dense()
+    sqrt_degree = 1 / graph.inv_sqrt_degree.reshape(-1)
+    W = sqrt_degree[:, None] * S * sqrt_degree[None, :]
+    h, w = graph.height, graph.width
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    ys, xs = ys.reshape(-1), xs.reshape(-1)
+    dy, dx = ys[:, None] - ys[None, :], xs[:, None] - xs[None, :]
+    reach = graph.pad
+    d = graph.dilation
+    B = (dy.abs() <= reach) & (dx.abs() <= reach) & (dy % d == 0) & (dx % d == 0) & ((dy != 0) | (dx != 0))
+    return W, B.to(W.dtype)
+
+
+def two_region_image(box, height=40, width=48, seed=0):
+    """A blue box (label 1, rows/cols box = (y0, y1, x0, x1)) on a red background, with mild noise."""
+    g = torch.Generator().manual_seed(seed)
+    y0, y1, x0, x1 = box
+    label = torch.zeros(height, width, dtype=torch.long)
+    label[y0:y1, x0:x1] = 1
+    image = torch.empty(3, height, width, dtype=torch.float64)
+    image[:] = torch.tensor([0.8, 0.3, 0.2], dtype=torch.float64)[:, None, None]
+    image[:, label.bool()] = torch.tensor([0.2, 0.3, 0.8], dtype=torch.float64)[:, None]
+    image = (image + 0.02 * torch.randn(image.shape, generator=g, dtype=torch.float64)).clamp(0, 1)
+    return image, label
+
+
+# --------------------------------------------------------------------------- refine_pixels
+@pytest.mark.parametrize("refiner", ["reference", "best"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_shapes_and_dtype_are_preserved(refiner, dtype):
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(3, 17, 23, generator=g).to(dtype)
+    scores = torch.rand(4, 17, 23, generator=g).to(dtype)
+    out = refine_pixels(image, scores, refiner=refiner)
+    assert out.shape == scores.shape and out.dtype == dtype
+    assert torch.isfinite(out).all()
+
+
+def test_reference_equals_column_by_column_cg_on_the_explicit_graph():
+    g = torch.Generator().manual_seed(1)
+    image = torch.rand(3, 9, 11, generator=g, dtype=torch.float64)
+    scores = torch.rand(3, 9, 11, generator=g, dtype=torch.float64)
+    S = PixelGraph(image, r=13, tau=0.01).to_dense()
+    expected = propagate(S, scores.reshape(3, -1).T, method="cg_reference", maxiter=10, tol=1e-6)
+    out = refine_pixels(image, scores)  # "reference" is the default
+    torch.testing.assert_close(out, expected.T.reshape(3, 9, 11), atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.parametrize("refiner", ["reference", "best"])
+def test_refinement_moves_a_blurred_boundary_to_the_colour_edge(refiner):
+    image, label = two_region_image(box=(6, 35, 6, 35))  # corners cut by the 16x16 patch grid
+    coarse = coarse_scores(label, 2).to(torch.float64)  # patch fractions, upsampled: a rounded blob
+    coarse_errors = int((coarse.argmax(0) != label).sum())
+    refined_errors = int((refine_pixels(image, coarse, refiner=refiner).argmax(0) != label).sum())
+    assert coarse_errors > 300
+    assert refined_errors <= coarse_errors // 4
+
+
+def test_best_recovers_a_box_the_reference_loses():
+    image, label = two_region_image(box=(5, 30, 9, 27))  # 18 px wide: about half of each patch it touches
+    coarse = coarse_scores(label, 2).to(torch.float64)
+    errors = {r: int((refine_pixels(image, coarse, refiner=r).argmax(0) != label).sum()) for r in ("reference", "best")}
+    coarse_errors = int((coarse.argmax(0) != label).sum())
+    assert errors["best"] <= coarse_errors // 10
+    assert errors["best"] < errors["reference"]
+
+
+def test_best_is_the_relaxed_refiner_and_reference_is_unrelaxed():
+    assert REFINERS["best"] == REFINERS["relaxed"]
+    assert REFINERS["reference"]["relax_steps"] == 0 and REFINERS["reference"]["seed_confidence"] == 0
+    # relaxed + confidence use 4 + 5 = 9 stencil products, no more than the reference's 10
+    best = REFINERS["best"]
+    assert best["relax_steps"] + best["maxiter"] <= REFINERS["reference"]["maxiter"]
+
+
+# --------------------------------------------------------------------------- the relaxed refiner's pieces
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_stencil_sums_equal_explicit_matrices(dilation):
+    g = torch.Generator().manual_seed(2)
+    image = torch.rand(3, 7, 9, generator=g, dtype=torch.float64)
+    graph = PixelGraph(image, r=5, tau=0.1, dilation=dilation)
+    W, B = explicit_weights(graph)
+    Z = torch.rand(3, 7, 9, generator=g, dtype=torch.float64)
+    flat = Z.reshape(3, -1).T  # [N, C]
+    torch.testing.assert_close(graph.weighted_sum(Z), (W @ flat).T.reshape(3, 7, 9))
+    torch.testing.assert_close(graph.neighbour_sum(Z), (B @ flat).T.reshape(3, 7, 9))
+    torch.testing.assert_close(W, W.T)
+    assert torch.all((W > 0) == (B > 0))  # the colour weights live exactly on the stencil
+
+
+def test_colour_relaxation_equals_explicit_formula():
+    g = torch.Generator().manual_seed(3)
+    image = torch.rand(3, 6, 8, generator=g, dtype=torch.float64)
+    graph = PixelGraph(image, r=5, tau=0.05)
+    W, B = explicit_weights(graph)
+    P = class_probabilities(torch.rand(3, 6, 8, generator=g, dtype=torch.float64))
+    expected = P.reshape(3, -1).T  # [N, C]
+    for _ in range(2):
+        expected = expected * (W @ expected) / (B @ expected + SUPPORT_EPS)
+        expected = expected / expected.sum(1, keepdim=True)
+    out = colour_relaxation(graph, P, steps=2)
+    torch.testing.assert_close(out, expected.T.reshape(3, 6, 8))
+    torch.testing.assert_close(out.sum(0), torch.ones(6, 8, dtype=torch.float64))
+
+
+def test_confidence_operator_is_symmetric_and_normalised():
+    g = torch.Generator().manual_seed(4)
+    image = torch.rand(3, 5, 6, generator=g, dtype=torch.float64)
+    graph = PixelGraph(image, r=3, tau=0.1)
+    scale = torch.rand(30, 1, generator=g, dtype=torch.float64) + 0.5
+    operator = _Rescaled(graph, scale)
+    dense = operator.matmul(torch.eye(30, dtype=torch.float64))
+    S = graph.to_dense()
+    torch.testing.assert_close(dense, scale * S * scale.T)
+    torch.testing.assert_close(dense, dense.T)
+    sqrt_degree = 1 / graph.inv_sqrt_degree.reshape(-1)
+    torch.testing.assert_close(S @ sqrt_degree, sqrt_degree)  # normalised: D^1/2 1 is its eigenvector for 1
+    assert torch.linalg.eigvalsh(S).abs().max() <= 1 + 1e-12
+
+
+def test_confidence_propagation_solves_the_weighted_fidelity_system():
+    g = torch.Generator().manual_seed(5)
+    image = torch.rand(3, 5, 6, generator=g, dtype=torch.float64)
+    graph = PixelGraph(image, r=3, tau=0.1)
+    seeds = torch.rand(2, 5, 6, generator=g, dtype=torch.float64)
+    confidence = torch.rand(5, 6, generator=g, dtype=torch.float64)
+    alpha = 0.9
+    F_out = confidence_propagate(graph, seeds, confidence, alpha, maxiter=200, tol=1e-12)
+    # (M - alpha W) G = C D^1/2 Y with M = D (alpha + (1 - alpha) C), and F = D^1/2 G
+    W, _ = explicit_weights(graph)
+    d = W.sum(1)
+    c = confidence.reshape(-1)
+    Y = seeds.reshape(2, -1).T
+    G = torch.linalg.solve(torch.diag(d * (alpha + (1 - alpha) * c)) - alpha * W, c[:, None] * d.sqrt()[:, None] * Y)
+    torch.testing.assert_close(F_out, (d.sqrt()[:, None] * G).T.reshape(2, 5, 6), atol=1e-9, rtol=1e-7)
+    # full confidence is the reference solve
+    ones = torch.ones(5, 6, dtype=torch.float64)
+    reference = propagate(graph, Y, alpha=alpha, maxiter=10)
+    torch.testing.assert_close(confidence_propagate(graph, seeds, ones, alpha, 10, 1e-6), reference.T.reshape(2, 5, 6))
+
+
+def test_margin_confidence_and_class_probabilities():
+    scores = torch.tensor([[[0.9, 0.5, 0.0]], [[0.1, 0.5, 0.0]], [[-1.0, 0.0, 0.0]]])  # [3, 1, 3]
+    P = class_probabilities(scores)
+    torch.testing.assert_close(P[:, 0, 0], torch.tensor([0.9, 0.1, 0.0]))
+    torch.testing.assert_close(P[:, 0, 2], torch.zeros(3))  # no evidence stays no evidence
+    torch.testing.assert_close(margin_confidence(P)[0], torch.tensor([1.0, 0.0, 0.0]))
+
+
+# --------------------------------------------------------------------------- errors
+def test_bad_inputs_give_clear_errors():
+    image, scores = torch.rand(3, 8, 8), torch.rand(2, 8, 8)
+    with pytest.raises(ValueError, match="differ in H, W"):
+        refine_pixels(image, torch.rand(2, 8, 9))
+    with pytest.raises(ValueError, match=r"\[3, H, W\]"):
+        refine_pixels(torch.rand(4, 8, 8), scores)
+    with pytest.raises(ValueError, match=r"\[C, H, W\]"):
+        refine_pixels(image, torch.rand(8, 8))
+    with pytest.raises(TypeError, match="floating-point"):
+        refine_pixels(image, torch.ones(2, 8, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match="unknown refiner 'bset'"):
+        refine_pixels(image, scores, refiner="bset")
+    with pytest.raises(ValueError, match="no setting"):
+        refine_pixels(image, scores, refiner="best", sigma=3)
+    with pytest.raises(ValueError, match="relax_steps"):
+        refine_pixels(image, scores, refiner="best", relax_steps=-1)
+    with pytest.raises(ValueError, match="odd"):
+        refine_pixels(image, scores, r=4)
+    with pytest.raises(ValueError, match="tau"):
+        refine_pixels(image, scores, tau=0.0)
+
+
+# --------------------------------------------------------------------------- the benchmark's coarse scores
+def test_patch_average_divides_border_patches_by_their_real_pixels():
+    label = torch.tensor([
+        [0, 0, 1, 1, 1],
+        [0, 255, 1, 0, 1],
+        [1, 1, 1, 1, 0],
+    ])  # 3 x 5, patches of 2: a 2 x 3 grid; the last row and column of patches are cut by the border
+    pooled = patch_average(label, num_classes=2, patch=2)  # [2, 2, 3]
+    expected_class0 = torch.tensor([[3 / 4, 1 / 4, 0 / 2], [0 / 2, 0 / 2, 1 / 1]])  # 255 counts for no class
+    expected_class1 = torch.tensor([[0 / 4, 3 / 4, 2 / 2], [2 / 2, 2 / 2, 0 / 1]])
+    torch.testing.assert_close(pooled, torch.stack([expected_class0, expected_class1]))
+
+
+def test_coarse_scores_upsample_bilinearly_by_hand():
+    label = torch.tensor([[0, 0, 1], [0, 0, 1]])  # patches of 2: left 2x2 all class 0, right 2x1 all class 1
+    scores = coarse_scores(label, num_classes=2, patch=2)  # pooled [2, 1, 2] -> [2, 2, 3]
+    # align_corners False: output x = 0, 1, 2 reads source x = -1/6 (clamped to 0), 1/2, 7/6 (clamped to 1)
+    row0 = torch.tensor([1.0, 0.5, 0.0])
+    torch.testing.assert_close(scores[0], row0.expand(2, 3))
+    torch.testing.assert_close(scores[1], (1 - row0).expand(2, 3))
+
+
+def test_protocol_size_rounds_like_the_reference():
+    assert protocol_size(360, 480) == (448, 597)  # CamVid
+    assert protocol_size(480, 854) == (448, 797)  # DAVIS
+    assert protocol_size(375, 500) == (448, 597)  # VOC
