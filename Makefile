@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# dvc stages call `papermill` by name: use the one in .venv
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 # papermill runs notebooks in the "python3" kernel: make it the one inside .venv
 export JUPYTER_PREFER_ENV_PATH := 1
 # plain tqdm bars print one line per update under papermill: keep them sparse
@@ -21,9 +23,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 repro: install
-	$(PY) -m lposs data demo --root data/demo
+	$(PY) -m lposs.demo --out data/demo  # deterministic: same bytes as data.dvc pins
 	$(VENV)/bin/dvc repro
 	@echo "results: results/table.md, results/metrics.json, plots/, executed/ (open the executed notebooks)"
+
+paper: install
+	$(PY) -m lposs.pipeline paper
 
 test: install
 	$(PY) -m pytest -ra
