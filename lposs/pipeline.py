@@ -314,7 +314,11 @@ PUBLISHED_AVERAGE = {"maskclip": 27.0, "lposs": 38.3, "lposs+": 41.3}  # the tal
 
 
 def collect_results(ablations_dir: str, datasets: list[str], sweeps: list[dict[str, str]]) -> dict[str, dict]:
-    """{dataset: {param: results.json}} for the sweeps params.yaml lists now (stale folders are ignored)."""
+    """{dataset: {param: results.json}} for the sweeps params.yaml lists now (stale folders are ignored).
+
+    A sweep whose values leave out the default gets its default point from the mode sweep (same base
+    setting, same mode), marked "from": "mode sweep": the default runs once, not once per sweep.
+    """
     import yaml
 
     out: dict[str, dict] = {}
@@ -326,7 +330,26 @@ def collect_results(ablations_dir: str, datasets: list[str], sweeps: list[dict[s
                 raise ValueError(f"{ablations_dir}/{dataset}/{sweep['param']} holds another sweep than params.yaml "
                                  "lists: run `dvc repro` to bring it up to date")
             out[dataset][sweep["param"]] = run
+        if "mode" in out[dataset]:
+            for param, run in out[dataset].items():
+                if param != "mode":
+                    add_default_point(run, out[dataset]["mode"])
     return out
+
+
+def add_default_point(run: dict[str, Any], mode_run: dict[str, Any]) -> None:
+    """Insert the mode sweep's record for run's mode when run's values leave out the default value."""
+    param, default = run["sweep_param"], run["base"][run["sweep_param"]]
+    if default in [r["setting"][param] for r in run["records"]] or mode_run["base"] != run["base"]:
+        return
+    found = [r for r in mode_run["records"] if r["setting"]["mode"] == run["sweep_mode"]]
+    if not found:
+        return
+    record = {**found[0], "label": f"{param}={default}", "from": "mode sweep"}
+    records = run["records"] + [record]
+    if all(isinstance(r["setting"][param], (int, float)) for r in records):
+        records.sort(key=lambda r: r["setting"][param])
+    run["records"] = records
 
 
 def collect_timings(timings_dir: str, datasets: list[str], sweeps: list[dict[str, str]]) -> list[dict[str, Any]]:

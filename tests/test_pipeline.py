@@ -100,6 +100,24 @@ def test_write_json_is_atomic_and_leaves_no_temp_files(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["b.json"]
 
 
+def test_default_point_comes_from_the_mode_sweep():
+    base = {"k": 400, "alpha": 0.95}
+    record = lambda mode, k, miou: {"setting": {**base, "mode": mode, "k": k}, "label": f"x={k}",
+                                    "metrics": {"miou": miou}}
+    mode_run = {"sweep_param": "mode", "base": base, "sweep_mode": "lposs+",
+                "records": [record("maskclip", 400, 10.0), record("lposs", 400, 20.0)]}
+    run = {"sweep_param": "k", "base": base, "sweep_mode": "lposs",
+           "records": [record("lposs", 25, 5.0), record("lposs", 1000, 7.0)]}
+    pl.add_default_point(run, mode_run)
+    assert [r["setting"]["k"] for r in run["records"]] == [25, 400, 1000]
+    assert run["records"][1]["metrics"]["miou"] == 20.0 and run["records"][1]["from"] == "mode sweep"
+    pl.add_default_point(run, mode_run)  # already there: nothing added
+    assert len(run["records"]) == 3
+    other = {**run, "base": {**base, "alpha": 0.5}, "records": run["records"][:1]}
+    pl.add_default_point(other, mode_run)  # another base setting: not the same default, nothing borrowed
+    assert len(other["records"]) == 1
+
+
 def test_results_table_sets_ours_beside_the_published_numbers():
     scores = {m: {"miou": v, "biou": v / 2} for m, v in zip(pl.MODES, (20.0, 30.0, 40.0))}
     table = pl.results_table({"demo": scores, "voc21": scores})
@@ -124,7 +142,7 @@ def test_paper_check_names_what_is_missing(tmp_path):
 
 TINY_SWEEPS = [
     {"param": "mode", "values": "[maskclip, lposs, lposs+]", "mode": "lposs+"},
-    {"param": "alpha", "values": "[0.5, 0.95]", "mode": "lposs"},
+    {"param": "alpha", "values": "[0.5]", "mode": "lposs"},  # the default 0.95 comes from the mode sweep
 ]
 
 
@@ -178,9 +196,10 @@ def test_repro_runs_every_stage_and_writes_meaningful_outputs(pipeline_copy):
     for figure in ("methods.png", "ablation-demo.png", "qualitative-demo.png", "timing.png"):
         assert (root / "plots/figures" / figure).stat().st_size > 10_000, figure
     sweep = (root / "plots/sweeps/demo-alpha.csv").read_text().splitlines()
-    assert sweep[0] == "value,miou,biou" and len(sweep) == 3
+    assert sweep[0] == "value,miou,biou" and [line.split(",")[0] for line in sweep[1:]] == ["0.5", "0.95"]
+    assert float(sweep[2].split(",")[1]) == pytest.approx(metrics["lposs"]["miou"], abs=0.01)
     alpha = json.loads((root / "ablations/demo/alpha/results.json").read_text())
-    assert [r["setting"]["alpha"] for r in alpha["records"]] == [0.5, 0.95]
+    assert [r["setting"]["alpha"] for r in alpha["records"]] == [0.5]
     assert len(list((root / "ablations/demo/mode/predictions/mode=lposs+").glob("*.png"))) == 2
     for executed in ("stage/demo", "features/demo", "ablate/demo-mode", "ablate/demo-alpha"):
         notebook = json.loads((root / f"executed/{executed}.ipynb").read_text())
