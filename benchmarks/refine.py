@@ -86,18 +86,29 @@ def load_dataset(name: str, root: str, split: str):
 
 
 # --------------------------------------------------------------------------- run
+CHECKPOINT_EVERY = 10  # images between checkpoints of a run that writes JSON
+
+
 def run(dataset, refiner: str = "reference", device: str = "cpu", limit: int | None = None,
-        progress: bool = True, **overrides) -> dict:
+        progress: bool = True, checkpoint: Path | None = None, **overrides) -> dict:
     """Coarse and refined metrics over the dataset (or its first `limit` images), seconds per image.
 
     overrides: single settings of the refiner (see lposs.refine.REFINERS). Seconds are wall-clock time
     of the refinement alone; cpu_seconds the process CPU time it used (steadier on a shared machine).
+    checkpoint: a file where the running totals are saved every few images; a run with the same settings
+    continues from it (and deletes it when done).
     """
     count = len(dataset) if limit is None else min(limit, len(dataset))
-    coarse = SegmentationMetrics(dataset.num_classes, ignore_index=dataset.ignore_index)
-    refined = SegmentationMetrics(dataset.num_classes, ignore_index=dataset.ignore_index)
-    seconds = cpu_seconds = 0.0
-    for i in tqdm(range(count), desc=f"refine {refiner}", disable=not progress):
+    key = {"dataset": repr(dataset), "refiner": refiner, "overrides": overrides, "count": count, "device": str(device)}
+    state = _load_checkpoint(checkpoint, key) or {
+        "key": key, "next": 0, "seconds": 0.0, "cpu_seconds": 0.0,
+        "coarse": _metrics_state(SegmentationMetrics(dataset.num_classes, ignore_index=dataset.ignore_index)),
+        "refined": _metrics_state(SegmentationMetrics(dataset.num_classes, ignore_index=dataset.ignore_index)),
+    }
+    coarse = _metrics_from_state(state["coarse"], dataset)
+    refined = _metrics_from_state(state["refined"], dataset)
+    for i in tqdm(range(state["next"], count), desc=f"refine {refiner}", disable=not progress,
+                  initial=state["next"], total=count):
         _, image, label = dataset[i]
         img, lab = resize_pair(image, label)
         scores = coarse_scores(lab, dataset.num_classes)
@@ -107,16 +118,50 @@ def run(dataset, refiner: str = "reference", device: str = "cpu", limit: int | N
         start, cpu_start = time.perf_counter(), time.process_time()
         out = refine_pixels(img, scores, refiner=refiner, **overrides)
         _sync(device)
-        seconds += time.perf_counter() - start
-        cpu_seconds += time.process_time() - cpu_start
+        state["seconds"] += time.perf_counter() - start
+        state["cpu_seconds"] += time.process_time() - cpu_start
         refined.update(out.argmax(0).cpu(), lab)
+        state["next"] = i + 1
+        if checkpoint is not None and (state["next"] % CHECKPOINT_EVERY == 0 or state["next"] == count):
+            state["coarse"], state["refined"] = _metrics_state(coarse), _metrics_state(refined)
+            write_json_atomic(checkpoint, state)
+    if checkpoint is not None and checkpoint.exists():
+        checkpoint.unlink()
     return {
         "images": count,
         "coarse": {"miou": coarse.miou(), "biou": coarse.boundary_iou()},
         "refined": {"miou": refined.miou(), "biou": refined.boundary_iou()},
-        "seconds_per_image": seconds / max(count, 1),
-        "cpu_seconds_per_image": cpu_seconds / max(count, 1),
+        "seconds_per_image": state["seconds"] / max(count, 1),
+        "cpu_seconds_per_image": state["cpu_seconds"] / max(count, 1),
     }
+
+
+def _metrics_state(metrics: SegmentationMetrics) -> dict:
+    return {"confusion": metrics.confusion.tolist(), "boundary_intersection": metrics.boundary_intersection.tolist(),
+            "boundary_union": metrics.boundary_union.tolist(), "images": metrics.images}
+
+
+def _metrics_from_state(state: dict, dataset) -> SegmentationMetrics:
+    metrics = SegmentationMetrics(dataset.num_classes, ignore_index=dataset.ignore_index)
+    metrics.confusion = np.array(state["confusion"], dtype=np.int64)
+    metrics.boundary_intersection = np.array(state["boundary_intersection"], dtype=np.int64)
+    metrics.boundary_union = np.array(state["boundary_union"], dtype=np.int64)
+    metrics.images = state["images"]
+    return metrics
+
+
+def _load_checkpoint(path: Path | None, key: dict) -> dict | None:
+    """The saved state of an interrupted run with the same settings, else None."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if state.get("key") != json.loads(json.dumps(key)):
+        return None
+    print(f"resuming from {path} at image {state['next']}", file=sys.stderr)
+    return state
 
 
 def _sync(device: str) -> None:
@@ -165,9 +210,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be a positive number of images")
     if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    dataset = load_dataset(args.dataset, args.root, args.split)
-    result = run(dataset, refiner=args.refiner, device=args.device, limit=args.limit)
+        set_threads(args.threads)
+    try:
+        dataset = load_dataset(args.dataset, args.root, args.split)
+    except (FileNotFoundError, ValueError) as err:
+        parser.error(str(err))
+    checkpoint = None if args.json is None else args.json.with_name(args.json.name + ".partial")
+    result = run(dataset, refiner=args.refiner, device=args.device, limit=args.limit, checkpoint=checkpoint)
     result.update(dataset=args.dataset, root=str(args.root), split=args.split, refiner=args.refiner,
                   settings=REFINERS[args.refiner], limit=args.limit, device=_device_name(args.device),
                   torch=torch.__version__, threads=torch.get_num_threads())
@@ -175,6 +224,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         write_json_atomic(args.json, result)
     return 0
+
+
+def set_threads(threads: int) -> None:
+    """CPU threads for torch, and for numba when the CPU stencil kernel uses it."""
+    torch.set_num_threads(threads)
+    try:
+        import numba
+    except ImportError:
+        return
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
 
 
 def _device_name(device: str) -> str:
