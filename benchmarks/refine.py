@@ -9,6 +9,10 @@ Boundary IoU are measured before and after, on the resized grid, accumulated ove
     python -m benchmarks.refine --dataset davis2016 --root ../shared/data/davis2016_train_sub \
         --split train_every10 --refiner best --json results/refine_davis_best.json
 
+Options: --refiner reference|relaxed|best (see lposs/refine.py), --device cpu|cuda, --limit N (first N
+images), --threads N (CPU threads; 1 gives steadier timings on a shared machine). A run that writes JSON
+saves its totals every few images to OUT.json.partial and resumes from there when restarted.
+
 Protocol (exactly the reference's): image resized with the section-1 scale to
 (int(h*s + 0.5), int(w*s + 0.5)), bilinear without antialiasing (align_corners False); ground truth
 resized nearest; one-hot where ignored pixels count for no class; 16x16 average pooling in ceil mode (a
@@ -25,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -34,22 +39,16 @@ from tqdm import tqdm
 from lposs.datasets import get_dataset
 from lposs.metrics import SegmentationMetrics
 from lposs.refine import REFINERS, refine_pixels
-from lposs.windows import resize_scale
+from lposs.windows import resized_size
 
 DATASETS = ("camvid", "davis2016")
 PATCH = 16
 
 
 # --------------------------------------------------------------------------- protocol
-def protocol_size(height: int, width: int) -> tuple[int, int]:
-    """The section-1 scale, rounded as the reference rounds it: (int(h*s + 0.5), int(w*s + 0.5))."""
-    s = resize_scale(height, width)
-    return int(height * s + 0.5), int(width * s + 0.5)
-
-
 def resize_pair(image: np.ndarray, label: np.ndarray) -> tuple[Tensor, Tensor]:
     """uint8 [H, W, 3] and int64 [H, W] -> image float [3, h, w] in [0, 1] (bilinear), label [h, w] (nearest)."""
-    size = protocol_size(*label.shape)
+    size = resized_size(*label.shape)  # the section-1 scale s, rounded as int(h*s + 0.5), int(w*s + 0.5)
     img = torch.tensor(image).permute(2, 0, 1).float() / 255.0  # [3, H, W] (a copy: PIL arrays are read-only)
     img = F.interpolate(img[None], size=size, mode="bilinear", align_corners=False, antialias=False)[0]
     lab = torch.tensor(label)[None, None].float()  # [1, 1, H, W]
@@ -99,7 +98,8 @@ def run(dataset, refiner: str = "reference", device: str = "cpu", limit: int | N
     continues from it (and deletes it when done).
     """
     count = len(dataset) if limit is None else min(limit, len(dataset))
-    key = {"dataset": repr(dataset), "refiner": refiner, "overrides": overrides, "count": count, "device": str(device)}
+    key = {"dataset": repr(dataset), "refiner": refiner, "overrides": overrides, "count": count,
+           "device": str(device)}
     state = _load_checkpoint(checkpoint, key) or {
         "key": key, "next": 0, "seconds": 0.0, "cpu_seconds": 0.0,
         "coarse": _metrics_state(SegmentationMetrics(dataset.num_classes, ignore_index=dataset.ignore_index)),
@@ -137,7 +137,8 @@ def run(dataset, refiner: str = "reference", device: str = "cpu", limit: int | N
 
 
 def _metrics_state(metrics: SegmentationMetrics) -> dict:
-    return {"confusion": metrics.confusion.tolist(), "boundary_intersection": metrics.boundary_intersection.tolist(),
+    return {"confusion": metrics.confusion.tolist(),
+            "boundary_intersection": metrics.boundary_intersection.tolist(),
             "boundary_union": metrics.boundary_union.tolist(), "images": metrics.images}
 
 
@@ -197,7 +198,8 @@ def write_json_atomic(path: Path, data: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True, choices=DATASETS)
-    parser.add_argument("--root", required=True, help="dataset folder (CamVid: holds CamVid/; DAVIS: holds DAVIS/)")
+    parser.add_argument("--root", required=True,
+                        help="dataset folder (CamVid: holds CamVid/; DAVIS: holds DAVIS/)")
     parser.add_argument("--split", required=True, help="CamVid val/test; DAVIS ImageSets/480p/NAME.txt")
     parser.add_argument("--refiner", default="reference", choices=sorted(REFINERS))
     parser.add_argument("--device", default="cpu", help="cpu or cuda")

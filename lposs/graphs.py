@@ -81,11 +81,15 @@ class PixelGraph:
     stored (the graph is symmetric), so memory is (r*r - 1) / 2 weights per pixel, never a sparse matrix.
 
     Layout, chosen for speed on CPU and GPU alike: the weights live in one zero-padded tensor
-    `weights [K, H + 2h, W + 2h]` (h = r // 2; entry [k, h + y, h + x] joins pixel (y, x) to
-    (y + dy_k, x + dx_k), zero where that partner is outside the image), and `matmul` works channel-first
-    on a zero-padded [C, H + 2h, W + 2h] copy of X, so every offset is one multiply-add over long
-    contiguous rows with no border cases. On CPU the output is accumulated in bands of rows small enough to
-    stay in cache (`band_elements`); on GPU in one band.
+    `weights [K, H + 2h, W + 2h]` (h = dilation * (r // 2); entry [k, h + y, h + x] joins pixel (y, x) to
+    (y + dy_k, x + dx_k), zero where that partner is outside the image), and the torch stencil works
+    channel-first on a zero-padded [C, H + 2h, W + 2h] copy of its input, so every offset is one
+    multiply-add over long contiguous rows with no border cases. On CPU the output is accumulated in bands
+    of rows small enough to stay in cache (`band_elements`); on GPU in one band.
+
+    `matmul(X)` is the normalised S @ X that `propagate` uses; `weighted_sum(Z)` the unnormalised W Z and
+    `neighbour_sum(Z)` the same stencil with unit weights, both channel-first [C, H, W] (the colour
+    relaxation of lposs/refine.py uses them).
     """
 
     band_elements = 2**19  # CPU accumulator size (floats) per band of rows: 2 MB, stays in cache

@@ -55,10 +55,11 @@ def refine_pixels(image: Tensor, scores: Tensor, refiner: str = "reference", **o
     seeds = scores
     if settings["relax_steps"] > 0:
         seeds = colour_relaxation(graph, class_probabilities(scores), settings["relax_steps"])
+    alpha, maxiter, tol = settings["alpha"], settings["maxiter"], settings["tol"]
     if settings["seed_confidence"] > 0:
-        confidence = margin_confidence(seeds).pow(settings["seed_confidence"])
-        return confidence_propagate(graph, seeds, confidence, settings["alpha"], settings["maxiter"], settings["tol"])
-    return propagate_scores(graph, seeds, settings["alpha"], settings["maxiter"], settings["tol"])
+        confidence = margin_confidence(seeds).pow(settings["seed_confidence"])  # [H, W]
+        return confidence_propagate(graph, seeds, confidence, alpha, maxiter, tol)
+    return propagate_scores(graph, seeds, alpha, maxiter, tol)
 
 
 def propagate_scores(graph: Any, seeds: Tensor, alpha: float, maxiter: int, tol: float) -> Tensor:
@@ -129,7 +130,8 @@ def refiner_settings(refiner: str, overrides: dict[str, Any]) -> dict[str, Any]:
     settings = dict(REFINERS[refiner])
     unknown = set(overrides) - set(settings)
     if unknown:
-        raise ValueError(f"refiner {refiner!r} has no setting {sorted(unknown)}; its settings are {sorted(settings)}")
+        raise ValueError(f"refiner {refiner!r} has no setting {sorted(unknown)}; "
+                         f"its settings are {sorted(settings)}")
     settings.update(overrides)
     if int(settings["relax_steps"]) != settings["relax_steps"] or settings["relax_steps"] < 0:
         raise ValueError(f"relax_steps must be a non-negative integer, got {settings['relax_steps']}")

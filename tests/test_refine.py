@@ -1,11 +1,11 @@
 """Pixel refinement: shapes, the reference solve, the relaxed ("best") refiner's pieces against explicit
 matrices, a synthetic boundary it must find, clear errors, and the refinement benchmark's coarse scores."""
 
+import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
-from benchmarks.refine import coarse_scores, patch_average, protocol_size
+from benchmarks.refine import coarse_scores, patch_average, resize_pair
 from lposs.graphs import PixelGraph
 from lposs.propagation import propagate
 from lposs.refine import (
@@ -83,7 +83,8 @@ def test_refinement_moves_a_blurred_boundary_to_the_colour_edge(refiner):
 def test_best_recovers_a_box_the_reference_loses():
     image, label = two_region_image(box=(5, 30, 9, 27))  # 18 px wide: about half of each patch it touches
     coarse = coarse_scores(label, 2).to(torch.float64)
-    errors = {r: int((refine_pixels(image, coarse, refiner=r).argmax(0) != label).sum()) for r in ("reference", "best")}
+    errors = {r: int((refine_pixels(image, coarse, refiner=r).argmax(0) != label).sum())
+              for r in ("reference", "best")}
     coarse_errors = int((coarse.argmax(0) != label).sum())
     assert errors["best"] <= coarse_errors // 10
     assert errors["best"] < errors["reference"]
@@ -155,12 +156,14 @@ def test_confidence_propagation_solves_the_weighted_fidelity_system():
     d = W.sum(1)
     c = confidence.reshape(-1)
     Y = seeds.reshape(2, -1).T
-    G = torch.linalg.solve(torch.diag(d * (alpha + (1 - alpha) * c)) - alpha * W, c[:, None] * d.sqrt()[:, None] * Y)
+    system = torch.diag(d * (alpha + (1 - alpha) * c)) - alpha * W
+    G = torch.linalg.solve(system, c[:, None] * d.sqrt()[:, None] * Y)
     torch.testing.assert_close(F_out, (d.sqrt()[:, None] * G).T.reshape(2, 5, 6), atol=1e-9, rtol=1e-7)
     # full confidence is the reference solve
     ones = torch.ones(5, 6, dtype=torch.float64)
     reference = propagate(graph, Y, alpha=alpha, maxiter=10)
-    torch.testing.assert_close(confidence_propagate(graph, seeds, ones, alpha, 10, 1e-6), reference.T.reshape(2, 5, 6))
+    full = confidence_propagate(graph, seeds, ones, alpha, 10, 1e-6)
+    torch.testing.assert_close(full, reference.T.reshape(2, 5, 6))
 
 
 def test_margin_confidence_and_class_probabilities():
@@ -216,7 +219,12 @@ def test_coarse_scores_upsample_bilinearly_by_hand():
     torch.testing.assert_close(scores[1], (1 - row0).expand(2, 3))
 
 
-def test_protocol_size_rounds_like_the_reference():
-    assert protocol_size(360, 480) == (448, 597)  # CamVid
-    assert protocol_size(480, 854) == (448, 797)  # DAVIS
-    assert protocol_size(375, 500) == (448, 597)  # VOC
+@pytest.mark.parametrize("size, resized", [((360, 480), (448, 597)), ((480, 854), (448, 797))])  # CamVid, DAVIS
+def test_resize_pair_uses_the_reference_size_and_keeps_labels(size, resized):
+    image = np.full((*size, 3), 255, dtype=np.uint8)
+    label = np.zeros(size, dtype=np.int64)
+    label[:, size[1] // 2 :] = 255  # an ignored right half stays ignored (nearest, no mixing)
+    img, lab = resize_pair(image, label)
+    assert img.shape == (3, *resized) and lab.shape == resized
+    torch.testing.assert_close(img, torch.ones(3, *resized))
+    assert set(lab.unique().tolist()) == {0, 255}
