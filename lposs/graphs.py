@@ -50,7 +50,7 @@ def patch_graph(
     keep = rows != cols  # the diagonal is set to zero anyway
     rows, cols, vals = rows[keep], cols[keep], weights.reshape(-1)[keep]
     indices = torch.stack([torch.cat([rows, cols]), torch.cat([cols, rows])])
-    W = torch.sparse_coo_tensor(indices, torch.cat([vals, vals]), (n, n)).coalesce()
+    W = torch.sparse_coo_tensor(indices, torch.cat([vals, vals]), (n, n), check_invariants=False).coalesce()
     return normalize_adjacency(W)
 
 
