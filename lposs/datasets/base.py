@@ -151,6 +151,13 @@ class SegmentationDataset:
                 f"{self.ignore_index} = ignore")
 
     # -- shared behaviour ------------------------------------------------------------------------
+    def read_pair_list(self, list_path: Path) -> list[tuple[str, str]]:
+        """The (image, mask) path pairs of a list file with one `image mask` pair per line."""
+        if not list_path.is_file():
+            raise self.missing(list_path)
+        lines = (line.split() for line in list_path.read_text().splitlines() if line.strip())
+        return [(parts[0], parts[1]) for parts in lines]
+
     def missing(self, path: Path) -> FileNotFoundError:
         return FileNotFoundError(
             f"dataset {self.name!r}: {path} does not exist. Expected under root {self.root}: "

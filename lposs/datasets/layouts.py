@@ -109,14 +109,8 @@ class CamVidDataset(SegmentationDataset):
 
     def list_items(self) -> list[Item]:
         base = CAMVID_LAYOUT.resolve_base(self.root, self.split)
-        list_path = base / f"{self.split}.txt"
-        if not list_path.is_file():
-            raise self.missing(list_path)
         items = []
-        for line in list_path.read_text().splitlines():
-            if not line.strip():
-                continue
-            image, label = (Path(p) for p in line.split()[:2])
+        for image, label in (map(Path, pair) for pair in self.read_pair_list(base / f"{self.split}.txt")):
             items.append(Item(image.stem, base / image.parent.name / image.name,
                               base / label.parent.name / label.name))
         return items
@@ -152,14 +146,9 @@ class DavisDataset(SegmentationDataset):
 
     def list_items(self) -> list[Item]:
         base = DAVIS_LAYOUT.resolve_base(self.root, self.split)
-        list_path = base / DAVIS_LAYOUT.list_file.format(split=self.split)
-        if not list_path.is_file():
-            raise self.missing(list_path)
         items = []
-        for line in list_path.read_text().splitlines():
-            if not line.strip():
-                continue
-            image, label = (p.lstrip("/") for p in line.split()[:2])
+        for pair in self.read_pair_list(base / DAVIS_LAYOUT.list_file.format(split=self.split)):
+            image, label = (p.lstrip("/") for p in pair)
             sequence_frame = f"{Path(image).parent.name}/{Path(image).stem}"
             items.append(Item(sequence_frame, base / image, base / label))
         return items
