@@ -229,13 +229,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def set_threads(threads: int) -> None:
-    """CPU threads for torch, and for numba when the CPU stencil kernel uses it."""
+    """CPU threads for torch."""
     torch.set_num_threads(threads)
-    try:
-        import numba
-    except ImportError:
-        return
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
 
 
 def _device_name(device: str) -> str:

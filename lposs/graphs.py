@@ -8,7 +8,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import stencil_cpu
 from .color import scaled_lab
 from .propagation import normalize_adjacency
 
@@ -136,16 +135,7 @@ class PixelGraph:
         return out.reshape(channels, self.height * self.width).T
 
     def weighted_sum(self, Z: Tensor) -> Tensor:
-        """W Z, the unnormalised stencil: sum over neighbours q of w_pq * Z[:, q], for Z [C, H, W] -> [C, H, W].
-
-        On CPU a fused numba kernel (lposs/stencil_cpu.py, ~10x faster); elsewhere plain torch.
-        """
-        if Z.device.type == "cpu" and Z.dtype in (torch.float32, torch.float64) and not Z.requires_grad:
-            return stencil_cpu.weighted_sum(self.weights, self.offsets, Z, self.pad)
-        return self.weighted_sum_torch(Z)
-
-    def weighted_sum_torch(self, Z: Tensor) -> Tensor:
-        """W Z with torch ops, one multiply-add per offset over long contiguous rows (GPU; CPU reference)."""
+        """W Z, the unnormalised stencil: sum over neighbours q of w_pq * Z[:, q], for Z [C, H, W] -> [C, H, W]."""
         height, width, h = self.height, self.width, self.pad
         channels = Z.shape[0]
         Zp = Z.new_zeros(channels, height + 2 * h, width + 2 * h)  # [C, H+2h, W+2h], zero outside the image
