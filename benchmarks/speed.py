@@ -11,7 +11,7 @@ not depend on the values.
 - fast: dense patch graph + batched CG; matrix-free pixel stencil + batched CG.
 
 On CPU the reference pixel column loop takes minutes per case, so by default it runs on the first
-`--ref-columns` columns (8 on CPU) and its time is scaled by C / ref_columns (each column is an
+`--ref-columns` columns (2 on CPU) and its time is scaled by C / ref_columns (each column is an
 independent CG of the same length); the JSON marks this as "extrapolated". The largest relative
 difference of the outputs is measured on those columns.
 """
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per stage (median); 3 CUDA, 1 CPU")
-    parser.add_argument("--ref-columns", type=int, default=None, help="reference pixel columns to run (CPU: 8)")
+    parser.add_argument("--ref-columns", type=int, default=None, help="reference pixel columns to run (CPU: 2)")
     parser.add_argument("--backbones", action="store_true", help="also time the two ViT-B/16 forwards")
     parser.add_argument("--cases", default="all", help="'all' or indices into the case list, e.g. 0,2")
     args = parser.parse_args(argv)
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda asked for, but torch sees no CUDA device")
     repeats = args.repeats or (1 if cpu else 3)
-    ref_columns = args.ref_columns if args.ref_columns is not None else (8 if cpu else None)
+    ref_columns = args.ref_columns if args.ref_columns is not None else (2 if cpu else None)
     cases = CASES if args.cases == "all" else [CASES[int(i)] for i in args.cases.split(",")]
     results = [benchmark_case(h, w, c, args.device, repeats, ref_columns) for h, w, c in cases]
     print_table(results)
