@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from tqdm import tqdm
 from lposs.datasets import get_dataset
 from lposs.metrics import SegmentationMetrics
 from lposs.refine import REFINERS, refine_pixels
+from lposs.pipeline import write_json
 from lposs.windows import resized_size
 
 DATASETS = ("camvid", "davis2016")
@@ -124,7 +124,7 @@ def run(dataset, refiner: str = "reference", device: str = "cpu", limit: int | N
         state["next"] = i + 1
         if checkpoint is not None and (state["next"] % CHECKPOINT_EVERY == 0 or state["next"] == count):
             state["coarse"], state["refined"] = _metrics_state(coarse), _metrics_state(refined)
-            write_json_atomic(checkpoint, state)
+            write_json(checkpoint, state)
     if checkpoint is not None and checkpoint.exists():
         checkpoint.unlink()
     return {
@@ -186,15 +186,6 @@ def table(result: dict) -> str:
     return "\n".join(rows)
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True, choices=DATASETS)
@@ -224,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                   torch=torch.__version__, threads=torch.get_num_threads())
     print(table(result))
     if args.json is not None:
-        write_json_atomic(args.json, result)
+        write_json(args.json, result)
     return 0
 
 

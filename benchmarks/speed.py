@@ -19,7 +19,6 @@ difference of the outputs is measured on those columns.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import resource
 import statistics
@@ -30,6 +29,7 @@ from typing import Any, Callable
 import torch
 
 from lposs.graphs import PixelGraph, patch_graph
+from lposs.pipeline import write_json
 from lposs.propagation import propagate
 from lposs.windows import merge_windows, patch_centers, window_layout
 
@@ -169,10 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
         report["backbones_s"] = backbone_times(args.device, repeats)
         print("backbones (two ViT-B/16 forwards, 15 windows):", report["backbones_s"])
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_suffix(".tmp")
-        tmp.write_text(json.dumps(report, indent=2))
-        tmp.replace(args.json)
+        write_json(args.json, report)
     return report
 
 
