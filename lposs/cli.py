@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from pathlib import Path
 
@@ -63,9 +64,12 @@ def write_outputs(image: np.ndarray, labels: np.ndarray, names: list[str], out: 
 
 
 def _save_atomic(image, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    image.save(tmp, format="PNG")
-    tmp.replace(path)
+    """A PIL image as PNG through the package's atomic writer (temp file + os.replace)."""
+    from .features import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def cmd_segment(args: argparse.Namespace) -> None:
