@@ -18,7 +18,8 @@ from torch import Tensor
 
 from .graphs import patch_graph
 from .propagation import propagate
-from .refine import refine_pixels
+from .protocols import class_scores, labels_from_scores, pool_synonyms
+from .refine import REFINERS, refine_pixels
 from .windows import Window, crop_windows, merge_windows, patch_centers, resize_image, resized_size, window_layout
 
 MODES = ("maskclip", "lposs", "lposs+")
@@ -76,13 +77,10 @@ def extract_features(
     windows = crop_windows(resized, layout, crop=crop)  # [B, 3, crop, crop]
     emb, owner = text if text is not None else vlm.text_embeddings(class_names)  # [C', D], [C']
     dense = vlm.dense_features(windows)  # [B, g, g, D]
-    graph = vm.dense_features(windows)  # [B, g, g, Dv]
-    if dense.shape[:3] != graph.shape[:3]:
-        raise ValueError(
-            f"the VLM gives a {tuple(dense.shape[1:3])} patch grid per window but the vision model gives "
-            f"{tuple(graph.shape[1:3])}: use backbones with the same patch size (e.g. both /16)"
-        )
-    grid = dense.shape[1]
+    reuses_vlm = getattr(vm, "vlm", None) is vlm  # the VLM's own features as the graph (no second model)
+    graph = dense if reuses_vlm else vm.dense_features(windows)  # [B, g', g', Dv]
+    dense = to_graph_grid(dense, graph.shape[1:3])  # [B, g', g', D]
+    grid = graph.shape[1]
     seeds = dense.reshape(-1, dense.shape[-1]).float() @ emb.float().to(dense.device).T  # [N, C']
     return ImageFeatures(
         seeds=seeds.cpu(),
@@ -97,10 +95,16 @@ def extract_features(
     )
 
 
-def pool_synonyms(scores: Tensor, owner: Tensor) -> Tensor:
-    """Max over the synonym columns of each class: [C', H, W] -> [K, H, W]."""
-    owner = owner.to(scores.device)
-    return torch.stack([scores[owner == c].amax(0) for c in range(int(owner.max()) + 1)])
+def to_graph_grid(dense: Tensor, grid: tuple[int, int]) -> Tensor:
+    """VLM patch features [B, g, g, D] at the vision model's grid [B, g', g', D], unit norm.
+
+    As the released LPOSS does when the two grids differ (e.g. CLIP /16 with DINO /8 or DINOv2 /14):
+    bilinear resize of the features (align_corners False), then L2 normalisation.
+    """
+    if tuple(dense.shape[1:3]) == tuple(grid):
+        return dense
+    resized = F.interpolate(dense.permute(0, 3, 1, 2).float(), size=tuple(grid), mode="bilinear", align_corners=False)
+    return F.normalize(resized.permute(0, 2, 3, 1), dim=-1)
 
 
 def propagate_features(
@@ -118,6 +122,7 @@ def propagate_features(
     solver: str = "cg",
     device: str | torch.device = "cpu",
     refiner: str = "reference",
+    background: dict[str, Any] | None = None,
 ) -> Tensor:
     """Class scores [K, H, W] at the original image size for one propagation setting.
 
@@ -126,16 +131,21 @@ def propagate_features(
     refiner: a named pixel refiner of `lposs.refine.REFINERS`. The "reference" one uses r, tau
     (default 13, 0.01) and the same alpha, maxiter and tol as the patch graph, as the released code;
     another refiner keeps its own settings, except r and tau when they are given.
+    background: a rule of `lposs.protocols` (e.g. `protocols.resolve("sclip", "voc21")`); None or
+    "synonyms" gives the max over synonyms (LPOSS); "softmax" gives class probabilities (SCLIP family),
+    to be turned into labels by `protocols.labels_from_scores`.
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     seeds = features.seeds.to(device)  # [N, C']
+    cosine_scale = 1.0  # what brings the scores back to the size of cosines (see protocols.class_scores)
     if mode == "maskclip":
         patch_scores = seeds
     else:
         centers = patch_centers(features.layout, grid=features.grid, patch=features.crop // features.grid)
         S = patch_graph(features.vm_feats.to(device), centers.to(device), k=k, gamma=gamma, sigma=sigma, p=p)
         patch_scores = propagate(S, seeds, alpha=alpha, method=solver, maxiter=maxiter, tol=tol)
+        cosine_scale *= 1 - alpha
     g, n_windows = features.grid, len(features.layout)
     blocks = patch_scores.T.reshape(-1, n_windows, g, g).transpose(0, 1)  # [B, C', g, g]
     canvas = merge_windows(blocks, features.layout, *features.resized_hw, crop=features.crop)  # [C', H', W']
@@ -146,8 +156,21 @@ def propagate_features(
         overrides = {"alpha": alpha, "maxiter": maxiter, "tol": tol} if refiner == "reference" else {}
         overrides.update({name: v for name, v in (("r", r), ("tau", tau)) if v is not None})
         canvas = refine_pixels(image, canvas, refiner=refiner, **overrides)
-    scores = pool_synonyms(canvas, features.owner)  # [K, H', W']
+        pixel_alpha = overrides.get("alpha", REFINERS.get(refiner, {}).get("alpha"))
+        if pixel_alpha is not None:  # a propagation refiner; PAMR-like averaging keeps the scale
+            cosine_scale *= 1 - pixel_alpha
+    rule = background or {"background": "synonyms"}
+    if rule.get("background") == "softmax":  # the releases resize the query logits, then softmax
+        canvas = F.interpolate(canvas[None], size=features.original_hw, mode="bilinear", align_corners=False)[0]
+        return class_scores(canvas, features.owner, rule, cosine_scale)  # [K, H, W]
+    scores = class_scores(canvas, features.owner, rule)  # [K, H', W']
     return F.interpolate(scores[None], size=features.original_hw, mode="bilinear", align_corners=False)[0]
+
+
+def predict_labels(features: ImageFeatures, background: dict[str, Any] | None = None, **params: Any) -> Tensor:
+    """Label map [H, W] of one propagation setting under a background rule (`propagate_features` params)."""
+    scores = propagate_features(features, background=background, **params)
+    return labels_from_scores(scores, background or {"background": "synonyms"})
 
 
 def segment(
@@ -167,7 +190,8 @@ def segment(
 
     vlm / vm default to the paper's backbones (OpenCLIP ViT-B-16 laion2b_s34b_b88k, DINO ViT-B/16),
     which need their weights (see lposs.backbones). crop, stride, short_side, long_side: the windows
-    (spec section 1). params: any argument of `propagate_features` (k, gamma, sigma, p, alpha, ...).
+    (spec section 1). params: any argument of `propagate_features` (k, gamma, sigma, p, alpha, ...,
+    background: a protocol rule such as `lposs.protocols.resolve("sclip", "voc21")`).
     """
     if not class_names:
         raise ValueError("class_names is empty: give at least one class, e.g. ['cow', 'grass', 'sky']")
@@ -178,4 +202,4 @@ def segment(
         vlm, vm = vlm or default_vlm, vm or default_vm
     image = as_image_tensor(image).to(device)
     features = extract_features(image, class_names, vlm, vm, crop, stride, short_side, long_side)
-    return propagate_features(features, mode=mode, device=device, **params).argmax(0)
+    return predict_labels(features, mode=mode, device=device, **params)

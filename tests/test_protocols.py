@@ -1,0 +1,135 @@
+"""Background rules and named protocols on hand-made score maps with known answers; mixed patch grids."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lposs import protocols
+from lposs.segment import extract_features, predict_labels, propagate_features, to_graph_grid
+
+SOFTMAX = {"background": "softmax", "logit_scale": 10.0, "prob_thd": 0.0, "area_thd": None}
+
+
+def test_resolve_merges_base_dataset_and_overrides():
+    voc = protocols.resolve("sclip", "voc21")
+    assert (voc["logit_scale"], voc["prob_thd"], voc["area_thd"], voc["short_side"]) == (65.0, 0.1, 0.1, 336)
+    assert protocols.resolve("sclip", "cityscapes")["short_side"] == 560
+    assert protocols.resolve("sclip", "ade20k")["prob_thd"] == 0.0
+    assert protocols.resolve("proxyclip", "cityscapes")[("crop")] == 224
+    assert protocols.resolve("clearclip", "voc21", prob_thd=0.3)["prob_thd"] == 0.3
+    lposs = protocols.resolve("lposs", "voc21")
+    assert lposs["background"] == "synonyms" and lposs["short_side"] == 448 and lposs["clip"] == "laion2b_s34b_b88k"
+    with pytest.raises(ValueError, match="unknown protocol 'scl1p'"):
+        protocols.resolve("scl1p", "voc21")
+    with pytest.raises(ValueError, match="has no setting"):
+        protocols.resolve("sclip", "voc21", threshold=0.2)
+    with pytest.raises(ValueError, match="positive logit_scale"):
+        protocols.resolve("lposs", "voc21", background="softmax")
+
+
+def test_release_class_files_expand_person_and_tvmonitor():
+    default = [f"c{i}" for i in range(21)]
+    sclip = protocols.class_names("sclip", "voc21", default)
+    assert len(sclip) == 21 and len(sclip[15].split(";")) == 7 and sclip[15].startswith("person;person in shirt")
+    assert sclip[20] == "television monitor;tv monitor;monitor;television;screen"
+    assert len(sclip[0].split(";")) == 26  # the stuff words of the background
+    assert protocols.class_names("clearclip", "voc21", default)[0] == "background"
+    assert protocols.class_names("lposs", "voc21", default) == default
+    assert protocols.class_names("sclip", "demo", ["sky"]) == ["sky"]  # no release file: the dataset's own
+    with pytest.raises(ValueError, match="lists 21 classes"):
+        protocols.class_names("sclip", "voc21", default[:20])
+
+
+def test_synonym_rule_is_the_max_over_synonyms():
+    scores = torch.tensor([[[0.1]], [[0.5]], [[0.3]], [[0.4]]])  # [C'=4, 1, 1]
+    owner = torch.tensor([0, 0, 1, 1])
+    pooled = protocols.class_scores(scores, owner, {"background": "synonyms"})
+    assert pooled.flatten().tolist() == pytest.approx([0.5, 0.4])
+    assert protocols.labels_from_scores(pooled, {"background": "synonyms"}).item() == 0
+
+
+def test_softmax_rule_by_hand():
+    scores = torch.tensor([[[0.1]], [[0.5]], [[0.3]]])  # [3, 1, 1]
+    owner = torch.tensor([0, 1, 1])
+    probs = protocols.class_scores(scores, owner, SOFTMAX)
+    e = np.exp(10 * np.array([0.1, 0.5, 0.3]))
+    assert probs.flatten().tolist() == pytest.approx([e[0] / e.sum(), e[1] / e.sum()], rel=1e-5)
+    half = protocols.class_scores(scores, owner, SOFTMAX, cosine_scale=0.5)  # = logit scale 5
+    e5 = np.exp(5 * np.array([0.1, 0.5, 0.3]))
+    assert half.flatten()[1].item() == pytest.approx(e5[1] / e5.sum(), rel=1e-5)
+
+
+def test_probability_threshold_sends_unsure_pixels_to_class_zero():
+    probs = torch.tensor([[[0.2, 0.1]], [[0.45, 0.8]], [[0.35, 0.1]]])  # [K=3, 1, 2]
+    rule = {**SOFTMAX, "prob_thd": 0.5}
+    assert protocols.labels_from_scores(probs, rule).tolist() == [[0, 1]]
+    assert protocols.labels_from_scores(probs, {**rule, "prob_thd": 0.4}).tolist() == [[1, 1]]
+
+
+def test_area_threshold_drops_small_foreground_classes():
+    # class 1 wins 8 pixels, class 2 wins 1, background 1: foreground area 9; area_thd 0.2 -> class 2 (1 <= 1.8)
+    # loses its probabilities and its pixel goes to the next best class.
+    probs = torch.zeros(3, 1, 10)
+    probs[1, 0, :8] = 0.9
+    probs[0, 0, :8] = 0.1
+    probs[2, 0, 8], probs[0, 0, 8] = 0.7, 0.3
+    probs[0, 0, 9] = 1.0
+    rule = {**SOFTMAX, "area_thd": 0.2}
+    assert protocols.labels_from_scores(probs, {**SOFTMAX}).tolist() == [[1] * 8 + [2, 0]]
+    assert protocols.labels_from_scores(probs, rule).tolist() == [[1] * 8 + [0, 0]]
+    assert protocols.labels_from_scores(probs, {**rule, "area_thd": 0.1}).tolist() == [[1] * 8 + [2, 0]]
+
+
+class PatchColour:
+    """Patch-mean colour features at any patch size (stand-in backbones for mixed grids)."""
+
+    def __init__(self, patch):
+        self.patch_size, self.id = patch, f"colour{patch}"
+
+    def dense_features(self, windows):
+        return F.normalize(F.avg_pool2d(windows, self.patch_size).permute(0, 2, 3, 1) + 1e-3, dim=-1)
+
+    def text_embeddings(self, class_names):
+        protos = {"red": [1.0, 0, 0], "green": [0, 1.0, 0], "blue": [0, 0, 1.0]}
+        names = [(i, n.strip()) for i, c in enumerate(class_names) for n in c.split(";")]
+        return F.normalize(torch.tensor([protos[n] for _, n in names]), dim=-1), torch.tensor([i for i, _ in names])
+
+
+def two_colour_image(h=180, w=240):
+    image = np.zeros((h, w, 3), dtype=np.uint8)
+    image[:, : w // 2], image[:, w // 2 :] = (200, 30, 30), (30, 200, 30)
+    return image
+
+
+@pytest.mark.parametrize("vm_patch, grid", [(8, 28), (14, 16), (32, 7)])
+def test_seeds_are_resized_to_the_graph_grid(vm_patch, grid):
+    vlm, vm = PatchColour(16), PatchColour(vm_patch)
+    feats = extract_features(two_colour_image(), ["red", "green"], vlm, vm, short_side=224)
+    assert feats.grid == grid and feats.seeds.shape[0] == feats.vm_feats.shape[0] == len(feats.layout) * grid**2
+    labels = predict_labels(feats, mode="lposs+", k=30, r=5)
+    assert (labels[:, :100] == 0).all() and (labels[:, 140:] == 1).all()
+
+
+def test_graph_grid_resize_is_bilinear_then_normalised():
+    dense = F.normalize(torch.randn(2, 14, 14, 5), dim=-1)
+    out = to_graph_grid(dense, (28, 28))
+    manual = F.interpolate(dense.permute(0, 3, 1, 2), size=(28, 28), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out, F.normalize(manual.permute(0, 2, 3, 1), dim=-1))
+    assert to_graph_grid(dense, (14, 14)) is dense
+
+
+def test_softmax_protocol_in_propagate_features_matches_the_release_order():
+    """Seeds mode under SCLIP's rule: merge cosines over windows, resize to the image, x logit_scale, softmax."""
+    vlm = PatchColour(16)
+    feats = extract_features(two_colour_image(), ["red", "green;blue"], vlm, vlm, short_side=224)
+    rule = protocols.resolve("sclip", "voc21")
+    probs = propagate_features(feats, mode="maskclip", background=rule)
+    raw = propagate_features(feats, mode="maskclip")  # synonyms rule: pooled cosines, resized
+    assert probs.shape == raw.shape == (2, 180, 240)
+    assert torch.all(probs >= 0) and torch.all(probs.sum(0) <= 1 + 1e-5)
+    assert (probs.argmax(0) == raw.argmax(0)).all()
+    lp = propagate_features(feats, mode="lposs", k=30, background=rule)
+    assert lp.amax(0).min() < 1.0  # propagated scores are back at cosine size, not saturated
+    labels = predict_labels(feats, mode="lposs", k=30, background={**rule, "prob_thd": 0.999})
+    assert (labels == 0).float().mean() > 0.5
