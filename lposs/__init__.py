@@ -8,6 +8,7 @@
 """
 
 from .graphs import PixelGraph, patch_graph
+from .heads import dense_clip_features
 from .metrics import SegmentationMetrics, mean_iou
 from .propagation import normalize_adjacency, propagate
 from .refine import refine_pixels
@@ -20,6 +21,7 @@ __all__ = [
     "PixelGraph",
     "ImageFeatures",
     "SegmentationMetrics",
+    "dense_clip_features",
     "extract_features",
     "mean_iou",
     "merge_windows",

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lposs import backbones
+from lposs import backbones, loading
 from lposs.backbones import BackboneUnavailable, DinoFeatures, MaskCLIP, load_backbones, split_synonyms
 
 CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
@@ -292,7 +292,7 @@ def test_dino_drops_register_tokens_and_takes_other_sizes():
 
 
 def test_dino_rejects_unknown_feature_and_loads_a_checkpoint(small_dino, tmp_path):
-    with pytest.raises(ValueError, match="'q', 'k', 'v'"):
+    with pytest.raises(ValueError, match="'q', 'k', 'v', 'tokens'"):
         DinoFeatures(SMALL_DINO, pretrained=False, feature="x")
     path = tmp_path / "dino.pth"
     torch.save(small_dino.model.state_dict(), path)
@@ -322,8 +322,8 @@ def test_real_clip_weights_offline_raise_actionable_error(monkeypatch, offline_h
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     else:  # the probe path, made deterministic: nothing listens on the discard port of localhost
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-        monkeypatch.setattr(backbones, "_hf_offline", lambda: False)
-        monkeypatch.setattr(backbones, "_hf_endpoint", lambda: "http://127.0.0.1:9")
+        monkeypatch.setattr(loading, "_hf_offline", lambda: False)
+        monkeypatch.setattr(loading, "_hf_endpoint", lambda: "http://127.0.0.1:9")
     with pytest.raises(BackboneUnavailable) as info:
         MaskCLIP("ViT-B-16", pretrained="laion2b_s34b_b88k")
     message = str(info.value)
