@@ -304,13 +304,15 @@ def to_image_features(shard: dict[str, Any], vm_feature: str, image: Any = None)
 
 def fill_store(store: FeatureStore, items: Iterable[tuple[str, Path, list[str]]],
                compute: Callable[[str, Path, list[str], str], dict[str, Any]], progress: bool = True,
-               desc: str = "features") -> dict[str, Any]:
+               desc: str = "features", advance: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Make sure every (image_id, image_path, class_names) has a valid shard; compute only the others.
 
     compute(image_id, image_path, class_names, image_md5) -> shard. Existing shards are checked
     (readable, right keys and shapes, same class names and image file); corrupt or stale ones are
     recomputed. Returns counts, this run's seconds, and backbone_seconds: the backbone time of every shard
     (whenever it was computed), i.e. what the features of this dataset cost.
+    items may be any subset of a dataset (a worker's shard, lposs.sharded): the store is never reset here,
+    only its shards for these items are written. advance(1) is called after each item (workers' progress).
     """
     items = list(items)
     stats = {"images": len(items), "computed": 0, "reused": 0, "recomputed_corrupt": 0, "seconds": 0.0,
@@ -324,6 +326,8 @@ def fill_store(store: FeatureStore, items: Iterable[tuple[str, Path, list[str]]]
                 shard = store.load(image_id, class_names=class_names, image_md5=md5, check_values=False)
                 stats["reused"] += 1
                 stats["backbone_seconds"] += float(shard["seconds"])
+                if advance:
+                    advance(1)
                 continue
             except CorruptShard as error:
                 tqdm.write(f"recomputing: {error}")
@@ -332,6 +336,8 @@ def fill_store(store: FeatureStore, items: Iterable[tuple[str, Path, list[str]]]
         store.save(shard)
         stats["computed"] += 1
         stats["backbone_seconds"] += float(shard["seconds"])
+        if advance:
+            advance(1)
     stats["seconds"] = time.perf_counter() - start
     return stats
 
