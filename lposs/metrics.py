@@ -157,6 +157,36 @@ class SegmentationMetrics:
         self.boundary_intersection += inter
         self.boundary_union += label_count + pred_count - inter
 
+    def counts(self) -> dict[str, np.ndarray]:
+        """The integer state (copies): confusion [n, n], boundary_intersection [n], boundary_union [n], images []."""
+        return {"confusion": self.confusion.copy(), "boundary_intersection": self.boundary_intersection.copy(),
+                "boundary_union": self.boundary_union.copy(), "images": np.array(self.images, dtype=np.int64)}
+
+    def add_counts(self, counts: dict[str, np.ndarray]) -> "SegmentationMetrics":
+        """Add another accumulator's `counts()`: sums of integers, so the result does not depend on the split."""
+        n = self.num_classes
+        shapes = {"confusion": (n, n), "boundary_intersection": (n,), "boundary_union": (n,), "images": ()}
+        for name, shape in shapes.items():
+            if np.shape(counts[name]) != shape:
+                raise ValueError(f"cannot add counts with {name} of shape {np.shape(counts[name])} to metrics of "
+                                 f"{n} classes (expected {shape})")
+        self.confusion += counts["confusion"]
+        self.boundary_intersection += counts["boundary_intersection"]
+        self.boundary_union += counts["boundary_union"]
+        self.images += int(counts["images"])
+        return self
+
+    def merge(self, other: "SegmentationMetrics") -> "SegmentationMetrics":
+        """Add the images another accumulator saw (same classes, ignore label, encoding and boundary ratio)."""
+        mine = (self.num_classes, self.ignore_index, self.reduce_zero_label, self.dilation_ratio)
+        theirs = (other.num_classes, other.ignore_index, other.reduce_zero_label, other.dilation_ratio)
+        if mine != theirs:
+            raise ValueError(f"cannot merge metrics of (classes, ignore, reduce_zero_label, boundary) {theirs} "
+                             f"into {mine}")
+        return self.add_counts(other.counts())
+
+    __iadd__ = merge
+
     def per_class_iou(self) -> np.ndarray:
         """IoU per class in percent; nan where the class has an empty union."""
         inter = np.diag(self.confusion).astype(np.float64)
