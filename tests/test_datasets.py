@@ -25,6 +25,7 @@ from PIL import Image
 
 from lposs.datasets import DATASETS, available_datasets, get_dataset, read_class_file
 from lposs.datasets.base import packaged_class_names
+from lposs.datasets.mess import mess_datasets
 from lposs.datasets.convert import (
     convert_cityscapes,
     convert_coco,
@@ -41,7 +42,7 @@ PAPER = {"voc21": 21, "voc20": 20, "context60": 60, "context59": 59, "coco_objec
 # ---------------------------------------------------------------------------------------------- registry
 def test_registry_lists_every_benchmark():
     assert available_datasets() == list(DATASETS)
-    assert set(available_datasets()) == {*PAPER, "camvid", "davis2016", "demo"}
+    assert set(available_datasets()) == {*PAPER, "camvid", "davis2016", "demo", *mess_datasets()}  # MESS: test_mess.py
 
 
 def test_unknown_name_lists_the_known_ones(tmp_path):

@@ -36,7 +36,7 @@ def add_data_subcommands(parser: argparse.ArgumentParser) -> None:
 
 def list_datasets() -> str:
     """One line per dataset: name, default split, size, default folder, presence, description."""
-    lines = [f"{'name':12} {'split':14} {'images':>6}  {'folder':24} {'status':8} description"]
+    lines = [f"{'name':17} {'split':14} {'images':>6}  {'folder':24} {'status':8} description"]
     for name, spec in DATASETS.items():
         root = default_root(name)
         status = "present" if root.is_dir() else "absent"
@@ -44,10 +44,10 @@ def list_datasets() -> str:
         how = "auto"
         if name == "demo":
             how = "generated"
-        elif source and any(a.url is None for a in source.archives):
+        elif spec.manual or (source and any(a.url is None for a in source.archives)):
             how = "manual"
         images = spec.images if spec.images is not None else "-"
-        lines.append(f"{name:12} {spec.default_split:14} {images!s:>6}  {str(root):24} {status:8} "
+        lines.append(f"{name:17} {spec.default_split:14} {images!s:>6}  {str(root):24} {status:8} "
                      f"{spec.description} [{how}]")
     return "\n".join(lines)
 

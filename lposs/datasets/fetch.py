@@ -135,6 +135,9 @@ def _transfer(url: str, part: Path, offset: int, progress: bool, timeout: float)
 def _target(dest: Path, name: str, strip: str | None) -> Path | None:
     """Where archive member ``name`` goes (None = skip); refuses paths that escape ``dest``."""
     if strip is not None:
+        if strip.startswith("*/"):  # any top folder
+            _, _, rest = name.partition("/")
+            name, strip = rest, strip[2:]
         if not name.startswith(strip) or name == strip:
             return None
         name = name[len(strip):]
@@ -144,12 +147,13 @@ def _target(dest: Path, name: str, strip: str | None) -> Path | None:
     return target
 
 
-def extract(archive: Path, dest: Path, strip: str | None = None, progress: bool = True) -> None:
+def extract(archive: Path, dest: Path, strip: str | None = None, progress: bool = True,
+            password: str | None = None) -> None:
     """Unpack a .zip or tar archive into ``dest`` (only members under ``strip``, without it)."""
     dest.mkdir(parents=True, exist_ok=True)
     try:
         if zipfile.is_zipfile(archive):
-            _extract_zip(archive, dest, strip, progress)
+            _extract_zip(archive, dest, strip, progress, password)
         elif tarfile.is_tarfile(archive):
             _extract_tar(archive, dest, strip, progress)
         else:
@@ -158,8 +162,10 @@ def extract(archive: Path, dest: Path, strip: str | None = None, progress: bool 
         raise ValueError(f"cannot extract {archive}: {err}; delete it and re-run the fetch") from err
 
 
-def _extract_zip(archive: Path, dest: Path, strip: str | None, progress: bool) -> None:
+def _extract_zip(archive: Path, dest: Path, strip: str | None, progress: bool, password: str | None) -> None:
     with zipfile.ZipFile(archive) as zf:
+        if password is not None:
+            zf.setpassword(password.encode())
         for info in tqdm(zf.infolist(), desc=f"extract {archive.name}", unit="file", disable=not progress):
             target = _target(dest, info.filename, strip)
             if target is None:
@@ -243,10 +249,14 @@ def fetch(name: str, root=None, progress: bool = True, mirror: str | None = None
     for archive in pending:
         path = obtain(name, archive, root, mirror, progress)
         if archive.extract_to is not None:
-            extract(path, root / archive.extract_to, archive.strip, progress)
+            extract(path, root / archive.extract_to, archive.strip, progress, archive.password)
         state.mkdir(exist_ok=True)
         (state / f"{archive.filename}.extracted").touch()
-    if source.convert:
+    if source.convert == "mess":  # MESS's own preparation script (mess-benchmark, lposs[mess])
+        from .mess_prepare import prepare_with_mess
+
+        prepare_with_mess(name, root, progress=progress)
+    elif source.convert:
         CONVERTERS[source.convert](root, progress=progress)
     dataset = get_dataset(name, root)
     if progress:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .base import SegmentationDataset, packaged_class_names
 from .layouts import CamVidDataset, DavisDataset, FolderDataset, Layout, StandardDataset
+from .mess import MESS, MESS_DATASETS, MessDataset
 
 DATA_DIR_ENV = "LPOSS_DATA"
 
@@ -86,6 +87,13 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec("demo", "generated demo scenes (lposs/demo.py), a plain image/label folder", "demo", "all"),
     ]
 }
+# MESS's 22 (lposs/datasets/mess.py); each lives in its MESS folder under $LPOSS_DATA/mess (a MESS dataset dir)
+DATASETS.update({
+    m.name: DatasetSpec(m.name, f"MESS {m.domain}: {m.description}", f"mess/{m.folder}", m.main_split, m.images,
+                        classes=m.split(None).classes, label_max=len(m.class_names()) - 1,
+                        manual=m.download != "auto")
+    for m in MESS
+})
 
 
 def available_datasets() -> list[str]:
@@ -122,5 +130,7 @@ def get_dataset(name: str, root=None, split: str | None = None) -> SegmentationD
         return CamVidDataset(name, root, split, class_names, hint)
     if name == "davis2016":
         return DavisDataset(name, root, split, class_names, hint)
+    if name in MESS_DATASETS:
+        return MessDataset(MESS_DATASETS[name], root, split, hint)
     return StandardDataset(name, root, split, class_names, spec.layout, spec.label_max,
                            spec.reduce_zero_label, hint)

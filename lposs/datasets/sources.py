@@ -22,7 +22,8 @@ class Archive:
     """One downloadable file and how to unpack it under the dataset root.
 
     ``extract_to``: folder (relative to the root) to unpack into; ``None`` = keep the file as it is.
-    ``strip``: only members under this prefix are extracted, with the prefix removed.
+    ``strip``: only members under this prefix are extracted, with the prefix removed (a leading ``*/``
+    stands for any top folder, as in GitHub's ``<repo>-<ref>/`` zips).
     ``creates``: a path (relative to the root) the unpacked archive provides; when it exists and the
     archive file does not, the archive counts as unpacked by hand and is not downloaded.
     """
@@ -34,6 +35,7 @@ class Archive:
     strip: str | None = None
     size: str = ""
     creates: str | None = None
+    password: str | None = None  # an encrypted (ZipCrypto) zip's published password
 
 
 @dataclass(frozen=True)
@@ -143,3 +145,8 @@ SOURCES: dict[str, Source] = {
         notes="train_every10 (every 10th frame of the 30 train sequences) is written from ImageSets/480p/train.txt",
     ),
 }
+
+# MESS's 22 datasets (lposs/datasets/mess_sources.py; imported last: it builds on Archive and Source)
+from .mess_sources import mess_source_table  # noqa: E402
+
+SOURCES.update(mess_source_table())

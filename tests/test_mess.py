@@ -1,0 +1,158 @@
+"""Tests of MESS's 22 datasets: registry facts against the mess-benchmark package itself, loaders on fixtures
+in the prepared layout, fetch through a local server + MESS's own conversion scripts, manual steps, the MESS
+metrics, domain means against the leaderboard, and an end-to-end run over two fixtures to the results table."""
+
+import importlib
+import os
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fixtures import mess_layouts as raw
+from fixtures.dataset_layouts import SIZE, block_mask, make_tar, make_zip, save_mask
+from test_fetch import FileServer
+
+from lposs.datasets import DATASETS, fetch, get_dataset, main_data
+from lposs.datasets.base import packaged_class_names
+from lposs.datasets.mess import DOMAINS, MESS, MESS_DATASETS, evaluation_runs, mess_datasets
+from lposs.datasets.mess_sources import MESS_SOURCES
+from lposs.mess_leaderboard import reference_datasets, reference_domains
+from lposs.mess_metrics import mess_scores
+from lposs.mess_results import binary_table, mess_summary, mess_table
+from lposs.metrics import SegmentationMetrics
+
+ALL_SPLITS = [(spec.name, split) for spec in MESS for split in spec.splits]
+# MESS's split names as registered: <name>_sem_seg_<split>
+MESS_NAME = "{}_sem_seg_{}"
+
+
+@pytest.fixture
+def server(tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    srv = FileServer(served)
+    yield srv
+    srv.close()
+
+
+# ---------------------------------------------------------------------------------------------- registry
+def test_the_22_datasets_domains_and_image_counts():
+    domains = mess_datasets()
+    assert len(domains) == 22 and set(domains) <= set(DATASETS)
+    assert [sum(1 for d in domains.values() if d == domain) for domain in DOMAINS] == [6, 5, 4, 4, 3]
+    assert sum(spec.images for spec in MESS) == 25069  # the paper's 25,069 test images
+    assert len(evaluation_runs()) == 25 and ("paxray", "test_diaphragm") in evaluation_runs()
+    assert DATASETS["isprs_potsdam"].default_split == "test_irrg" and DATASETS["bdd100k"].manual
+
+
+def test_class_lists_of_the_main_splits():
+    counts = {name: len(MESS_DATASETS[name].class_names()) for name in MESS_DATASETS}
+    assert counts == {"bdd100k": 19, "dark_zurich": 20, "mhp_v1": 19, "foodseg103": 104, "atlantis": 56, "dram": 12,
+                      "isaid": 16, "isprs_potsdam": 6, "worldfloods": 3, "floodnet": 10, "uavid": 8,
+                      "kvasir_instrument": 2, "chase_db1": 2, "cryonuseg": 2, "paxray": 2, "corrosion_cs": 4,
+                      "deepcrack": 2, "pst900": 5, "zerowaste": 5, "suim": 8, "cub_200": 201, "cwfid": 3}
+    assert MESS_DATASETS["isprs_potsdam"].class_names("test_irrg_official")[0] == "imperious surface"  # sic, MESS
+    assert MESS_DATASETS["pst900"].class_names()[-1] == "human"
+    assert MESS_DATASETS["pst900"].class_names("test_official")[-1] == "rescue randy"
+    assert packaged_class_names("mess_cub_200")[1] == "Black-footed Albatross"
+
+
+def test_data_list_shows_the_mess_names(capsys):
+    assert main_data(["list"]) == 0
+    listing = capsys.readouterr().out
+    for name in MESS_DATASETS:
+        assert re.search(rf"^{name}\s", listing, re.M), name
+    assert re.search(r"^bdd100k .*\[manual\]", listing, re.M) and re.search(r"^suim .*\[auto\]", listing, re.M)
+
+
+@pytest.fixture(scope="module")
+def mess_package():
+    pytest.importorskip("mess", reason="mess-benchmark is not installed (pip install 'lposs[mess]')")
+    from mess.utils import catalog
+
+    return catalog
+
+
+def registration_module(name: str):
+    return importlib.import_module(f"mess.datasets.register_{name if name != 'foodseg103' else 'foodseg'}")
+
+
+def fresh_registration(name, root, monkeypatch, catalog):
+    """Run MESS's register function of ``name`` on ``root`` into fresh catalogs; returns (datasets, metadata)."""
+    module = registration_module(name)
+    datasets, metadata = catalog._DatasetCatalog(), type(catalog.MetadataCatalog)()
+    monkeypatch.setattr(module, "DatasetCatalog", datasets)
+    monkeypatch.setattr(module, "MetadataCatalog", metadata)
+    register = next(getattr(module, f) for f in dir(module) if f.startswith("register_") and callable(getattr(module, f)))
+    register(str(root))
+    return datasets, metadata
+
+
+@pytest.mark.parametrize("name", list(MESS_DATASETS))
+def test_registry_matches_mess_registration(name, tmp_path, monkeypatch, mess_package):
+    """Class names, ignore label, classes of interest, background, folders, and the image/label pairs MESS's
+    own loader finds in a fixture: the same as ours, for every split MESS registers."""
+    spec = MESS_DATASETS[name]
+    datasets, metadata = fresh_registration(name, tmp_path, monkeypatch, mess_package)
+    assert {full.split("_sem_seg_")[1] for full in datasets.list()} == set(spec.splits)
+    for split in spec.splits:
+        meta = metadata.get(MESS_NAME.format(name, split))
+        ours = get_dataset_or_fixture(spec, split, tmp_path)
+        assert list(meta.stuff_classes) == ours.class_names
+        assert meta.ignore_label == ours.ignore_index == 255
+        assert list(meta.classes_of_interest) == spec.interest(ours.num_classes)
+        assert meta.background_class == spec.background_class
+        assert Path(meta.image_root) == tmp_path / spec.folder / spec.split(split).image_dir
+        assert Path(meta.sem_seg_root) == tmp_path / spec.folder / spec.split(split).label_dir
+        pairs = [(Path(d["file_name"]), Path(d["sem_seg_file_name"]))
+                 for d in datasets.get(MESS_NAME.format(name, split))]
+        assert pairs == [(item.image, item.label) for item in ours.items]
+
+
+def get_dataset_or_fixture(spec, split, root):
+    """The fixture of ``split``, written unless an earlier split sharing its folders wrote it."""
+    folders = [root / spec.folder / getattr(spec.split(split), d) for d in ("image_dir", "label_dir")]
+    if not all(folder.is_dir() for folder in folders):
+        raw.write_prepared(root, spec, split)
+    return get_dataset(spec.name, root, split)
+
+
+# ---------------------------------------------------------------------------------------------- loaders
+@pytest.mark.parametrize("name, split", ALL_SPLITS)
+def test_prepared_fixture_loads_with_classes_encoding_and_modality(name, split, tmp_path):
+    spec = MESS_DATASETS[name]
+    labels = raw.write_prepared(tmp_path, spec, split)
+    for root in (tmp_path, tmp_path / spec.folder):  # the MESS dataset dir, or the dataset folder itself
+        ds = get_dataset(name, root, split)
+        assert len(ds) == 2 and ds.class_names == spec.class_names(split)
+        assert ds.modality == spec.split(split).modality
+        for sample in ds:
+            np.testing.assert_array_equal(sample.label, labels[sample.id])
+            assert sample.image.shape == (*SIZE, 3)
+        assert ds.ignore_index == 255 and 255 in ds[0].label
+
+
+def test_modalities_follow_mess():
+    modality = {name: MESS_DATASETS[name].split(None).modality for name in MESS_DATASETS}
+    assert modality["isprs_potsdam"].startswith("IRRG") and "tiles" in modality["isprs_potsdam"]
+    assert modality["pst900"].startswith("thermal")
+    assert all("1024x1024 tiles" in modality[n] for n in ("isaid", "isprs_potsdam", "floodnet", "uavid", "worldfloods"))
+    assert MESS_DATASETS["isprs_potsdam"].split("test_rgb").image_dir.endswith("/rgb")
+
+
+def test_a_label_beyond_the_classes_is_named(tmp_path):
+    spec = MESS_DATASETS["chase_db1"]
+    raw.write_prepared(tmp_path, spec, "test")
+    bad = tmp_path / spec.folder / "annotations_detectron2/test/a0.png"
+    save_mask(bad, block_mask([0, 1, 2, 255]))
+    with pytest.raises(ValueError, match=r"a0.png holds values \[2\].*0..1"):
+        get_dataset("chase_db1", tmp_path)[0]
+
+
+def test_missing_folder_and_unknown_split_are_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="python -m lposs data fetch suim"):
+        get_dataset("suim", tmp_path / "nothing")
+    with pytest.raises(ValueError, match="no split 'val'.*test_irrg"):
+        get_dataset("isprs_potsdam", tmp_path, "val")
