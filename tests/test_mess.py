@@ -156,3 +156,120 @@ def test_missing_folder_and_unknown_split_are_clear(tmp_path):
         get_dataset("suim", tmp_path / "nothing")
     with pytest.raises(ValueError, match="no split 'val'.*test_irrg"):
         get_dataset("isprs_potsdam", tmp_path, "val")
+
+
+# ---------------------------------------------------------------------------------------------- fetch (automatic)
+def zip_with_password(source: Path, archive: Path, top: str, password: str) -> Path:
+    """An encrypted (ZipCrypto) zip of ``source`` under folder ``top``, written by Info-ZIP's zip."""
+    import shutil
+    import subprocess
+
+    if shutil.which("zip") is None:
+        pytest.skip("the `zip` tool is needed to write an encrypted fixture zip")
+    (source.parent / top).mkdir(exist_ok=True)
+    for path in source.iterdir():
+        path.rename(source.parent / top / path.name)
+    subprocess.run(["zip", "-q", "-r", "-P", password, str(archive), top], cwd=source.parent, check=True)
+    return archive
+
+
+def build_release(name: str, stage: Path, served: Path) -> dict:
+    """Write ``name``'s raw release under ``stage`` and its archive(s) into ``served``; returns the expected labels."""
+    from lposs.datasets.mess_sources import CWFID_COMMIT, DEEPCRACK_COMMIT
+
+    spec = MESS_DATASETS[name]
+    if name == "dark_zurich":
+        expected = raw.raw_dark_zurich(stage)
+        make_zip(stage, served / "Dark_Zurich_val_anon.zip")
+    elif name == "chase_db1":
+        expected = raw.raw_chase_db1(stage)
+        make_zip(stage, served / "CHASEDB1.zip")
+    elif name == "kvasir_instrument":
+        (stage / "ds").mkdir(parents=True)
+        expected = raw.raw_kvasir(stage / "ds", stage / "parts")
+        make_zip(stage / "ds", served / "kvasir-instrument.zip", prefix="kvasir-instrument/")
+    elif name == "cub_200":
+        expected = raw.raw_cub(stage / "top", stage / "seg" / "segmentations")
+        (stage / "attributes.txt").write_text("1 has_bill_shape::curved\n")
+        make_tar(stage / "top", served / "CUB_200_2011.tgz", prefix="CUB_200_2011/", mode="w:gz")
+        make_tar(stage / "seg", served / "segmentations.tgz", mode="w:gz")
+    elif name == "atlantis":
+        expected = raw.raw_atlantis(stage)
+        make_zip(stage, served / "atlantis.zip", prefix="atlantis-master/")
+    elif name == "cwfid":
+        expected = raw.raw_cwfid(stage)
+        make_zip(stage, served / "cwfid-dataset.zip", prefix=f"dataset-{CWFID_COMMIT}/")
+    elif name == "deepcrack":
+        expected = raw.raw_deepcrack(stage / "inner")
+        make_zip(stage / "inner", stage / "repo" / "dataset" / "DeepCrack.zip")
+        make_zip(stage / "repo", served / "DeepCrack-repo.zip", prefix=f"DeepCrack-{DEEPCRACK_COMMIT}/")
+    elif name == "foodseg103":
+        expected = raw.write_prepared(stage / "release", spec, "test", ids=("00000001", "00000002"))
+        zip_with_password(stage / "release" / spec.folder, served / "FoodSeg103.zip", "FoodSeg103", "LARCdataset9947")
+    elif name == "zerowaste":
+        expected = raw.write_prepared(stage, spec, "test", ids=("01_frame_000040",))
+        make_zip(stage / spec.folder, served / "zerowaste-f-final.zip")
+    elif name == "suim":
+        expected = raw.raw_suim(stage)
+        make_zip(stage, served / "TEST.zip")
+    elif name == "corrosion_cs":
+        expected = raw.raw_corrosion(stage)
+        make_zip(stage, served / "31729733", prefix="Corrosion Condition State Classification/")
+    elif name == "pst900":
+        expected = raw.raw_pst900(stage)
+        make_zip(stage, served / "PST900_RGBT_Dataset.zip", prefix="PST900_RGBT_Dataset/")
+    elif name == "mhp_v1":
+        expected = raw.raw_mhp(stage)
+        make_zip(stage, served / "LV-MHP-v1.zip", prefix="LV-MHP-v1/")
+    elif name == "paxray":
+        expected = raw.raw_paxray(stage)
+        make_zip(stage, served / "paxray_dataset.zip")
+    return expected
+
+
+AUTOMATIC = ["dark_zurich", "chase_db1", "kvasir_instrument", "cub_200", "atlantis", "cwfid", "deepcrack",
+             "foodseg103", "zerowaste", "suim", "corrosion_cs", "pst900", "mhp_v1", "paxray"]
+
+
+def test_automatic_downloads_are_the_ones_mess_downloads():
+    automatic = {name for name, spec in MESS_DATASETS.items() if spec.download == "auto"}
+    assert automatic == set(AUTOMATIC)
+    for name in AUTOMATIC:
+        assert all(a.url and a.url.startswith("https://") for a in MESS_SOURCES[name].archives)
+
+
+@pytest.mark.parametrize("name", AUTOMATIC)
+def test_fetch_downloads_unpacks_and_runs_the_mess_script(name, tmp_path, server, mess_package):
+    spec = MESS_DATASETS[name]
+    expected = build_release(name, tmp_path / "stage", server.directory)
+    # the MESS folder under a MESS dataset dir, or a folder of another name (MESS then sees a symlink)
+    root = tmp_path / "data" / "mess" / spec.folder if len(name) % 2 else tmp_path / "elsewhere"
+    ds = fetch(name, root, progress=False, mirror=server.url)
+    assert sorted(r[0] for r in server.requests) == sorted(a.filename for a in MESS_SOURCES[name].archives)
+    splits = expected if name == "paxray" else {spec.main_split: expected}
+    for split, labels in splits.items():
+        ds = get_dataset(name, root, split)
+        if name == "paxray":
+            labels = {"p1": labels}
+        assert sorted(item.id for item in ds.items) == sorted(labels)
+        for sample in ds:
+            np.testing.assert_array_equal(sample.label, labels[sample.id])
+    again = fetch(name, root, progress=False, mirror=server.url)  # resumable: nothing downloaded or converted twice
+    assert len(again) == len(ds) and len(server.requests) == len(MESS_SOURCES[name].archives)
+
+
+def test_dram_downloads_then_asks_for_unrar(tmp_path, server):
+    import shutil
+
+    if shutil.which("unrar"):
+        pytest.skip("unrar is installed here; the manual-steps branch is for machines without it")
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    (stage / "DRAM_processed.rar").write_bytes(b"Rar!\x1a\x07\x00 not a real rar")
+    make_zip(stage, server.directory / "DRAM_processed.zip")
+    root = tmp_path / "DRAM_processed"
+    with pytest.raises(FileNotFoundError) as err:
+        fetch("dram", root, progress=False, mirror=server.url)
+    message = str(err.value)
+    assert "unrar" in message and f"cd {root} && unrar x DRAM_processed.rar" in message
+    assert (root / "DRAM_processed.rar").is_file()  # downloaded and unpacked, waiting for unrar

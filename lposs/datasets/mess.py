@@ -242,7 +242,7 @@ class MessDataset(SegmentationDataset):
                 raise self.missing(folder)
         images = _stems(image_dir, self.spec.image_ext)
         labels = _stems(label_dir, self.spec.label_ext)
-        return [Item(stem.rstrip("._") or stem, images[stem], labels[stem]) for stem in sorted(images.keys() & labels)]
+        return [Item(stem.rstrip(".") or stem, images[stem], labels[stem]) for stem in sorted(images.keys() & labels)]
 
     def label_encoding(self) -> str:
         return (f"a single-channel PNG of class indices 0..{self.num_classes - 1} "
