@@ -273,3 +273,74 @@ def test_dram_downloads_then_asks_for_unrar(tmp_path, server):
     message = str(err.value)
     assert "unrar" in message and f"cd {root} && unrar x DRAM_processed.rar" in message
     assert (root / "DRAM_processed.rar").is_file()  # downloaded and unpacked, waiting for unrar
+
+
+# ---------------------------------------------------------------------------------------------- fetch (manual)
+MANUAL = {"bdd100k": "https://bdd-data.berkeley.edu/", "isprs_potsdam": "isprs.org/education/benchmarks",
+          "floodnet": "1leN9eWVQcvWDVYwNb2GCo5ML_wBEycWD", "uavid": "https://uavid.nl",
+          "cryonuseg": "kaggle.com/datasets/ipateam", "isaid": "1RV7Z5MM4nJJJPUs6m9wsxDOJxX6HmQqZ",
+          "worldfloods": "1Bp1FXppikOpQrgth2lu5WjpYX7Lb2qOW"}
+
+
+@pytest.mark.parametrize("name", MANUAL)
+def test_manual_datasets_print_their_steps(name, tmp_path, capsys):
+    root = tmp_path / "placed here"
+    with pytest.raises(FileNotFoundError) as err:
+        fetch(name, root, progress=False)
+    message = str(err.value)
+    assert MANUAL[name] in message and str(root) in message and f"data fetch {name} --root {root}" in message
+    assert "{" not in message  # every placeholder filled
+    assert main_data(["fetch", name, "--root", str(root)]) == 1
+    assert MANUAL[name] in capsys.readouterr().err
+
+
+def test_bdd100k_converts_the_placed_zips(tmp_path, mess_package):
+    expected = raw.raw_bdd100k(tmp_path / "stage" / "images")
+    (tmp_path / "stage" / "labels").mkdir()
+    (tmp_path / "stage" / "images" / "labels").rename(tmp_path / "stage" / "labels" / "labels")
+    root = tmp_path / "bdd100k"
+    make_zip(tmp_path / "stage" / "images", root / "bdd100k_images_10k.zip", prefix="bdd100k/")
+    make_zip(tmp_path / "stage" / "labels", root / "bdd100k_sem_seg_labels_trainval.zip", prefix="bdd100k/")
+    ds = fetch("bdd100k", root, progress=False)
+    np.testing.assert_array_equal(ds[0].label, expected[ds[0].id])
+
+
+def test_isprs_potsdam_unpacks_the_nested_zips_and_tiles(tmp_path, mess_package):
+    stage, root = tmp_path / "stage", tmp_path / "ISPRS_Potsdam"
+    expected = raw.raw_potsdam(stage)
+    make_zip(stage / "rgb", stage / "zips" / "Potsdam" / "2_Ortho_RGB.zip")
+    make_zip(stage / "irrg", stage / "zips" / "Potsdam" / "3_Ortho_IRRG.zip")
+    make_zip(stage / "labels", stage / "zips" / "Potsdam" / "5_Labels_all.zip")
+    make_zip(stage / "zips", root / "Potsdam.zip")
+    ds = fetch("isprs_potsdam", root, progress=False)
+    sample = ds[0]
+    assert sample.id == "top_potsdam_2_13_0" and sample.image.shape == (1024, 1024, 3)
+    np.testing.assert_array_equal(sample.label, expected[sample.id])
+    assert (sample.image[SIZE[0]:] == 0).all()  # zero padding around the small original
+    rgb = get_dataset("isprs_potsdam", root, "test_rgb")[0]
+    assert not np.array_equal(rgb.image, sample.image)  # IRRG and RGB are different pictures
+
+
+def test_uavid_and_floodnet_and_cryonuseg_convert_what_was_placed(tmp_path, mess_package):
+    stage = tmp_path / "uavid_stage"
+    expected = raw.raw_uavid(stage)
+    make_zip(stage, tmp_path / "uavid" / "uavid_v1.5_official_release_image.zip",
+             prefix="uavid_v1.5_official_release_image/")
+    ds = fetch("uavid", tmp_path / "uavid", progress=False)
+    np.testing.assert_array_equal(ds[0].label, expected[ds[0].id])
+    expected = raw.raw_floodnet(tmp_path / "FloodNet-Supervised_v1.0")
+    ds = fetch("floodnet", tmp_path / "FloodNet-Supervised_v1.0", progress=False)
+    np.testing.assert_array_equal(ds[0].label, expected[ds[0].id])
+    expected = raw.raw_cryonuseg(tmp_path / "cryo")
+    ds = fetch("cryonuseg", tmp_path / "cryo", progress=False)
+    np.testing.assert_array_equal(ds[0].label, expected[ds[0].id])
+
+
+def test_isaid_drive_folder_files_through_a_mirror(tmp_path, server, mess_package):
+    stage = tmp_path / "stage"
+    expected = raw.raw_isaid(stage / "part1", stage / "masks")
+    make_zip(stage / "part1", server.directory / "part1.zip")
+    make_zip(stage / "masks", server.directory / "images.zip")
+    ds = fetch("isaid", tmp_path / "isaid", progress=False, mirror=server.url)
+    np.testing.assert_array_equal(ds[0].label, expected[ds[0].id])
+    assert get_dataset("isaid", tmp_path / "isaid", "val_official").class_names[1] == "ship"
