@@ -12,7 +12,17 @@ import torch
 import torch.nn.functional as F
 
 from lposs import backbones, loading
-from lposs.backbones import BackboneUnavailable, DinoFeatures, MaskCLIP, load_backbones, split_synonyms
+from lposs.backbones import (
+    BackboneUnavailable,
+    ClipGraphFeatures,
+    DenseCLIP,
+    DinoFeatures,
+    MaskCLIP,
+    VisionFeatures,
+    load_backbones,
+    split_synonyms,
+)
+from lposs.heads import HEADS, dense_clip_features
 
 CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
 CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
@@ -187,6 +197,46 @@ def test_maskclip_loads_a_local_checkpoint(tiny_clip, tmp_path):
     torch.testing.assert_close(loaded.dense_features(windows(1)), tiny_clip.dense_features(windows(1)))
 
 
+def test_dense_clip_ids_name_the_head_its_changed_parameters_and_the_proxy(tiny_clip, small_dino):
+    proxy = small_dino.with_feature("tokens")
+    made = {head: DenseCLIP(TINY_CLIP, None, head=head, proxy=proxy if head == "proxyclip" else None)
+            for head in HEADS}
+    assert MaskCLIP is DenseCLIP and made["maskclip"].id == tiny_clip.id
+    assert made["sclip"].id == f"openclip-{TINY_CLIP}-random0-sclip"
+    assert made["proxyclip"].id == f"openclip-{TINY_CLIP}-random0-proxyclip-proxy_timm-{SMALL_DINO}-random0-tokens"
+    changed = DenseCLIP(TINY_CLIP, None, head="naclip", head_params={"sigma": 3, "interpolation": "lposs"})
+    assert changed.id == f"openclip-{TINY_CLIP}-random0-naclip-interpolation_lposs-sigma_3"
+    assert DenseCLIP(TINY_CLIP, None, head="naclip", head_params={"sigma": 5}).id == made["naclip"].id
+    assert len({vlm.id for vlm in made.values()} | {changed.id}) == len(HEADS) + 1
+    images = windows(1, seed=8)
+    feats = {head: vlm.dense_features(images) for head, vlm in made.items()}
+    assert all((feats[head] - feats["maskclip"]).abs().max() > 1e-3 for head in HEADS if head != "maskclip")
+
+
+def test_dense_clip_proxyclip_runs_the_proxy_on_the_same_windows(tiny_clip_config):
+    proxy = VisionFeatures("vit_small_patch8_224.dino", pretrained=False, feature="tokens")
+    vlm = DenseCLIP(TINY_CLIP, None, head="proxyclip", proxy=proxy)
+    assert vlm.patch_size == 8 and vlm.clip_patch_size == 16
+    images = windows(2, 112, 160, seed=9)
+    feats = vlm.dense_features(images)
+    assert feats.shape == (2, 14, 20, 32)
+    tokens = proxy.dense_features(images)  # [2, 14, 20, 384], ImageNet-normalised input
+    expected = dense_clip_features(vlm.model.visual, (images - CLIP_MEAN) / CLIP_STD, "proxyclip", proxy=tokens)
+    torch.testing.assert_close(feats, expected)
+    with pytest.raises(ValueError, match="'proxyclip' needs proxy"):
+        DenseCLIP(TINY_CLIP, None, head="proxyclip")
+    with pytest.raises(ValueError, match="unknown head 'mask'"):
+        DenseCLIP(TINY_CLIP, None, head="mask")
+
+
+def test_clip_graph_features_are_the_vlm_features(tiny_clip):
+    vm = ClipGraphFeatures(tiny_clip)
+    assert vm.id == f"clip:{tiny_clip.id}" and vm.patch_size == 16 and vm.embed_dim == 32
+    images = windows(1, seed=10)
+    torch.testing.assert_close(vm.dense_features(images), tiny_clip.dense_features(images))
+    assert list(vm.dense_features_multi(images)) == ["clip"]
+
+
 # ---------------------------------------------------------------------------------------------------
 # Text embeddings
 # ---------------------------------------------------------------------------------------------------
@@ -343,6 +393,15 @@ def test_real_dino_weights_offline_raise_actionable_error(monkeypatch):
         assert needed in message
 
 
+def test_openai_weights_offline_name_the_hub_repo(monkeypatch):
+    _skip_if_cached("timm/vit_base_patch16_clip_224.openai")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(BackboneUnavailable) as info:
+        load_backbones(clip_weights="openai", dino_model="clip")
+    for needed in ("ViT-B-16", "'openai'", "timm/vit_base_patch16_clip_224.openai", "--clip-checkpoint"):
+        assert needed in str(info.value)
+
+
 def test_missing_checkpoint_and_unknown_names_are_named():
     with pytest.raises(BackboneUnavailable, match="nowhere.pt"):
         MaskCLIP(TINY_CLIP, pretrained=None, checkpoint="/nowhere.pt")
@@ -359,6 +418,19 @@ def test_load_backbones_random_weights():
     assert isinstance(vlm, MaskCLIP) and isinstance(vm, DinoFeatures)
     assert vlm.id == f"openclip-{TINY_CLIP}-random0-maskclip" and vm.id == f"timm-{SMALL_DINO}-random0-k"
     assert vlm.patch_size == vm.patch_size == 16
+
+
+def test_load_backbones_heads_proxy_and_graph_choices(tiny_clip_config):
+    vlm, vm = load_backbones(clip_model=TINY_CLIP, dino_model="clip", head="sclip", head_params={"interpolation": "lposs"},
+                             random_weights=True)
+    assert isinstance(vm, ClipGraphFeatures) and vm.vlm is vlm
+    assert vm.id == f"clip:openclip-{TINY_CLIP}-random0-sclip-interpolation_lposs"
+    vlm, vm = load_backbones(clip_model=TINY_CLIP, dino_model="vit_small_patch8_224.dino", dino_feature="k",
+                             head="proxyclip", proxy_model="vit_small_patch8_224.dino", random_weights=True)
+    assert vlm.proxy.model is vm.model and vlm.proxy.id.endswith("-tokens") and vm.id.endswith("-k")
+    assert vlm.patch_size == vm.patch_size == 8
+    with pytest.raises(ValueError, match="unknown CLIP weights 'openclip'"):
+        load_backbones(clip_weights="openclip", random_weights=True)
 
 
 @pytest.mark.gpu
