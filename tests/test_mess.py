@@ -344,3 +344,103 @@ def test_isaid_drive_folder_files_through_a_mirror(tmp_path, server, mess_packag
     ds = fetch("isaid", tmp_path / "isaid", progress=False, mirror=server.url)
     np.testing.assert_array_equal(ds[0].label, expected[ds[0].id])
     assert get_dataset("isaid", tmp_path / "isaid", "val_official").class_names[1] == "ship"
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+def mess_evaluator_reference(confusion: np.ndarray, interest: list[int]) -> dict:
+    """MESSSemSegEvaluator.evaluate's arithmetic (mess/evaluation/sem_seg_evaluation.py), on detectron2's
+    (C+1) x (C+1) matrix [pred, gt] whose last column holds ignored pixels; copied to check ours against."""
+    n = confusion.shape[0]
+    conf = np.zeros((n + 1, n + 1), np.int64)
+    conf[:n, :n] = confusion.T
+    conf[:n, n] = 7  # ignored ground truth predicted as anything: never counted
+    acc, iou = np.full(n, np.nan), np.full(n, np.nan)
+    tp = conf.diagonal()[:-1].astype(float)
+    pos_gt = np.sum(conf, axis=0).astype(float)[:-1]
+    pos_pred = np.sum(conf[:-1, :-1], axis=1).astype(float)
+    acc_valid = pos_gt > 0
+    acc[acc_valid] = tp[acc_valid] / pos_gt[acc_valid]
+    iou_valid = (pos_gt + pos_pred) > 0
+    union = pos_gt + pos_pred - tp
+    iou[iou_valid] = tp[iou_valid] / union[iou_valid]
+    coi = np.bincount(interest, minlength=n).astype(bool)
+    res = {"mIoU": 100 * np.sum(iou[iou_valid]) / np.sum(iou_valid),
+           "CoI-mIoU": 100 * np.sum(iou[coi & acc_valid]) / np.sum(coi & iou_valid),
+           "mACC": 100 * np.sum(acc[acc_valid]) / np.sum(acc_valid), "pACC": 100 * np.sum(tp) / np.sum(pos_gt)}
+    if n == 2:
+        res["Specificity"], res["Sensitivity"] = 100 * acc[0], 100 * acc[1]
+    return res
+
+
+def test_binary_scores_by_hand():
+    scores = mess_scores(np.array([[50, 10], [5, 35]]), "chase_db1")  # rows: ground truth
+    assert scores["mIoU"] == pytest.approx((50 / 65 + 35 / 50) / 2 * 100)
+    assert scores["CoI-mIoU"] == pytest.approx(70.0)  # blood vessels only
+    assert (scores["Specificity"], scores["Sensitivity"]) == (pytest.approx(250 / 3), pytest.approx(87.5))
+    assert scores["pACC"] == pytest.approx(85.0)
+
+
+@pytest.mark.parametrize("name", ["isprs_potsdam", "dram", "floodnet", "bdd100k", "kvasir_instrument", "suim"])
+def test_scores_equal_mess_evaluator_arithmetic(name):
+    spec = MESS_DATASETS[name]
+    n = len(spec.class_names())
+    rng = np.random.default_rng(n)
+    confusion = rng.integers(0, 50, (n, n)) * (rng.random((n, n)) < 0.5)
+    confusion[n - 1] = 0  # a class absent from the ground truth (predicted or not)
+    ours, reference = mess_scores(confusion, name), mess_evaluator_reference(confusion, spec.interest(n))
+    for key, value in reference.items():
+        assert ours[key] == (None if np.isnan(value) else pytest.approx(value)), key  # None where MESS has NaN
+    assert ("Sensitivity" in ours) == (n == 2)
+
+
+def test_scores_from_segmentation_metrics_and_from_a_summary():
+    label = block_mask([0, 1, 255, 1]).astype(np.int64)
+    pred = block_mask([0, 1, 1, 0]).astype(np.int64)
+    metrics = SegmentationMetrics(2)
+    metrics.update(pred, label)
+    direct = mess_scores(metrics, "deepcrack")
+    assert direct["mIoU"] == pytest.approx(metrics.miou())
+    from_summary = mess_scores(metrics.summary(), "deepcrack")
+    assert from_summary["mIoU"] == pytest.approx(direct["mIoU"])
+    assert from_summary["CoI-mIoU"] == pytest.approx(direct["CoI-mIoU"]) and "Sensitivity" not in from_summary
+    with pytest.raises(ValueError, match="confusion matrix of shape"):
+        mess_scores(np.eye(3), "deepcrack")
+
+
+# ---------------------------------------------------------------------------------------------- summaries, table
+def test_domain_means_reproduce_the_leaderboard():
+    """Our aggregation of the leaderboard's per-dataset numbers gives its domain table and its mean."""
+    for model, per_dataset in reference_datasets().items():
+        summary = mess_summary({name: {"mIoU": value} for name, value in per_dataset.items() if name != "Mean"})
+        assert summary["missing"] == []
+        for domain, value in reference_domains()[model].items():
+            ours = summary["mean"]["mIoU"] if domain == "Mean" else summary["domains"][domain]["mIoU"]
+            assert ours == pytest.approx(value, abs=0.02), (model, domain)
+        assert summary["mean"]["mIoU"] == pytest.approx(per_dataset["Mean"], abs=0.01)
+
+
+def test_paxray_is_the_mean_of_its_four_binary_tasks():
+    splits = {"test_lungs": 80.0, "test_bones": 40.0, "test_mediastinum": 60.0, "test_diaphragm": 20.0}
+    runs = {"paxray": {s: {"mIoU": v, "Sensitivity": v / 2} for s, v in splits.items()}}
+    summary = mess_summary(runs)
+    assert summary["datasets"]["paxray"]["mIoU"] == 50.0 and summary["datasets"]["paxray"]["Sensitivity"] == 25.0
+    assert summary["domains"]["Medical Sciences"]["mIoU"] == 50.0 and len(summary["missing"]) == 21
+    del runs["paxray"]["test_bones"]
+    assert "paxray" in mess_summary(runs)["missing"]
+    with pytest.raises(ValueError, match="not MESS datasets"):
+        mess_summary({"voc21": {"mIoU": 1.0}})
+
+
+def test_table_sets_our_rows_beside_the_reference_rows():
+    ours = mess_summary({"chase_db1": {"mIoU": 12.345, "Sensitivity": 50.0, "Specificity": 90.0},
+                         "suim": {"mIoU": 40.0}})
+    table = mess_table({"LPOSS+ (ours)": ours})
+    lines = table.splitlines()
+    assert lines[0] == "| Domain | Dataset | Random | ZSSeg-B | SAN-B | CAT-Seg-B | CAT-Seg-L | LPOSS+ (ours) |"
+    assert "| Medical Sciences | CHASE DB1 | 27.25 | 37.00 | 17.85 | 25.38 | 24.99 | 12.35 |" in lines
+    assert "| Engineering | PST900 | 4.52 | 18.76 | 19.67 | 21.32 | 25.26 | - |" in lines
+    assert any(line.startswith("| **MESS** | **mean of 22** | **10.27** |") and "**26.17**" in line for line in lines)
+    assert sum(line.startswith("| **") and "**mean**" in line for line in lines) == 5
+    assert "blumenstiel/mess-benchmark" in table and "no result for bdd100k" in table
+    binary = binary_table({"ours": ours})
+    assert "| CHASE DB1 | 50.00 | 90.00 |" in binary and "PAXRay-4" in binary and "SUIM" not in binary
