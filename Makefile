@@ -11,7 +11,7 @@ export JUPYTER_PREFER_ENV_PATH := 1
 # plain tqdm bars print one line per update under papermill: keep them sparse
 export TQDM_MININTERVAL ?= 5
 
-.PHONY: install repro paper test test-fast lab clean-results
+.PHONY: install repro paper test test-fast lab demo clean-results
 
 install: $(STAMP)
 
@@ -28,8 +28,11 @@ repro: install
 	$(PY) -m dvc repro
 	@echo "results: results/table.md, results/metrics.json, plots/, executed/ (open the executed notebooks)"
 
+# make paper HEAD=sclip PROTOCOL=sclip: any dense head under its own release's protocol or LPOSS's (VM=dino_vitb8 ...)
+HEAD ?= maskclip
+PROTOCOL ?= lposs
 paper: install
-	$(PY) -m lposs.pipeline paper
+	$(PY) -m lposs.pipeline paper --head $(HEAD) --protocol $(PROTOCOL) $(if $(VM),--vm $(VM))
 
 test: install
 	$(PY) -m pytest -ra
@@ -39,3 +42,7 @@ test-fast: install
 
 lab: install
 	$(VENV)/bin/python -m pip install jupyterlab && $(VENV)/bin/jupyter lab notebooks/
+
+# the web app on http://127.0.0.1:7860 (real weights, downloaded on first use); DEMO_ARGS=--demo-backbones: offline
+demo: install
+	$(PY) -m lposs demo $(DEMO_ARGS)

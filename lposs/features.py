@@ -343,11 +343,15 @@ def fill_store(store: FeatureStore, items: Iterable[tuple[str, Path, list[str]]]
 
 
 def fill_dataset(store: FeatureStore, dataset: Any, vlm: Any, vms: dict[str, Any], windows: dict[str, int],
-                 progress: bool = True) -> dict[str, Any]:
-    """`fill_store` over a `lposs.datasets` dataset: backbones run only on images without a valid shard."""
+                 progress: bool = True, prompts: Callable[[int], list[str]] | None = None) -> dict[str, Any]:
+    """`fill_store` over a `lposs.datasets` dataset: backbones run only on images without a valid shard.
+
+    prompts(i): the class prompts of image i (default `dataset.class_names_for`; a protocol's class files).
+    """
+    prompts = prompts or dataset.class_names_for
     index = {item.id: i for i, item in enumerate(dataset.items)}
-    shared = dataset.class_names if all(dataset.class_names_for(i) == dataset.class_names
-                                        for i in range(len(dataset))) else None
+    first = prompts(0) if len(dataset) else []
+    shared = first if all(prompts(i) == first for i in range(len(dataset))) else None
     text = vlm.text_embeddings(shared) if shared else None  # the same classifier for every image
 
     def compute(image_id: str, image_path: Path, class_names: list[str], md5: str) -> dict[str, Any]:
@@ -355,5 +359,5 @@ def fill_dataset(store: FeatureStore, dataset: Any, vlm: Any, vms: dict[str, Any
         return extract_shard(image_id, sample.image, class_names, vlm, vms, windows, md5,
                              text=text if shared else None, vm_dtype=store.manifest["vm_dtype"])
 
-    items = [(item.id, item.image, dataset.class_names_for(i)) for i, item in enumerate(dataset.items)]
+    items = [(item.id, item.image, prompts(i)) for i, item in enumerate(dataset.items)]
     return fill_store(store, items, compute, progress=progress, desc=f"features {dataset.name}")

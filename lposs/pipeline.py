@@ -30,10 +30,12 @@ from .datasets import get_dataset
 from .datasets.registry import dataset_spec
 from .features import FeatureStore, atomic_write_bytes, file_md5, to_image_features
 from .metrics import SegmentationMetrics
+from .protocols import BACKGROUND_RULES, PROTOCOLS, WINDOW_KEYS, labels_from_scores
+from .protocols import class_names as protocol_class_names
+from .protocols import resolve as resolve_protocol
 from .segment import MODES, propagate_features
+from .tables import DEMO_NOTE, TALK_AVERAGES, results_table  # noqa: F401 - the plots notebook uses them
 
-DEMO_NOTE = ("demo = synthetic scenes + stand-in backbones (colour-prototype 'CLIP', appearance-kernel 'DINO'; "
-             "lposs/demo.py): shows what label propagation does to noisy seeds, says nothing about CLIP/DINO")
 
 
 def caption(title: str, datasets: list[str], width: int = 110) -> str:
@@ -46,22 +48,30 @@ def caption(title: str, datasets: list[str], width: int = 110) -> str:
 # Parameters: every notebook's parameters cell, by name and type (a test keeps the two in step)
 # --------------------------------------------------------------------------------------------------
 
-_BACKBONE = {"vlm": str, "vlm_pretrained": str, "vm": str, "vm_pretrained": str, "bf16": bool}
+class WindowSize:
+    """Type of a window parameter: a positive int, or "protocol" (the protocol's value for the dataset)."""
+
+
+_BACKBONE = {"vlm": str, "vlm_pretrained": str, "head": str, "vm": str, "vm_pretrained": str, "proxy": str,
+             "bf16": bool, "protocol": str}
 PROPAGATION = {"k": int, "gamma": float, "sigma": float, "p": float, "vm_feature": str, "alpha": float,
                "maxiter": int, "tol": float, "solver": str, "r": int, "tau": float, "refiner": str}
 STAGE_PARAMETERS: dict[str, dict[str, type]] = {
     "stage": {"dataset": str, "data_dir": str, "out_dir": str, "timings_dir": str},
     "features": {"dataset": str, "staged_dir": str, "out_dir": str, "timings_dir": str, **_BACKBONE,
-                 "vm_features": str, "vm_dtype": str, "device": str, "crop": int, "stride": int, "short_side": int, "long_side": int},
+                 "vm_features": str, "vm_dtype": str, "device": str, "crop": WindowSize, "stride": WindowSize,
+                 "short_side": WindowSize, "long_side": WindowSize},
     "ablate": {"dataset": str, "staged_dir": str, "features_dir": str, "out_dir": str, "timings_dir": str,
-               **_BACKBONE, "sweep_param": str, "sweep_values": list, "sweep_mode": str, **PROPAGATION,
-               "predictions": int, "device": str},
+               **_BACKBONE, "background": str, "sweep_param": str, "sweep_values": list, "sweep_mode": str,
+               **PROPAGATION, "predictions": int, "device": str},
     "plots": {"params_file": str, "staged_dir": str, "ablations_dir": str, "timings_dir": str, "plots_dir": str,
               "results_dir": str},
 }
 SWEEPABLE = ("mode",) + tuple(PROPAGATION)
-CHOICES = {"mode": MODES, "vm_feature": ("q", "k", "v"), "solver": ("cg", "cg_reference"),
-           "device": ("auto", "cpu", "cuda"), "vm_dtype": ("float32", "float16")}
+VM_FEATURES = ("q", "k", "v", "tokens")
+CHOICES = {"mode": MODES, "vm_feature": VM_FEATURES + ("clip",), "solver": ("cg", "cg_reference"),
+           "device": ("auto", "cpu", "cuda"), "vm_dtype": ("float32", "float16"), "protocol": tuple(PROTOCOLS),
+           "background": ("protocol",) + BACKGROUND_RULES}
 
 
 def injected_parameters(namespace: dict[str, Any], before: set[str]) -> dict[str, Any]:
@@ -86,6 +96,10 @@ def check_parameters(stage: str, values: dict[str, Any]) -> None:
 
 
 def check_value(name: str, value: Any, kind: type) -> None:
+    if kind is WindowSize:
+        if value != "protocol" and not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            raise ValueError(f"parameter {name}={value!r} should be a positive int or 'protocol' (the protocol's value)")
+        return
     ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
     if kind is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
@@ -198,43 +212,98 @@ def open_staged(staged_dir: str, name: str) -> tuple[Any, dict[str, Any]]:
 # Stage 2: backbones
 # --------------------------------------------------------------------------------------------------
 
-def backbone_key(vlm: str, vlm_pretrained: str, vm: str, vm_pretrained: str, bf16: bool) -> str:
-    """Folder name of a backbone pair in the feature store, from the params alone (no weights needed)."""
+def clip_weights(vlm: str, vlm_pretrained: str, protocol: str) -> str:
+    """The CLIP weights tag: "protocol" -> the weights the protocol's release published with."""
+    if vlm == "demo":
+        return "none"
+    return PROTOCOLS[protocol]["base"]["clip"] if vlm_pretrained == "protocol" else vlm_pretrained
+
+
+def combo_name(head: str, vm: str) -> str:
+    """A backbone combination's name in folders, stage outputs and tables: '<head>+<vm>'."""
+    return f"{head}+{vm}"
+
+
+def backbone_key(vlm: str, vlm_pretrained: str, head: str, vm: str, vm_pretrained: str, bf16: bool,
+                 proxy: str = "dino_vitb8") -> str:
+    """Folder name of a backbone combination in the feature store, from the params alone (no weights needed)."""
     parts = [vlm if vlm_pretrained in ("none", "") else f"{vlm}.{vlm_pretrained}",
-             vm if vm_pretrained in ("none", "pretrained", "") else f"{vm}.{vm_pretrained}"]
+             f"proxyclip.{proxy}" if head == "proxyclip" else head,
+             vm if vm_pretrained in ("none", "pretrained", "") or vm == "clip" else f"{vm}.{vm_pretrained}"]
     key = "+".join(parts) + ("+bf16" if bf16 else "")
     return re.sub(r"[^A-Za-z0-9._+-]", "-", key)
 
 
-def parse_features(text: str) -> list[str]:
-    """'q,k,v' -> ['q', 'k', 'v'] (the VM feature variants to store)."""
+def store_folder(root: str, dataset: str, vlm: str, weights: str, head: str, vm: str, vm_pretrained: str,
+                 bf16: bool, proxy: str = "dino_vitb8") -> Path:
+    """root/<dataset>/<head>+<vm>/<backbone key>: the folder DVC tracks per combination, one store per weights."""
+    key = backbone_key(vlm, weights, head, vm, vm_pretrained, bf16, proxy)
+    return Path(root) / dataset / combo_name(head, vm) / key
+
+
+def parse_features(text: str, vm: str = "") -> list[str]:
+    """'q,k,v' -> ['q', 'k', 'v'] (the VM feature variants to store); the `clip` graph has one: ['clip']."""
+    if vm == "clip":
+        return ["clip"]
     names = [t.strip() for t in text.split(",") if t.strip()]
-    bad = [n for n in names if n not in CHOICES["vm_feature"]]
+    bad = [n for n in names if n not in VM_FEATURES]
     if not names or bad or len(set(names)) != len(names):
-        raise ValueError(f"vm_features={text!r}: give distinct names among q, k, v separated by commas, e.g. 'v' "
-                         "or 'q,k,v'")
+        raise ValueError(f"vm_features={text!r}: give distinct names among {', '.join(VM_FEATURES)} separated by "
+                         "commas, e.g. 'v' or 'q,k,v'")
     return names
 
 
-def build_backbones(vlm: str, vlm_pretrained: str, vm: str, vm_pretrained: str, vm_features: list[str],
-                    device: str, bf16: bool = False) -> tuple[Any, dict[str, Any]]:
-    """(vlm, {feature: vm}). "demo" -> the stand-ins of lposs/demo.py; otherwise an open_clip model name
-    (pretrained tag, or "random" for seeded random weights) and a timm model name ("pretrained"/"random").
+def protocol_windows(protocol: str, dataset: str, **given: int | str) -> dict[str, int]:
+    """crop, stride, short_side, long_side: the given ints, and the protocol's value where "protocol"."""
+    settings = resolve_protocol(protocol, dataset)
+    return {key: settings[key] if given[key] == "protocol" else int(given[key]) for key in WINDOW_KEYS}
+
+
+def prompts(ds: Any, index: int, protocol: str) -> list[str]:
+    """The class prompts of image `index` under `protocol` (its release's class file where it has one)."""
+    return protocol_class_names(protocol, ds.name, ds.class_names_for(index))
+
+
+def background_rule(protocol: str, dataset: str, background: str = "protocol") -> dict[str, Any]:
+    """The protocol's settings on `dataset`, with the background rule switched when `background` says so."""
+    return resolve_protocol(protocol, dataset, background=None if background == "protocol" else background)
+
+
+def build_backbones(vlm: str, vlm_pretrained: str, head: str, vm: str, vm_pretrained: str, vm_features: list[str],
+                    device: str, bf16: bool = False, proxy: str = "dino_vitb8") -> tuple[Any, dict[str, Any]]:
+    """(vlm, {feature: vm}). "demo" -> the stand-ins of lposs/demo.py (head "demo"); otherwise an open_clip model
+    name (pretrained tag, or "random" for seeded random weights) with a dense head of lposs.heads, and a vision
+    model of lposs.backbones.VISION_MODELS ("pretrained"/"random"), or "clip": the VLM's own dense features.
     Missing weights raise lposs.backbones.BackboneUnavailable within seconds, naming the fetch command."""
-    if vlm == "demo" or vm == "demo":
-        if not (vlm == "demo" and vm == "demo"):
-            raise ValueError("the demo backbones go together: set both backbone.vlm and backbone.vm to demo")
+    if vlm == "demo" or head == "demo" or vm == "demo":
+        if not (vlm == "demo" and head == "demo" and vm == "demo"):
+            raise ValueError("the demo backbones go together: backbone.vlm demo, heads [demo], vms [demo]")
         from .demo import DemoVLM, DemoVM
 
         return DemoVLM(device=device), {f: DemoVM(f, device=device) for f in vm_features}
-    from .backbones import DinoFeatures, MaskCLIP
+    from .backbones import DenseCLIP, VisionFeatures
+    from .loading import timm_name
 
     if vm_pretrained not in ("pretrained", "random"):
         raise ValueError(f"backbone.vm_pretrained={vm_pretrained!r}: use 'pretrained' or 'random'")
-    clip = MaskCLIP(vlm, pretrained=None if vlm_pretrained == "random" else vlm_pretrained, device=device, bf16=bf16)
-    vms = {f: DinoFeatures(vm, pretrained=vm_pretrained == "pretrained", feature=f, device=device, bf16=bf16)
-           for f in vm_features}
-    return clip, vms
+    pretrained_vm = vm_pretrained == "pretrained"
+    graph = None if vm == "clip" else VisionFeatures(vm, pretrained=pretrained_vm, feature=vm_features[0],
+                                                     device=device, bf16=bf16)
+    proxy_model = None
+    if head == "proxyclip":  # the proxy's final tokens; the graph model itself when it is the same network
+        same = graph is not None and graph.model_name == timm_name(proxy)
+        proxy_model = graph.with_feature("tokens") if same else VisionFeatures(
+            proxy, pretrained=pretrained_vm, feature="tokens", device=device, bf16=bf16)
+    clip = DenseCLIP(vlm, pretrained=None if vlm_pretrained == "random" else vlm_pretrained, device=device,
+                     bf16=bf16, head=head, proxy=proxy_model)
+    return clip, graph_models(clip, vm, vm_features, graph.with_feature if graph is not None else None)
+
+
+def graph_models(clip: Any, vm: str, vm_features: list[str], build: Any) -> dict[str, Any]:
+    """{feature: graph model}: the VLM itself for vm "clip", else one model per stored feature."""
+    from .backbones import ClipGraphFeatures
+
+    return {"clip": ClipGraphFeatures(clip)} if vm == "clip" else {f: build(f) for f in vm_features}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -258,9 +327,12 @@ def propagation_kwargs(setting: dict[str, Any]) -> dict[str, Any]:
 
 def run_settings(ds: Any, index: dict[str, Any], store: FeatureStore, settings: list[dict[str, Any]],
                  device: str = "cpu", predictions: int = 0, prediction_dir: str | os.PathLike | None = None,
-                 progress: bool = True) -> list[dict[str, Any]]:
+                 progress: bool = True, protocol: str = "lposs", background: dict[str, Any] | None = None
+                 ) -> list[dict[str, Any]]:
     """Evaluate every setting on every image of the dataset (each shard read once).
 
+    protocol: whose class prompts the features were computed with; background: the rule that turns
+    scores into labels (`background_rule`; None = LPOSS's synonym max).
     Returns one record per setting: the setting, its metrics summary and seconds of propagation.
     The label maps of `predictions` images spread over the dataset go to prediction_dir/<label>/<image id>.png.
     """
@@ -270,12 +342,13 @@ def run_settings(ds: Any, index: dict[str, Any], store: FeatureStore, settings: 
     seconds = {s["label"]: 0.0 for s in settings}
     for i in tqdm(range(len(ds)), desc=f"ablate {ds.name}", unit="img", disable=not progress):
         entry, sample = index["images"][i], ds[i]
-        shard = store.load(sample.id, class_names=ds.class_names_for(i), image_md5=entry["image_md5"])
+        shard = store.load(sample.id, class_names=prompts(ds, i, protocol), image_md5=entry["image_md5"])
         for setting in settings:
             feats = to_image_features(shard, setting["vm_feature"], sample.image if setting["mode"] == "lposs+"
                                       else None)
             start = time.perf_counter()
-            pred = propagate_features(feats, device=device, **propagation_kwargs(setting)).argmax(0).cpu().numpy()
+            scores = propagate_features(feats, device=device, background=background, **propagation_kwargs(setting))
+            pred = labels_from_scores(scores, background or {}).cpu().numpy()
             seconds[setting["label"]] += time.perf_counter() - start
             metrics[setting["label"]].update(pred, sample.label)
             if i in keep and prediction_dir is not None:
@@ -308,32 +381,31 @@ def read_label_map(path: str | os.PathLike) -> np.ndarray:
 # Stage 4: collecting results and timings; the results table, beside the published numbers
 # --------------------------------------------------------------------------------------------------
 
-PUBLISHED_LPOSS_PLUS = {"voc21": 61.1, "context60": 34.6, "coco_object": 33.4, "voc20": 78.8, "context59": 37.8,
-                        "coco_stuff": 25.9, "cityscapes": 37.3, "ade20k": 21.8}
-PUBLISHED_AVERAGE = {"maskclip": 27.0, "lposs": 38.3, "lposs+": 41.3}  # the talk, average of the 8
-
-
-def collect_results(ablations_dir: str, datasets: list[str], sweeps: list[dict[str, str]]) -> dict[str, dict]:
-    """{dataset: {param: results.json}} for the sweeps params.yaml lists now (stale folders are ignored).
+def collect_results(ablations_dir: str, datasets: list[str], combos: list[str],
+                    sweeps: list[dict[str, str]]) -> dict[str, dict[str, dict]]:
+    """{dataset: {combo: {param: results.json}}} for what params.yaml lists now (stale folders are ignored).
 
     A sweep whose values leave out the default gets its default point from the mode sweep (same base
     setting, same mode), marked "from": "mode sweep": the default runs once, not once per sweep.
     """
     import yaml
 
-    out: dict[str, dict] = {}
+    out: dict[str, dict[str, dict]] = {}
     for dataset in datasets:
         out[dataset] = {}
-        for sweep in sweeps:
-            run = read_json(Path(ablations_dir) / dataset / sweep["param"] / "results.json")
-            if run["sweep_values"] != yaml.safe_load(sweep["values"]) or run["sweep_mode"] != sweep["mode"]:
-                raise ValueError(f"{ablations_dir}/{dataset}/{sweep['param']} holds another sweep than params.yaml "
-                                 "lists: run `dvc repro` to bring it up to date")
-            out[dataset][sweep["param"]] = run
-        if "mode" in out[dataset]:
-            for param, run in out[dataset].items():
-                if param != "mode":
-                    add_default_point(run, out[dataset]["mode"])
+        for combo in combos:
+            runs = {}
+            for sweep in sweeps:
+                run = read_json(Path(ablations_dir) / dataset / combo / sweep["param"] / "results.json")
+                if run["sweep_values"] != yaml.safe_load(sweep["values"]) or run["sweep_mode"] != sweep["mode"]:
+                    raise ValueError(f"{ablations_dir}/{dataset}/{combo}/{sweep['param']} holds another sweep than "
+                                     "params.yaml lists: run `dvc repro` to bring it up to date")
+                runs[sweep["param"]] = run
+            if "mode" in runs:
+                for param, run in runs.items():
+                    if param != "mode":
+                        add_default_point(run, runs["mode"])
+            out[dataset][combo] = runs
     return out
 
 
@@ -352,53 +424,49 @@ def add_default_point(run: dict[str, Any], mode_run: dict[str, Any]) -> None:
     run["records"] = records
 
 
-def collect_timings(timings_dir: str, datasets: list[str], sweeps: list[dict[str, str]]) -> list[dict[str, Any]]:
+def collect_timings(timings_dir: str, datasets: list[str], combos: list[str],
+                    sweeps: list[dict[str, str]]) -> list[dict[str, Any]]:
     """[{name, seconds, device}] per stage run; features count the backbone time of every shard."""
     rows = []
     for dataset in datasets:
         stage = read_json(Path(timings_dir) / f"stage-{dataset}.json")
         rows.append({"name": f"stage {dataset}", "seconds": stage["seconds"]})
-        features = read_json(Path(timings_dir) / f"features-{dataset}.json")
-        rows.append({"name": f"features {dataset} (backbones)", "seconds": features["backbone_seconds"],
-                     "device": features["device"]})
-        for sweep in sweeps:
-            ablate = read_json(Path(timings_dir) / f"ablate-{dataset}-{sweep['param']}.json")
-            rows.append({"name": f"ablate {dataset} {sweep['param']} x{ablate['settings']}",
-                         "seconds": ablate["seconds"], "device": ablate["device"]})
+        for combo in combos:
+            features = read_json(Path(timings_dir) / f"features-{dataset}-{combo}.json")
+            rows.append({"name": f"features {dataset} {combo} (backbones)", "seconds": features["backbone_seconds"],
+                         "device": features["device"]})
+            for sweep in sweeps:
+                ablate = read_json(Path(timings_dir) / f"ablate-{dataset}-{combo}-{sweep['param']}.json")
+                rows.append({"name": f"ablate {dataset} {combo} {sweep['param']} x{ablate['settings']}",
+                             "seconds": ablate["seconds"], "device": ablate["device"]})
     return rows
 
 
-def mode_metrics(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict[str, float]]]:
-    """{dataset: {mode: {miou, biou}}} from each dataset's mode sweep records."""
-    out = {}
-    for dataset, records in results.items():
-        out[dataset] = {r["setting"]["mode"]: {"miou": round(r["metrics"]["miou"], 2),
-                                               "biou": round(r["metrics"]["biou"], 2)} for r in records}
-    return out
+def mode_metrics(results: dict[str, dict[str, dict]]) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """{dataset: {combo: {mode: {miou, biou}}}} from the mode sweep of every dataset and combination."""
+    return {dataset: {combo: {r["setting"]["mode"]: {"miou": round(r["metrics"]["miou"], 2),
+                                                     "biou": round(r["metrics"]["biou"], 2)}
+                              for r in runs["mode"]["records"]}
+                      for combo, runs in by_combo.items() if "mode" in runs}
+            for dataset, by_combo in results.items()}
 
 
-def results_table(modes: dict[str, dict[str, dict[str, float]]]) -> str:
-    """Markdown: our MaskCLIP / LPOSS / LPOSS+ mIoU (Boundary IoU) per dataset beside the published LPOSS+."""
-    def cell(scores: dict | None) -> str:
-        return "-" if not scores else f"{scores['miou']:.1f} ({scores['biou']:.1f})"
-
-    lines = ["| dataset | MaskCLIP | LPOSS | LPOSS+ | published LPOSS+ |", "|---|---|---|---|---|"]
-    for dataset, by_mode in modes.items():
-        published = PUBLISHED_LPOSS_PLUS.get(dataset)
-        note = f"{published:.1f}" if published is not None else ("synthetic demo: none" if dataset == "demo"
-                                                                 else "not a paper benchmark")
-        lines.append(f"| {dataset} | " + " | ".join(cell(by_mode.get(m)) for m in MODES) + f" | {note} |")
-    paper = [d for d in PUBLISHED_LPOSS_PLUS if d in modes]
-    if len(paper) == len(PUBLISHED_LPOSS_PLUS) and all(m in modes[d] for d in paper for m in MODES):
-        ours = [np.mean([modes[d][m]["miou"] for d in paper]) for m in MODES]
-        lines.append("| average of the 8 | " + " | ".join(f"{v:.1f}" for v in ours)
-                     + f" | {PUBLISHED_AVERAGE['lposs+']:.1f} (talk: {PUBLISHED_AVERAGE['maskclip']:.1f} -> "
-                       f"{PUBLISHED_AVERAGE['lposs']:.1f} -> {PUBLISHED_AVERAGE['lposs+']:.1f}) |")
-    lines += ["", "mIoU (Boundary IoU) in percent. Published: LPOSS+ with OpenCLIP ViT-B/16 laion2b_s34b_b88k + "
-              "DINO ViT-B/16 (CVPR 2025)."]
-    if "demo" in modes:
-        lines.append(f"Note: {DEMO_NOTE}.")
-    return "\n".join(lines) + "\n"
+def table_runs(results: dict[str, dict[str, dict]]) -> list[dict[str, Any]]:
+    """The rows of `tables.results_table`: one per backbone combination and protocol, with its mode metrics."""
+    modes = mode_metrics(results)
+    runs: dict[tuple[str, str], dict[str, Any]] = {}
+    for dataset, by_combo in results.items():
+        for combo, sweeps in by_combo.items():
+            if "mode" not in sweeps:
+                continue
+            mode_run = sweeps["mode"]
+            row = runs.setdefault((combo, mode_run["protocol"]["protocol"]), {
+                "head": mode_run["head"], "vm": mode_run["vm_name"], "protocol": mode_run["protocol"]["protocol"],
+                "deviations": [], "modes": {}})
+            row["modes"][dataset] = modes[dataset][combo]
+            if "deviation" in mode_run["protocol"]:
+                row["deviations"].append(f"{dataset}: {mode_run['protocol']['deviation']}")
+    return list(runs.values())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -406,17 +474,24 @@ def results_table(modes: dict[str, dict[str, dict[str, float]]]) -> str:
 # --------------------------------------------------------------------------------------------------
 
 PAPER_DATASETS = ["voc21", "context60", "coco_object", "voc20", "context59", "coco_stuff", "cityscapes", "ade20k"]
-PAPER_OVERRIDES = [
-    "datasets=[" + ",".join(PAPER_DATASETS) + "]",
-    "backbone.vlm=ViT-B-16", "backbone.vlm_pretrained=laion2b_s34b_b88k",
-    "backbone.vm=vit_base_patch16_224.dino", "backbone.vm_pretrained=pretrained", "backbone.vm_features=v",
-    "backbone.vm_dtype=float16",
-    "windows.short_side=448",
-    "ablate.sweeps=[{param:mode,values:'[maskclip, lposs, lposs+]',mode:lposs+}]",
-]
+PAPER_VMS = {"proxyclip": "dino_vitb8"}  # the graph a head's paper row uses by default (else DINO B/16)
 
 
-def paper_problems(data_dir: str) -> list[str]:
+def paper_overrides(head: str = "maskclip", protocol: str = "lposs", vm: str | None = None) -> list[str]:
+    """`dvc exp run -S` overrides of the paper setting: the 8 benchmarks, `head` seeds under `protocol`
+    (windows, class files, background rule, CLIP weights of its release), the graph `vm`."""
+    resolve_protocol(protocol, "voc21")  # an unknown name stops here, with the choices
+    vm = vm or PAPER_VMS.get(head, "dino_vitb16")
+    return ["datasets=[" + ",".join(PAPER_DATASETS) + "]",
+            "backbone.vlm=ViT-B-16", "backbone.vlm_pretrained=protocol", f"backbone.heads=[{head}]",
+            f"backbone.vms=[{vm}]", "backbone.vm_pretrained=pretrained", "backbone.vm_features=v",
+            "backbone.vm_dtype=float16", f"protocol.name={protocol}", "protocol.background=protocol",
+            "windows.crop=protocol", "windows.stride=protocol", "windows.short_side=protocol",
+            "windows.long_side=protocol",
+            "ablate.sweeps=[{param:mode,values:'[maskclip, lposs, lposs+]',mode:lposs+}]"]
+
+
+def paper_problems(data_dir: str, head: str = "maskclip", protocol: str = "lposs", vm: str | None = None) -> list[str]:
     """What is missing for the paper setting: each line names it and the command that provides it."""
     problems, roots = [], set()
     for name in PAPER_DATASETS:
@@ -427,14 +502,12 @@ def paper_problems(data_dir: str) -> list[str]:
             get_dataset(name, dataset_root(name, data_dir))
         except (FileNotFoundError, ValueError) as error:
             problems.append(f"data: {error}")
-    from .backbones import DinoFeatures, MaskCLIP
-
-    for what, load in (("OpenCLIP ViT-B-16 laion2b_s34b_b88k", lambda: MaskCLIP("ViT-B-16", "laion2b_s34b_b88k")),
-                       ("DINO ViT-B/16", lambda: DinoFeatures("vit_base_patch16_224.dino"))):
-        try:
-            load()
-        except Exception as error:  # noqa: BLE001 - BackboneUnavailable and friends: report them all
-            problems.append(f"weights of {what}: {error}")
+    weights = clip_weights("ViT-B-16", "protocol", protocol)
+    vm = vm or PAPER_VMS.get(head, "dino_vitb16")
+    try:
+        build_backbones("ViT-B-16", weights, head, vm, "pretrained", ["v"] if vm != "clip" else [], "cpu")
+    except Exception as error:  # noqa: BLE001 - BackboneUnavailable and friends: report them
+        problems.append(f"weights ({head} head on ViT-B-16 {weights}, graph {vm}): {error}")
     return problems
 
 
@@ -444,9 +517,14 @@ def main(argv: list[str] | None = None) -> int:
     paper = commands.add_parser("paper", help="run the paper's setting as a DVC experiment")
     paper.add_argument("--check", action="store_true", help="only check that data and weights are present")
     paper.add_argument("--data-dir", default="data")
+    paper.add_argument("--head", default="maskclip", help="dense CLIP head: maskclip sclip clearclip naclip proxyclip")
+    paper.add_argument("--protocol", default="lposs", help=f"evaluation protocol: {', '.join(PROTOCOLS)}")
+    paper.add_argument("--vm", default=None, help="graph model (default dino_vitb16; dino_vitb8 for proxyclip)")
     args = parser.parse_args(argv)
-    command = ["dvc", "exp", "run", "-n", "paper"] + [arg for o in PAPER_OVERRIDES for arg in ("-S", o)]
-    problems = paper_problems(args.data_dir)
+    name = "paper" if (args.head, args.protocol) == ("maskclip", "lposs") else f"paper-{args.head}-{args.protocol}"
+    overrides = paper_overrides(args.head, args.protocol, args.vm)
+    command = ["dvc", "exp", "run", "-n", name] + [arg for o in overrides for arg in ("-S", o)]
+    problems = paper_problems(args.data_dir, args.head, args.protocol, args.vm)
     if problems:
         print("The paper setting cannot run yet:\n- " + "\n- ".join(problems), file=sys.stderr)
         return 1

@@ -32,7 +32,8 @@ BACKGROUND_RULES = ("synonyms", "softmax")
 _SOFTMAX = {"background": "softmax", "prob_thd": 0.0, "area_thd": None, "long_side": 2048, "clip": "openai"}
 PROTOCOLS: dict[str, dict[str, Any]] = {
     "lposs": {
-        "base": {"background": "synonyms", "logit_scale": None, "prob_thd": 0.0, "area_thd": None, "crop": 224,
+        # logit_scale is LPOSS's "none": it is used only when the background switch says softmax (SCLIP's 40)
+        "base": {"background": "synonyms", "logit_scale": 40.0, "prob_thd": 0.0, "area_thd": None, "crop": 224,
                  "stride": 112, "short_side": 448, "long_side": 2048, "classes": "lposs",
                  "clip": "laion2b_s34b_b88k", "head": "maskclip", "post": "lposs+",
                  "source": "vladan-stojnic/LPOSS e489a74 configs/*.yaml"},

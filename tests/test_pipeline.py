@@ -77,18 +77,49 @@ def test_named_refiners_keep_their_own_pixel_settings():
 
 
 def test_backbone_key_and_feature_list():
-    assert pl.backbone_key("demo", "none", "demo", "none", False) == "demo+demo"
-    key = pl.backbone_key("ViT-B-16", "laion2b_s34b_b88k", "vit_base_patch16_224.dino", "pretrained", True)
-    assert key == "ViT-B-16.laion2b_s34b_b88k+vit_base_patch16_224.dino+bf16"
-    assert pl.parse_features("q, k,v") == ["q", "k", "v"]
+    assert pl.backbone_key("demo", "none", "demo", "demo", "none", False) == "demo+demo+demo"
+    key = pl.backbone_key("ViT-B-16", "laion2b_s34b_b88k", "maskclip", "dino_vitb16", "pretrained", True)
+    assert key == "ViT-B-16.laion2b_s34b_b88k+maskclip+dino_vitb16+bf16"
+    assert pl.backbone_key("ViT-B-16", "openai", "proxyclip", "clip", "random", False) == \
+        "ViT-B-16.openai+proxyclip.dino_vitb8+clip"
+    assert pl.store_folder("f", "voc21", "ViT-B-16", "openai", "sclip", "clip", "pretrained", False) == \
+        Path("f/voc21/sclip+clip/ViT-B-16.openai+sclip+clip")
+    assert pl.parse_features("q, k,v") == ["q", "k", "v"] and pl.parse_features("v,tokens") == ["v", "tokens"]
+    assert pl.parse_features("q,k,v", vm="clip") == ["clip"]
     for bad in ("", "x", "v,v"):
         with pytest.raises(ValueError, match="vm_features"):
             pl.parse_features(bad)
 
 
+def test_protocol_settings_reach_the_stages():
+    assert pl.clip_weights("ViT-B-16", "protocol", "sclip") == "openai"
+    assert pl.clip_weights("ViT-B-16", "protocol", "lposs") == "laion2b_s34b_b88k"
+    assert pl.clip_weights("ViT-B-16", "random", "sclip") == "random" and pl.clip_weights("demo", "x", "sclip") == "none"
+    windows = pl.protocol_windows("sclip", "cityscapes", crop="protocol", stride=56, short_side="protocol",
+                                  long_side="protocol")
+    assert windows == {"crop": 224, "stride": 56, "short_side": 560, "long_side": 2048}
+    rule = pl.background_rule("lposs", "voc21", "softmax")  # the switch, with the protocol's other settings
+    assert rule["background"] == "softmax" and rule["short_side"] == 448
+    with pytest.raises(ValueError, match="positive int or 'protocol'"):
+        pl.check_value("crop", "auto", pl.WindowSize)
+    with pytest.raises(ValueError, match="choose one of"):
+        pl.check_value("protocol", "sclip2", str)
+
+
+def test_paper_overrides_name_head_protocol_and_graph():
+    overrides = pl.paper_overrides("proxyclip", "proxyclip")
+    assert "backbone.heads=[proxyclip]" in overrides and "backbone.vms=[dino_vitb8]" in overrides
+    assert "protocol.name=proxyclip" in overrides and "backbone.vlm_pretrained=protocol" in overrides
+    assert "backbone.vms=[dino_vitb16]" in pl.paper_overrides()
+    with pytest.raises(ValueError, match="unknown protocol"):
+        pl.paper_overrides("sclip", "nope")
+
+
 def test_demo_backbones_must_go_together():
     with pytest.raises(ValueError, match="go together"):
-        pl.build_backbones("demo", "none", "vit_base_patch16_224.dino", "pretrained", ["v"], "cpu")
+        pl.build_backbones("demo", "none", "demo", "dino_vitb16", "pretrained", ["v"], "cpu")
+    with pytest.raises(ValueError, match="go together"):
+        pl.build_backbones("ViT-B-16", "random", "demo", "demo", "random", ["v"], "cpu")
 
 
 def test_write_json_is_atomic_and_leaves_no_temp_files(tmp_path):
@@ -120,12 +151,17 @@ def test_default_point_comes_from_the_mode_sweep():
 
 def test_results_table_sets_ours_beside_the_published_numbers():
     scores = {m: {"miou": v, "biou": v / 2} for m, v in zip(pl.MODES, (20.0, 30.0, 40.0))}
-    table = pl.results_table({"demo": scores, "voc21": scores})
-    assert "| demo | 20.0 (10.0) | 30.0 (15.0) | 40.0 (20.0) | synthetic demo: none |" in table
-    assert "| voc21 | 20.0 (10.0) | 30.0 (15.0) | 40.0 (20.0) | 61.1 |" in table
-    assert "average of the 8" not in table and "synthetic scenes" in table
-    full = pl.results_table({d: scores for d in pl.PUBLISHED_LPOSS_PLUS})
-    assert "| average of the 8 | 20.0 | 30.0 | 40.0 | 41.3 (talk: 27.0 -> 38.3 -> 41.3) |" in full
+    run = {"head": "sclip", "vm": "dino_vitb16", "protocol": "sclip", "modes": {"demo": scores, "voc21": scores},
+           "deviations": ["voc21: something"]}
+    table = pl.results_table([run], ["demo", "voc21"])
+    assert "| sclip | dino_vitb16 | sclip | seeds | 20.0 (10.0) | 20.0 (10.0) |" in table
+    assert "| sclip | dino_vitb16 | sclip | + LPOSS+ | 40.0 (20.0) | 40.0 (20.0) |" in table
+    assert "| sclip | published | own | SCLIP |  | 59.1 |" in table  # no published number on the demo
+    assert "avg of 8" not in table and "synthetic scenes" in table and "Deviation (sclip+dino_vitb16" in table
+    full = pl.results_table([{**run, "modes": {d: scores for d in pl.PAPER_DATASETS}}], pl.PAPER_DATASETS)
+    assert "| + LPOSS | " + " | ".join(["30.0 (15.0)"] * 8) + " | 30.0 |" in full
+    assert full.rstrip().splitlines()[1].count("---") == 4 + 9
+    assert "| SCLIP | 59.1 | 30.4 | 30.5 | 80.4 | 34.2 | 22.4 | 32.2 | 16.1 | 38.2 |" in full  # pipeline order
 
 
 def test_paper_check_names_what_is_missing(tmp_path):
@@ -146,6 +182,29 @@ TINY_SWEEPS = [
 ]
 
 
+def committed_params() -> str:
+    """params.yaml as committed: the tests check the defaults, not a workspace changed by `dvc exp run -S`."""
+    shown = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=REPO, capture_output=True, text=True)
+    return shown.stdout if shown.returncode == 0 else (REPO / "params.yaml").read_text()
+
+
+def copy_pipeline(root: Path) -> None:
+    """The real dvc.yaml, notebooks, package and the committed params.yaml into `root`."""
+    for name in ("dvc.yaml", ".gitignore"):
+        shutil.copy(REPO / name, root / name)
+    (root / "params.yaml").write_text(committed_params())
+    shutil.copytree(REPO / "lposs", root / "lposs", ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "notebooks").mkdir()
+    for stage in pl.STAGE_PARAMETERS:
+        shutil.copy(REPO / "notebooks" / f"{stage}.ipynb", root / "notebooks")
+
+
+def git_dvc_init(root: Path) -> None:
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"],
+                ["git", "add", "-A"], ["git", "commit", "-qm", "pipeline"]):
+        run(cmd, root)
+
+
 def run(cmd: list[str], cwd: Path) -> str:
     env = {**os.environ, "TQDM_MININTERVAL": "30", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
@@ -164,21 +223,12 @@ def pipeline_copy(tmp_path_factory):
     from lposs.demo import generate_demo
 
     root = tmp_path_factory.mktemp("pipeline")
-    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
-        shutil.copy(REPO / name, root / name)
-    shutil.copytree(REPO / "lposs", root / "lposs", ignore=shutil.ignore_patterns("__pycache__"))
-    (root / "notebooks").mkdir()
-    for stage in pl.STAGE_PARAMETERS:
-        shutil.copy(REPO / "notebooks" / f"{stage}.ipynb", root / "notebooks")
+    copy_pipeline(root)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["ablate"].update(sweeps=TINY_SWEEPS, predictions=2)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     generate_demo(root / "data" / "demo", count=3, seed=3)
-    run(["git", "init", "-q"], root)
-    run(["dvc", "init", "-q"], root)
-    run(["dvc", "config", "core.analytics", "false"], root)
-    run(["git", "add", "-A"], root)
-    run(["git", "commit", "-qm", "pipeline"], root)
+    git_dvc_init(root)
     log = run(["dvc", "repro"], root)
     return root, log
 
@@ -186,29 +236,32 @@ def pipeline_copy(tmp_path_factory):
 @pytest.mark.slow
 def test_repro_runs_every_stage_and_writes_meaningful_outputs(pipeline_copy):
     root, log = pipeline_copy
-    assert stages_run(log) == {"stage@demo", "features@demo", "ablate@demo-sweep0", "ablate@demo-sweep1", "plots"}
-    metrics = json.loads((root / "results/metrics.json").read_text())["demo"]
+    assert stages_run(log) == {"stage@demo", "features@demo-demo-demo", "ablate@demo-demo-demo-sweep0",
+                               "ablate@demo-demo-demo-sweep1", "plots"}
+    metrics = json.loads((root / "results/metrics.json").read_text())["demo"]["demo+demo"]
     assert set(metrics) == {"maskclip", "lposs", "lposs+"}
     assert all(0 < m["miou"] <= 100 and 0 < m["biou"] <= 100 for m in metrics.values())
     assert metrics["maskclip"]["miou"] < metrics["lposs+"]["miou"]  # propagation helps on the demo
     table = (root / "results/table.md").read_text()
-    assert "| demo |" in table and "synthetic" in table
-    for figure in ("methods.png", "ablation-demo.png", "qualitative-demo.png", "timing.png"):
+    assert "| demo | demo | lposs | + LPOSS+ |" in table and "synthetic" in table
+    for figure in ("methods.png", "ablation-demo-demo+demo.png", "qualitative-demo-demo+demo.png", "timing.png"):
         assert (root / "plots/figures" / figure).stat().st_size > 10_000, figure
-    sweep = (root / "plots/sweeps/demo-alpha.csv").read_text().splitlines()
+    sweep = (root / "plots/sweeps/demo-demo+demo-alpha.csv").read_text().splitlines()
     assert sweep[0] == "value,miou,biou" and [line.split(",")[0] for line in sweep[1:]] == ["0.5", "0.95"]
     assert float(sweep[2].split(",")[1]) == pytest.approx(metrics["lposs"]["miou"], abs=0.01)
-    alpha = json.loads((root / "ablations/demo/alpha/results.json").read_text())
+    alpha = json.loads((root / "ablations/demo/demo+demo/alpha/results.json").read_text())
     assert [r["setting"]["alpha"] for r in alpha["records"]] == [0.5]
-    assert len(list((root / "ablations/demo/mode/predictions/mode=lposs+").glob("*.png"))) == 2
-    for executed in ("stage/demo", "features/demo", "ablate/demo-mode", "ablate/demo-alpha"):
+    assert alpha["protocol"]["protocol"] == "lposs" and alpha["protocol"]["background"] == "synonyms"
+    assert len(list((root / "ablations/demo/demo+demo/mode/predictions/mode=lposs+").glob("*.png"))) == 2
+    for executed in ("stage/demo", "features/demo-demo+demo", "ablate/demo-demo+demo-mode",
+                     "ablate/demo-demo+demo-alpha"):
         notebook = json.loads((root / f"executed/{executed}.ipynb").read_text())
         assert notebook["metadata"]["papermill"]["exception"] is None
         assert any(c.get("outputs") for c in notebook["cells"] if c["cell_type"] == "code")
     assert (root / "executed/plots.ipynb").exists()
     assert "up to date" in run(["dvc", "status"], root)
     shown = run(["dvc", "metrics", "show"], root)
-    assert "demo.lposs+.miou" in shown
+    assert "demo.demo+demo.lposs+.miou" in shown
     run(["dvc", "plots", "show", "-o", "dvc_plots"], root)
     assert (root / "dvc_plots/index.html").exists()
 
@@ -218,8 +271,8 @@ def test_second_repro_runs_nothing_and_alpha_reruns_only_ablate_and_plots(pipeli
     root, _ = pipeline_copy
     assert stages_run(run(["dvc", "repro"], root)) == set()
     log = run(["dvc", "exp", "run", "-S", "lp.alpha=0.9"], root)
-    assert stages_run(log) == {"ablate@demo-sweep0", "ablate@demo-sweep1", "plots"}
-    results = json.loads((root / "ablations/demo/mode/results.json").read_text())
+    assert stages_run(log) == {"ablate@demo-demo-demo-sweep0", "ablate@demo-demo-demo-sweep1", "plots"}
+    results = json.loads((root / "ablations/demo/demo+demo/mode/results.json").read_text())
     assert results["base"]["alpha"] == 0.9
     assert "up to date" in run(["dvc", "status"], root)
 
@@ -254,3 +307,54 @@ def test_real_backbone_path_with_random_weights(tmp_path):
     assert shard["seeds"].shape == (2 * 196, len(ds.class_names)) and shard["vm"]["v"].shape == (2 * 196, 768)
     scores = propagate_features(to_image_features(shard, "v"), mode="lposs", k=50)
     assert scores.shape == (len(ds.class_names), 224, 240)
+
+
+# ------------------------------------------------------------- the field's grid with random weights (slow)
+
+@pytest.fixture(scope="module")
+def grid_copy(tmp_path_factory):
+    """Two dense heads x two graphs (DINOv2 /14 beside CLIP /16, and CLIP's own features), random weights."""
+    from lposs.demo import generate_demo
+
+    root = tmp_path_factory.mktemp("grid")
+    copy_pipeline(root)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["backbone"].update(vlm="ViT-B-16", vlm_pretrained="random", heads=["maskclip", "sclip"],
+                              vms=["dinov2_vitb14_reg", "clip"], vm_pretrained="random", vm_features="v")
+    params["protocol"]["name"] = "sclip"
+    params["windows"]["short_side"] = 224
+    params["ablate"].update(sweeps=TINY_SWEEPS[:1], predictions=1)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    generate_demo(root / "data" / "demo", count=2, seed=5, size=(224, 240))
+    git_dvc_init(root)
+    return root, run(["dvc", "repro"], root)
+
+
+@pytest.mark.slow
+def test_grid_of_heads_and_graphs_runs_end_to_end(grid_copy):
+    root, log = grid_copy
+    combos = ["maskclip-dinov2_vitb14_reg", "maskclip-clip", "sclip-dinov2_vitb14_reg", "sclip-clip"]
+    assert {f"features@demo-{c}" for c in combos} | {f"ablate@demo-{c}-sweep0" for c in combos} <= stages_run(log)
+    table = (root / "results/table.md").read_text()
+    for head in ("maskclip", "sclip"):
+        for vm in ("dinov2_vitb14_reg", "clip"):
+            for method in ("seeds", "+ LPOSS", "+ LPOSS+"):
+                assert f"| {head} | {vm} | sclip | {method} |" in table
+    assert "| sclip | published | own | SCLIP |" in table and "| maskclip | published | own | MaskCLIP |" in table
+    results = json.loads((root / "ablations/demo/sclip+dinov2_vitb14_reg/mode/results.json").read_text())
+    assert results["protocol"]["background"] == "softmax" and results["protocol"]["logit_scale"] == 40.0
+    assert "sclip" in results["vlm"] and "vit_base_patch14_reg4_dinov2" in results["vm"]["v"]
+    manifest = json.loads(next((root / "features/demo/sclip+dinov2_vitb14_reg").glob("*/manifest.json")).read_text())
+    assert manifest["windows"] == {"crop": 224, "long_side": 2048, "short_side": 224, "stride": 112}
+    import torch
+
+    for combo, grid in (("sclip+dinov2_vitb14_reg", 16), ("sclip+clip", 14)):  # seeds at the graph's grid
+        shard = torch.load(next((root / "features/demo" / combo).glob("*/*.pt")), weights_only=True)
+        assert shard["grid"] == grid and shard["seeds"].shape[0] == len(shard["layout"]) * grid * grid
+
+
+@pytest.mark.slow
+def test_grid_propagation_change_reruns_no_features(grid_copy):
+    root, _ = grid_copy
+    log = run(["dvc", "exp", "run", "-S", "lp.alpha=0.9"], root)
+    assert stages_run(log) and not any(name.startswith("features@") for name in stages_run(log))

@@ -24,8 +24,9 @@ def test_resolve_merges_base_dataset_and_overrides():
         protocols.resolve("scl1p", "voc21")
     with pytest.raises(ValueError, match="has no setting"):
         protocols.resolve("sclip", "voc21", threshold=0.2)
+    assert protocols.resolve("lposs", "voc21", background="softmax")["logit_scale"] == 40.0
     with pytest.raises(ValueError, match="positive logit_scale"):
-        protocols.resolve("lposs", "voc21", background="softmax")
+        protocols.resolve("sclip", "voc21", logit_scale=0.0)
 
 
 def test_release_class_files_expand_person_and_tvmonitor():
