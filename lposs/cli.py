@@ -123,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--random-weights", action="store_true", help="random backbones: smoke tests only, meaningless output")
     seg.set_defaults(run=cmd_segment)
 
+    from .webapp import add_demo_arguments, run_demo
+
+    demo = sub.add_parser("demo", help="local web app: MaskCLIP, LPOSS and LPOSS+ side by side on any photo")
+    add_demo_arguments(demo)
+    demo.set_defaults(run=run_demo)
+
     from .datasets.cli import add_data_subcommands, run_data
 
     data = sub.add_parser("data", help="datasets: list, fetch (download + convert), check")

@@ -1,0 +1,87 @@
+"""MaskCLIP, LPOSS and LPOSS+ on one image from a single backbone pass, each stage timed.
+
+The backbones run once (`extract_features`); the three label maps come from `propagate_features` on
+those same features, so each stage's time is the cost of that stage alone. LPOSS+ reruns the patch
+LP before its pixel LP (that is how `propagate_features` builds it), and its time says so.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .segment import MODES, as_image_tensor, extract_features, propagate_features
+
+HEAD_TITLES = {"maskclip": "MaskCLIP", "sclip": "SCLIP", "clearclip": "ClearCLIP", "naclip": "NACLIP",
+               "proxyclip": "ProxyCLIP", "demo-vlm": "Demo stand-in"}
+
+
+def mode_titles(head: str = "maskclip") -> dict[str, str]:
+    """What each mode is called on screen: the seeds-only mode takes the name of the head that made them."""
+    seeds = HEAD_TITLES.get(head, head)
+    return {"maskclip": seeds if head == "maskclip" else f"{seeds} (seeds only)", "lposs": "LPOSS",
+            "lposs+": "LPOSS+"}
+
+
+def stage_names(head: str = "maskclip", refiner: str = "reference") -> dict[str, str]:
+    """Stage key -> the line shown beside its time."""
+    titles = mode_titles(head)
+    return {
+        "features": "backbones: text + image features (once, shared by the three)",
+        "maskclip": f"{titles['maskclip']}: seeds -> label map",
+        "lposs": "LPOSS: patch kNN graph + label propagation",
+        "lposs+": f"LPOSS+: patch LP again + pixel LP (refiner {refiner!r})",
+    }
+
+
+@dataclass
+class SideBySide:
+    """Three label maps [H, W] (class indices) of one image, and the seconds each stage took."""
+
+    labels: dict[str, np.ndarray] = field(default_factory=dict)  # mode -> [H, W] int64
+    seconds: dict[str, float] = field(default_factory=dict)  # stage key (see stage_names) -> seconds
+
+
+def _synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def segment_side_by_side(
+    image: Any,
+    class_names: list[str],
+    vlm: Any,
+    vm: Any,
+    device: str | torch.device = "cpu",
+    refiner: str = "reference",
+    on_stage: Callable[[str], None] | None = None,
+    short_side: int = 448,
+) -> SideBySide:
+    """Run the backbones once, then every mode of `segment.MODES` on the same features.
+
+    image: uint8 [H, W, 3] or float [3, H, W] in [0, 1]. on_stage(key) is called as each stage starts
+    (key: "features" or a mode), e.g. to show progress. short_side: the image is resized to it before
+    the windows are cut (448 as in the paper; smaller is faster and coarser).
+    """
+    device = torch.device(device)
+    announce = on_stage or (lambda key: None)
+    result = SideBySide()
+    image = as_image_tensor(image).to(device)  # [3, H, W]
+    announce("features")
+    start = time.perf_counter()
+    features = extract_features(image, class_names, vlm, vm, short_side=short_side)
+    _synchronise(device)
+    result.seconds["features"] = time.perf_counter() - start
+    for mode in MODES:
+        announce(mode)
+        start = time.perf_counter()
+        extra = {"refiner": refiner} if mode == "lposs+" else {}
+        scores = propagate_features(features, mode=mode, device=device, **extra)  # [K, H, W]
+        result.labels[mode] = scores.argmax(0).cpu().numpy()  # the copy to the CPU waits for the device
+        result.seconds[mode] = time.perf_counter() - start
+    return result

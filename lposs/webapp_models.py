@@ -1,0 +1,98 @@
+"""The web app's backbones: what the page offers (read from the registries when the app starts, so new
+heads, vision models and refiners appear by themselves), loading them, and keeping them across clicks.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any, Callable, NamedTuple
+
+MAX_CACHED_MODELS = 2  # (vlm, vm) pairs kept in memory across clicks
+DEMO_CHOICE = ("demo-weights", "demo-vlm", "demo-vm")  # the only choice with --demo-backbones
+
+
+class ModelChoice(NamedTuple):
+    """What the page's dropdowns select: CLIP weights, dense head, graph vision model."""
+
+    clip_weights: str  # a name of lposs.backbones.CLIP_WEIGHTS
+    head: str  # a name of lposs.heads.HEADS
+    vision_model: str  # a short name of lposs.backbones.VISION_MODELS, or "clip" (the VLM's own features)
+
+
+def clip_weight_choices(weights: str, first: str | None = None) -> list[str]:
+    """CLIP weights of lposs.backbones.CLIP_WEIGHTS, `first` (the command line's choice) first."""
+    if weights == "demo":
+        return [DEMO_CHOICE[0]]
+    from .backbones import CLIP_WEIGHTS
+
+    return _first(list(CLIP_WEIGHTS), first)
+
+
+def head_choices(weights: str) -> list[str]:
+    """Dense CLIP heads of lposs.heads.HEADS (MaskCLIP, LPOSS's, first)."""
+    if weights == "demo":
+        return [DEMO_CHOICE[1]]
+    from .heads import HEADS
+
+    return _first(list(HEADS), "maskclip")
+
+
+def vision_model_choices(weights: str) -> list[str]:
+    """Graph models: lposs.backbones.VISION_MODELS (the paper's DINO ViT-B/16 first), then "clip"."""
+    if weights == "demo":
+        return [DEMO_CHOICE[2]]
+    from .backbones import DEFAULT_DINO_MODEL, VISION_MODELS
+
+    paper = next((name for name, timm_name in VISION_MODELS.items() if timm_name == DEFAULT_DINO_MODEL), None)
+    return _first(list(VISION_MODELS), paper) + ["clip"]
+
+
+def refiner_choices() -> list[str]:
+    """Pixel refiners of lposs.refine.REFINERS ("reference" first), aliases (same settings, second name) left out."""
+    from .refine import REFINERS
+
+    names: list[str] = []
+    for name, settings in REFINERS.items():
+        if all(REFINERS[seen] is not settings for seen in names):
+            names.append(name)
+    return _first(names, "reference")
+
+
+def _first(names: list[str], first: str | None) -> list[str]:
+    return ([first] if first in names else []) + [name for name in names if name != first]
+
+
+def load_models(choice: ModelChoice, weights: str, device: str, bf16: bool = False,
+                clip_checkpoint: str | None = None, dino_checkpoint: str | None = None) -> tuple[Any, Any]:
+    """(vlm, vm): the lposs.demo stand-ins (weights "demo"), or lposs.backbones with "real" / "random" weights."""
+    if weights == "demo":
+        from .demo import DemoVLM, DemoVM
+
+        return DemoVLM(device=device), DemoVM(device=device)
+    from .backbones import load_backbones
+
+    return load_backbones(clip_weights=choice.clip_weights, head=choice.head, dino_model=choice.vision_model,
+                          device=device, random_weights=weights == "random", clip_checkpoint=clip_checkpoint,
+                          dino_checkpoint=dino_checkpoint, bf16=bf16)
+
+
+class ModelCache:
+    """The most recently used (vlm, vm) pairs, so that a second click loads nothing."""
+
+    def __init__(self, loader: Callable[[ModelChoice], tuple[Any, Any]], capacity: int = MAX_CACHED_MODELS):
+        self.loader = loader
+        self.capacity = capacity
+        self._models: OrderedDict[ModelChoice, tuple[Any, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, choice: ModelChoice) -> tuple[tuple[Any, Any], bool]:
+        """((vlm, vm), whether they were already loaded)."""
+        with self._lock:
+            if choice in self._models:
+                self._models.move_to_end(choice)
+                return self._models[choice], True
+            while len(self._models) >= self.capacity:
+                self._models.popitem(last=False)  # the least recently used pair
+            self._models[choice] = self.loader(choice)
+            return self._models[choice], False

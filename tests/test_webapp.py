@@ -1,0 +1,278 @@
+"""The demo web app: one click's logic (inputs, errors, three modes, timings) and the page in a real browser.
+
+The browser test starts `python -m lposs demo --demo-backbones` on a free local port and drives Debian's
+chromium (selenium + chromedriver, nothing downloads a browser): upload a generated scene, type the
+classes, press Segment, wait for the three overlays and the stage times. Its screenshot is kept in
+tests/artifacts/ (or $LPOSS_TEST_ARTIFACTS). It skips, naming the reason, only where chromium or
+chromedriver is not installed (.ci/run installs both).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lposs.demo import DEMO_CLASSES, DemoVLM, DemoVM, encode_png, render_scene
+from lposs.segment import extract_features, propagate_features
+from lposs.side_by_side import segment_side_by_side
+from lposs.webapp_backend import DemoConfig, SegmentService, page_classes, read_upload
+from lposs.webapp_models import DEMO_CHOICE, ModelChoice, head_choices, refiner_choices, vision_model_choices
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = Path(os.environ.get("LPOSS_TEST_ARTIFACTS", REPO_ROOT / "tests" / "artifacts"))
+CLASSES_TEXT = "sky, clouds; tree; grass, lawn; water; road; building, house; cow; sand"
+DEMO = ModelChoice(*DEMO_CHOICE)
+FAST = {"short_side": 224}  # one window row: a quarter of the paper's pixels, for speed
+
+
+@pytest.fixture(scope="module")
+def scene() -> tuple[np.ndarray, np.ndarray]:
+    return render_scene(np.random.RandomState(5), (160, 224))  # image [H, W, 3] uint8, labels [H, W]
+
+
+@pytest.fixture
+def scene_file(tmp_path, scene) -> Path:
+    path = tmp_path / "scene.png"
+    path.write_bytes(encode_png(scene[0]))
+    return path
+
+
+def demo_service(tmp_path, **config) -> SegmentService:
+    return SegmentService(DemoConfig(weights="demo", **FAST, **config), out_root=tmp_path / "out")
+
+
+# --------------------------------------------------------------------------------------------------
+# One click, without a browser
+# --------------------------------------------------------------------------------------------------
+
+def test_side_by_side_equals_each_mode_run_alone(scene):
+    image, _ = scene
+    names = list(DEMO_CLASSES)
+    vlm, vm = DemoVLM(), DemoVM()
+    result = segment_side_by_side(image, names, vlm, vm, **FAST)
+    features = extract_features(image, names, vlm, vm, **FAST)
+    for mode in ("maskclip", "lposs", "lposs+"):
+        alone = propagate_features(features, mode=mode).argmax(0).numpy()
+        assert np.array_equal(result.labels[mode], alone), mode
+    assert set(result.seconds) == {"features", "maskclip", "lposs", "lposs+"}
+    assert all(seconds >= 0 for seconds in result.seconds.values())
+
+
+def test_a_click_gives_three_overlays_timings_and_label_maps(tmp_path, scene, scene_file):
+    service = demo_service(tmp_path)
+    stages = []
+    page = service.run(str(scene_file), CLASSES_TEXT, DEMO, "reference",
+                       progress=lambda fraction, desc: stages.append((fraction, desc)))
+    assert page.status.startswith("**Done:**"), page.status
+    assert len(page.overlays) == 3 and all(Path(p).is_file() for p in page.overlays)
+    assert page.titles[1:] == ["LPOSS", "LPOSS+"]
+    for stage in ("backbones", "seeds", "LPOSS:", "LPOSS+:", "total"):
+        assert stage in page.timings
+    assert [f for f in stages if f[0] > 1 or f[0] < 0] == [] and len(stages) >= 5
+    label_maps = [np.asarray(Image.open(p)) for p in page.files if p.endswith(".png")]
+    assert len(label_maps) == 3 and all(m.shape == scene[0].shape[:2] for m in label_maps)
+    truth = scene[1]
+    accuracy = [(m == truth).mean() for m in label_maps]
+    assert accuracy[2] > accuracy[0] and accuracy[2] > 0.8  # LPOSS+ beats the raw stand-in seeds
+    classes = Path(page.files[-1]).read_text().splitlines()
+    assert classes[0] == "0\tsky;clouds" and len(classes) == 8
+
+
+def test_a_second_click_reuses_the_loaded_backbones(tmp_path, scene_file):
+    loads = []
+
+    def loader(choice):
+        loads.append(choice)
+        return DemoVLM(), DemoVM()
+
+    service = SegmentService(DemoConfig(weights="demo", **FAST), out_root=tmp_path, loader=loader)
+    for _ in range(2):
+        assert service.run(str(scene_file), "sky; grass", DEMO, "relaxed").status.startswith("**Done")
+    assert loads == [DEMO]
+
+
+@pytest.mark.parametrize("text", [None, "", " ; , ;"])
+def test_no_class_names_is_a_message_in_the_page(tmp_path, scene_file, text):
+    page = demo_service(tmp_path).run(str(scene_file), text, DEMO)
+    assert "No class names" in page.status and page.overlays == []
+
+
+def test_no_image_and_unreadable_files_are_messages(tmp_path):
+    service = demo_service(tmp_path)
+    assert "No image" in service.run(None, "sky", DEMO).status
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    status = service.run(str(bad), "sky", DEMO).status
+    assert "notes.png" in status and "not an image" in status
+
+
+def test_page_classes_follow_the_cli_syntax():
+    assert page_classes("cow; grass, lawn ;sky") == ["cow", "grass;lawn", "sky"]
+
+
+@pytest.mark.parametrize("mode, expected", [("L", "greyscale"), ("RGBA", "transparency"), ("I;16", "8 bits"),
+                                            ("CMYK", "CMYK")])
+def test_images_that_are_not_rgb_are_converted_with_a_note(tmp_path, mode, expected):
+    grey = np.arange(40 * 60, dtype=np.uint16).reshape(40, 60)
+    image = {"L": Image.fromarray((grey % 256).astype(np.uint8)),
+             "RGBA": Image.fromarray(np.zeros((40, 60, 4), np.uint8)),
+             "I;16": Image.fromarray(grey * 20),
+             "CMYK": Image.new("CMYK", (60, 40), (0, 255, 255, 0))}[mode]
+    assert image.mode == mode
+    path = tmp_path / ("photo.tif" if mode != "L" else "photo.png")
+    image.save(path)
+    array, notes = read_upload(path)
+    assert array.shape == (40, 60, 3) and array.dtype == np.uint8
+    assert len(notes) == 1 and expected in notes[0]
+    if mode == "RGBA":  # fully transparent -> white
+        assert (array == 255).all()
+    if mode == "I;16":  # stretched to the full 8-bit range
+        assert array.min() == 0 and array.max() == 255
+
+
+def test_very_large_images_are_resized_with_a_note(tmp_path):
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (900, 300), (10, 200, 30)).save(path)
+    array, notes = read_upload(path, max_side=300)
+    assert array.shape == (100, 300, 3)
+    assert len(notes) == 1 and "900×300" in notes[0] and "300×100" in notes[0]
+    assert read_upload(path, max_side=900)[1] == []
+
+
+def test_out_of_memory_is_a_message_not_a_traceback(tmp_path, scene_file):
+    class HungryVM(DemoVM):
+        def dense_features(self, windows):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    service = SegmentService(DemoConfig(weights="demo"), out_root=tmp_path,
+                             loader=lambda choice: (DemoVLM(), HungryVM()))
+    status = service.run(str(scene_file), "sky; grass", DEMO).status
+    assert "Out of memory" in status and "backbones" in status and "--max-side" in status
+
+
+def test_missing_weights_show_the_cli_message(tmp_path, scene_file, monkeypatch):
+    """Real weights offline: the page shows which weights are missing and how to get them."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    service = SegmentService(DemoConfig(weights="real"), out_root=tmp_path)
+    choice = ModelChoice("openclip-laion2b", "maskclip", vision_model_choices("real")[0])
+    status = service.run(str(scene_file), "sky; grass", choice).status
+    if status.startswith("**Done"):
+        pytest.skip("the real weights are in the local cache here, so nothing is missing")
+    assert "cannot be loaded" in status and "Cannot load the weights" in status
+    assert "Traceback" not in status and "checkpoint" in status
+
+
+def test_the_page_offers_what_the_registries_hold():
+    from lposs.backbones import DEFAULT_DINO_MODEL, VISION_MODELS
+    from lposs.heads import HEADS
+    from lposs.refine import REFINERS
+
+    names = refiner_choices()
+    assert names[0] == "reference" and set(names) <= set(REFINERS)
+    assert len({id(REFINERS[n]) for n in names}) == len(names)  # aliases are not offered twice
+    assert {id(REFINERS[n]) for n in names} == {id(settings) for settings in REFINERS.values()}
+    assert head_choices("real")[0] == "maskclip" and set(head_choices("real")) == set(HEADS)
+    models = vision_model_choices("real")
+    assert VISION_MODELS[models[0]] == DEFAULT_DINO_MODEL and set(models) == set(VISION_MODELS) | {"clip"}
+    assert head_choices("demo") == [DEMO.head] and vision_model_choices("demo") == [DEMO.vision_model]
+
+
+# --------------------------------------------------------------------------------------------------
+# The page in a real headless browser
+# --------------------------------------------------------------------------------------------------
+
+def find_browser() -> tuple[str, str]:
+    """(chromium, chromedriver) paths, or skip naming what is missing."""
+    browser = next((shutil.which(n) for n in ("chromium", "chromium-browser") if shutil.which(n)), None)
+    driver = shutil.which("chromedriver")
+    missing = [what for what, path in (("chromium", browser), ("chromedriver", driver)) if path is None]
+    if missing:
+        pytest.skip(f"{' and '.join(missing)} not installed (apt-get install chromium chromium-driver; "
+                    ".ci/run does it)")
+    return browser, driver
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def running_app(tmp_path):
+    """`python -m lposs demo --demo-backbones` on a free port: yields its address, stops it afterwards."""
+    port = free_port()
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    log = open(tmp_path / "app.log", "w+")
+    process = subprocess.Popen([sys.executable, "-m", "lposs", "demo", "--demo-backbones", "--port", str(port),
+                                "--device", "cpu"], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    address = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 90
+        while address not in (tmp_path / "app.log").read_text():
+            assert process.poll() is None, f"the app exited:\n{(tmp_path / 'app.log').read_text()}"
+            assert time.monotonic() < deadline, f"no address printed:\n{(tmp_path / 'app.log').read_text()}"
+            time.sleep(0.5)
+        yield address
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+@pytest.mark.slow
+def test_the_page_segments_an_upload_in_a_real_browser(running_app, scene_file):
+    browser, driver_path = find_browser()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                 "--window-size=1400,1800"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
+    try:
+        driver.get(running_app)
+        wait = WebDriverWait(driver, 60)
+        upload = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#input-image input[type=file]"))
+        upload.send_keys(str(scene_file))
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#input-image img"))
+        driver.find_element(By.CSS_SELECTOR, "#classes textarea").send_keys(CLASSES_TEXT)
+        driver.find_element(By.ID, "segment-button").click()
+        wait.until(lambda d: "total" in d.find_element(By.ID, "timings").text)
+        overlays = [f"#overlay-{name} img" for name in ("maskclip", "lposs", "lposs-plus")]
+        loaded = "const i = document.querySelector(arguments[0]); return !!i && i.complete && i.naturalWidth > 0;"
+        wait.until(lambda d: all(d.execute_script(loaded, css) for css in overlays))
+        timings = driver.find_element(By.ID, "timings").text
+        for stage in ("backbones", "LPOSS:", "LPOSS+:", "total"):
+            assert stage in timings
+        assert "DEMO STAND-INS" in driver.find_element(By.ID, "weights-notice").text
+        assert "Done" in driver.find_element(By.ID, "status").text
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#label-maps a, #label-maps tr")) >= 3
+        remote = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)"
+                                       ".filter(n => !n.startsWith(location.origin) && !/^(data|blob):/.test(n))")
+        assert remote == [], f"the page fetched from outside this machine: {remote}"
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(1400, min(max(height + 40, 1000), 4000))
+        shot = ARTIFACTS / "webapp_demo.png"
+        assert driver.save_screenshot(str(shot))
+        print(f"screenshot: {shot}")
+    finally:
+        driver.quit()
