@@ -17,6 +17,10 @@ then features = normalise(ln_post(z)[patches] @ proj). Off the native 14x14 grid
 resized by each release's own rule (`interpolation`): "lposs" resizes bicubically to the grid size;
 "sclip" (SCLIP, ClearCLIP, NACLIP, ProxyCLIP) passes scale_factor ((gh + 0.1) / 14, (gw + 0.1) / 14), which
 samples other points. Windows are CLIP-normalised; the batch dimension comes first throughout.
+
+Release quirks deliberately NOT reproduced (they only bite on grids the releases' protocols never use):
+the SCLIP family adds the native embedding unresized when a non-native grid has exactly 196 patches (e.g.
+7x28), and ProxyCLIP reshapes CLIP's values as (gw, gh) on non-square crops; both are read here as (gh, gw).
 """
 
 from __future__ import annotations
