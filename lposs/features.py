@@ -260,9 +260,12 @@ def extract_shard(image_id: str, image: Any, class_names: list[str], vlm: Any, v
     """Run the VLM once and every VM variant once over one image's windows -> a shard dict."""
     start = time.perf_counter()
     first, *others = vms
-    feats = extract_features(image, class_names, vlm, vms[first], text=text, **windows)
+    graph = _OneForward(vms) if others and _one_network(vms) else vms[first]
+    feats = extract_features(image, class_names, vlm, graph, text=text, **windows)
     vm = {first: feats.vm_feats}
-    if others:
+    if isinstance(graph, _OneForward):  # q, k, v, tokens of one network came from the same forward
+        vm.update({name: graph.flat(name) for name in others})
+    elif others:
         batch = crop_windows(feats.image_resized, feats.layout, crop=feats.crop)  # [B, 3, crop, crop]
         for name in others:
             dense = vms[name].dense_features(batch)  # [B, g, g, D]
@@ -281,6 +284,28 @@ def extract_shard(image_id: str, image: Any, class_names: list[str], vlm: Any, v
         "image_md5": image_md5,
         "seconds": time.perf_counter() - start,
     }
+
+
+def _one_network(vms: dict[str, Any]) -> bool:
+    """True when every variant is a feature of one network that can give several in one forward."""
+    models = {id(getattr(m, "model", None)) for m in vms.values()}
+    return len(models) == 1 and all(getattr(m, "model", None) is not None and hasattr(m, "dense_features_multi")
+                                    for m in vms.values())
+
+
+class _OneForward:
+    """A graph model standing for all stored variants of one network: one forward, every feature kept."""
+
+    def __init__(self, vms: dict[str, Any]) -> None:
+        self.model, self.names = next(iter(vms.values())), list(vms)
+        self.out: dict[str, torch.Tensor] = {}
+
+    def dense_features(self, windows: torch.Tensor) -> torch.Tensor:
+        self.out = self.model.dense_features_multi(windows, self.names)  # {feature: [B, g, g, D]}
+        return self.out[self.names[0]]
+
+    def flat(self, name: str) -> torch.Tensor:
+        return self.out[name].reshape(-1, self.out[name].shape[-1]).float().cpu()  # [N, D]
 
 
 def to_image_features(shard: dict[str, Any], vm_feature: str, image: Any = None) -> ImageFeatures:

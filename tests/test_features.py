@@ -171,3 +171,27 @@ def test_float16_storage_halves_vision_features_and_is_checked(dataset, backbone
         FeatureStore(tmp_path / "t", manifest_for(dataset, backbones)).check(shard, shard["id"])
     with pytest.raises(ValueError, match="vm_dtype"):
         make_manifest("demo", ["sky"], "a", {"v": "b"}, WINDOWS, vm_dtype="int8")
+
+
+def test_q_k_v_of_one_network_come_from_one_forward():
+    """Stored variants of one timm model: one forward per image, the same features as one model per variant."""
+    import numpy as np
+
+    from lposs.backbones import VisionFeatures
+    from lposs.demo import DemoVLM
+    from lposs.features import extract_shard
+
+    net = VisionFeatures("dino_vits16", pretrained=False, feature="v")
+    vms = {f: net.with_feature(f) for f in ("v", "q", "tokens")}
+    calls = []
+    hook = net.model.patch_embed.register_forward_hook(lambda *_: calls.append(1))
+    image = (np.random.RandomState(0).rand(224, 240, 3) * 255).astype(np.uint8)
+    windows = dict(crop=224, stride=112, short_side=224, long_side=2048)
+    try:
+        shard = extract_shard("x", image, ["sky", "grass"], DemoVLM(), vms, windows)
+    finally:
+        hook.remove()
+    assert len(calls) == 1
+    for name in ("v", "q", "tokens"):
+        alone = extract_shard("x", image, ["sky", "grass"], DemoVLM(), {name: vms[name]}, windows)
+        torch.testing.assert_close(shard["vm"][name], alone["vm"][name])
