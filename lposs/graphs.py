@@ -5,11 +5,16 @@ Both are returned normalised, S = D^-1/2 W D^-1/2, ready for `propagation.propag
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor
 
+from . import stencil_triton
 from .color import scaled_lab
 from .propagation import normalize_adjacency
+
+STENCIL_BACKENDS = ("auto", "torch", "triton")
 
 
 def patch_graph(
@@ -84,7 +89,13 @@ class PixelGraph:
     (y + dy_k, x + dx_k), zero where that partner is outside the image), and the torch stencil works
     channel-first on a zero-padded [C, H + 2h, W + 2h] copy of its input, so every offset is one
     multiply-add over long contiguous rows with no border cases. On CPU the output is accumulated in bands
-    of rows small enough to stay in cache (`band_elements`); on GPU in one band.
+    of rows small enough to stay in cache (`band_elements`).
+
+    backend: "torch" (the stencil above, the CPU path and the fallback), "triton" (every product is one
+    fused kernel of lposs/stencil_triton.py, the weights built in a few vectorised passes), or "auto"
+    (triton for an image on CUDA when triton imports, torch otherwise); None reads the environment
+    variable LPOSS_STENCIL (default "auto"), which reaches the graphs callers build (lposs/refine.py).
+    The results agree to rounding.
 
     `matmul(X)` is the normalised S @ X that `propagate` uses; `weighted_sum(Z)` the unnormalised W Z and
     `neighbour_sum(Z)` the same stencil with unit weights, both channel-first [C, H, W] (the colour
@@ -93,30 +104,43 @@ class PixelGraph:
 
     band_elements = 2**19  # CPU accumulator size (floats) per band of rows: 2 MB, stays in cache
 
-    def __init__(self, image: Tensor, r: int = 13, tau: float = 0.01, dilation: int = 1):
+    def __init__(self, image: Tensor, r: int = 13, tau: float = 0.01, dilation: int = 1,
+                 backend: str | None = None):
         if image.dim() != 3 or image.shape[0] != 3:
             raise ValueError(f"image must be [3, H, W] RGB in [0, 1], got shape {tuple(image.shape)}")
         if not tau > 0:
             raise ValueError(f"the colour bandwidth tau must be positive, got {tau}")
         if dilation < 1:
             raise ValueError(f"the stencil dilation must be a positive integer, got {dilation}")
+        self.fused = use_fused_stencil(backend, image.device)
         self.height, self.width = height, width = image.shape[1:]
         self.dilation = dilation
         self.offsets = [(dy * dilation, dx * dilation) for dy, dx in stencil_offsets(r)]
         self.pad = h = (r // 2) * dilation
         lab = scaled_lab(image)  # [3, H, W]
-        self.weights = image.new_zeros(len(self.offsets), height + 2 * h, width + 2 * h)  # [K, H+2h, W+2h]
-        degree = image.new_zeros(height, width)
+        if self.fused:
+            self.offset_table = torch.tensor(self.offsets, dtype=torch.int32, device=image.device)  # [K, 2]
+            self.weights = stencil_weights(lab, self.offset_table, h, tau)  # [K, H+2h, W+2h]
+            degree = self.weighted_sum(image.new_ones(1, height, width))[0]  # [H, W]
+        else:
+            self.weights, degree = self._banded_weights(lab, tau)
+        degree = torch.where(degree == 0, torch.ones_like(degree), degree)
+        self.inv_sqrt_degree = degree.rsqrt()  # [H, W]
+
+    def _banded_weights(self, lab: Tensor, tau: float) -> tuple[Tensor, Tensor]:
+        """(weights [K, H+2h, W+2h], degree [H, W]) one offset at a time (small temporaries: the CPU path)."""
+        height, width, h = self.height, self.width, self.pad
+        weights = lab.new_zeros(len(self.offsets), height + 2 * h, width + 2 * h)  # [K, H+2h, W+2h]
+        degree = lab.new_zeros(height, width)
         for k, (dy, dx) in enumerate(self.offsets):
             if dy >= height or abs(dx) >= width:
                 continue  # no pixel pair of the image is this far apart: the weights stay zero
             src, dst = _regions(dy, dx, height, width)
             w = colour_weights(lab[:, src[0], src[1]], lab[:, dst[0], dst[1]], tau)  # [H - dy, W - |dx|]
-            self.weights[k, _shift(src[0], h), _shift(src[1], h)] = w
+            weights[k, _shift(src[0], h), _shift(src[1], h)] = w
             degree[src] += w
             degree[dst] += w
-        degree = torch.where(degree == 0, torch.ones_like(degree), degree)
-        self.inv_sqrt_degree = degree.rsqrt()  # [H, W]
+        return weights, degree
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -130,12 +154,19 @@ class PixelGraph:
         result comes back in the same layout (a transposed view of a contiguous [C, H*W] tensor).
         """
         channels = X.shape[1]
+        if self.fused:  # one kernel: the D^-1/2 scalings are applied inside it
+            Z = X.T.reshape(channels, self.height, self.width)  # [C, H, W], a view when X is channel-first
+            out = stencil_triton.stencil_product(Z, self.weights, self.offset_table, self.pad,
+                                                 scale=self.inv_sqrt_degree)
+            return out.reshape(channels, self.height * self.width).T
         Z = X.T.reshape(channels, self.height, self.width) * self.inv_sqrt_degree  # [C, H, W]
         out = self.weighted_sum(Z).mul_(self.inv_sqrt_degree)  # [C, H, W]
         return out.reshape(channels, self.height * self.width).T
 
     def weighted_sum(self, Z: Tensor) -> Tensor:
         """W Z, the unnormalised stencil: sum over neighbours q of w_pq * Z[:, q], for Z [C, H, W] -> [C, H, W]."""
+        if self.fused:
+            return stencil_triton.stencil_product(Z, self.weights, self.offset_table, self.pad)
         height, width, h = self.height, self.width, self.pad
         channels = Z.shape[0]
         Zp = Z.new_zeros(channels, height + 2 * h, width + 2 * h)  # [C, H+2h, W+2h], zero outside the image
@@ -159,6 +190,8 @@ class PixelGraph:
         The neighbourhood is a (dilated) square, so this is a separable box sum (two cumulative sums)
         minus the centre; pixels outside the image count as zero.
         """
+        if self.fused:
+            return stencil_triton.stencil_product(Z, None, self.offset_table, self.pad)
         half = self.pad // self.dilation
         box = _strided_window_sum(_strided_window_sum(Z, -1, half, self.dilation), -2, half, self.dilation)
         return box - Z
@@ -191,6 +224,34 @@ def colour_weights(lab_a: Tensor, lab_b: Tensor, tau: float) -> Tensor:
     diff = (lab_a - lab_b).square_()  # [3, h, w]
     dist = diff[0].add_(diff[1]).add_(diff[2]).sqrt_()  # [h, w]
     return dist.div_(-tau).exp_()
+
+
+def use_fused_stencil(backend: str | None, device: torch.device) -> bool:
+    """Whether the pixel graph runs the fused Triton stencil: "auto" on CUDA when triton imports."""
+    if backend is None:
+        backend = os.environ.get("LPOSS_STENCIL", "auto")
+    if backend not in STENCIL_BACKENDS:
+        raise ValueError(f"unknown stencil backend {backend!r} (argument or LPOSS_STENCIL); "
+                         f"choose one of {', '.join(STENCIL_BACKENDS)}")
+    if backend == "triton" and not stencil_triton.available():
+        raise ValueError("backend='triton' asked for, but triton cannot be imported: pip install triton, "
+                         "or use backend='torch'")
+    return backend == "triton" or (backend == "auto" and device.type == "cuda" and stencil_triton.available())
+
+
+def stencil_weights(lab: Tensor, offsets: Tensor, pad: int, tau: float) -> Tensor:
+    """All K offsets' colour weights at once -> zero-padded weights [K, H + 2 pad, W + 2 pad] (the GPU path).
+
+    One gather of the partner colours [3, K, H, W] instead of K small passes: a handful of kernel launches.
+    """
+    _, height, width = lab.shape
+    ys = torch.arange(height, device=lab.device)[None, :, None] + offsets[:, 0, None, None]  # [K, H, 1]
+    xs = torch.arange(width, device=lab.device)[None, None, :] + offsets[:, 1, None, None]  # [K, 1, W]
+    inside = (ys < height) & (xs >= 0) & (xs < width)  # [K, H, W]: dy >= 0, so ys >= 0
+    padded = torch.nn.functional.pad(lab, (pad, pad, pad, pad))  # [3, H+2p, W+2p]
+    partner = padded[:, ys + pad, xs + pad]  # [3, K, H, W]
+    w = colour_weights(lab[:, None], partner, tau) * inside  # [K, H, W]
+    return torch.nn.functional.pad(w, (pad, pad, pad, pad))  # [K, H+2p, W+2p]
 
 
 def _strided_window_sum(x: Tensor, dim: int, half: int, step: int) -> Tensor:

@@ -82,20 +82,27 @@ def propagate(
     return F[:, 0] if column else F
 
 
-def conjugate_gradient(A: Callable[[Tensor], Tensor], B: Tensor, maxiter: int = 10, tol: float = 1e-6) -> Tensor:
+def conjugate_gradient(A: Callable[[Tensor], Tensor], B: Tensor, maxiter: int = 10, tol: float = 1e-6,
+                       check_every: int | None = None) -> Tensor:
     """Batched CG for A X = B (A symmetric positive definite), X0 = 0, one set of scalars per column.
 
     Same iteration and stopping rule as cupyx/scipy `cg(A, b, x0=0, tol, maxiter)` run on each column:
     after each step a column stops once ||r|| <= tol * ||b||; a zero column is solved by X = 0.
+    A stopped column is frozen by masked updates (step and beta 0), so the loop may run on after every
+    column has stopped without changing the result. Asking whether all have stopped is a host
+    synchronisation on a GPU: `check_every` = n asks every n iterations, 0 never (the loop runs
+    `maxiter` iterations without waiting for the device); None means 1 on CPU and 0 on CUDA.
     """
+    if check_every is None:
+        check_every = 0 if B.is_cuda else 1
     X = torch.zeros_like(B)  # [N, C]
     R = B.clone()
     P = R.clone()
     rho = (R * R).sum(0)  # [C]
     atol = tol * B.norm(dim=0)  # [C]
     active = B.norm(dim=0) > 0  # [C]
-    for _ in range(maxiter):
-        if not bool(active.any()):
+    for iteration in range(maxiter):
+        if check_every and iteration % check_every == 0 and not bool(active.any()):
             break
         Q = A(P)  # [N, C]
         pq = (P * Q).sum(0)

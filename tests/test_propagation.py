@@ -127,3 +127,33 @@ def test_equals_scikit_learn_label_spreading_on_two_moons():
     ours = F / F.sum(1, keepdim=True)
     torch.testing.assert_close(ours, torch.as_tensor(model.label_distributions_), atol=1e-6, rtol=1e-6)
     assert (ours.argmax(1).numpy() == truth).mean() > 0.85  # 6 labels, 200 points: 0.91 here; chance is 0.5
+
+
+@pytest.mark.parametrize("check_every", [0, 3])
+def test_cg_without_convergence_checks_equals_the_checked_loop(check_every):
+    # the columns stop at different iterations and all of them long before maxiter: frozen columns stay put
+    S = random_graph(50, seed=3)
+    Y = torch.randn(50, 3, dtype=torch.float64)
+    Y[:, 0] = 0
+    Y[0, 0] = 1.0
+    A = lambda X: X - 0.5 * S @ X  # noqa: E731
+    checked = conjugate_gradient(A, Y, maxiter=60, tol=1e-4, check_every=1)
+    unchecked = conjugate_gradient(A, Y, maxiter=60, tol=1e-4, check_every=check_every)
+    assert torch.equal(checked, unchecked)
+    single = torch.cat([conjugate_gradient(A, Y[:, c : c + 1], maxiter=60, tol=1e-4) for c in range(3)], dim=1)
+    torch.testing.assert_close(unchecked, single, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cg_on_cuda_never_waits_for_the_device():
+    S = random_graph(64, seed=4, dtype=torch.float32, device="cuda")
+    Y = torch.randn(64, 5, device="cuda")
+    propagate(S, Y, maxiter=2)  # warm-up (lazy CUDA initialisation may synchronise)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        F = propagate(S, Y, alpha=0.95, method="cg", maxiter=10, tol=1e-6)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    expected = propagate(S.cpu(), Y.cpu(), alpha=0.95, method="cg", maxiter=10, tol=1e-6)
+    torch.testing.assert_close(F.cpu(), expected, atol=1e-5, rtol=1e-4)
