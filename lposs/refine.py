@@ -1,24 +1,37 @@
-"""LPOSS+: refine class scores at the pixel level by label propagation on the pixel graph.
+"""LPOSS+: refine class scores at the pixel level by label propagation on the pixel graph, or by PAMR.
 
 `refine_pixels(image, scores, refiner="reference")` runs one of the named settings in `REFINERS`;
 keyword arguments override single settings.
 
 - "reference": the released code's refiner (spec section 5): conjugate gradient, 10 iterations, on the
-  13x13 Lab-colour graph with tau = 0.01, seeds = the scores as given.
-- "relaxed" (alias "best"): the same graph (tau = 0.015) used twice, at the cost of the reference:
-  1. colour relaxation (`relax_steps` = 4): the scores are read as class probabilities P and each class
-     is re-weighted by how well a pixel's colour matches that class's pixels around it,
-     P_c <- P_c * (W P_c) / (B P_c), renormalised per pixel; W is the colour-weighted stencil, B the same
-     stencil with unit weights, so (W P_c) / (B P_c) is the mean colour affinity of the pixel to class c
-     in its window. A thin object that holds only a fraction of each coarse patch gets its pixels back
-     when its colour is rare among the other class's pixels. The update is multiplicative, so it is run
-     a fixed, small number of times (more steps start to amplify texture noise) and cleaned up by
+  13x13 Lab-colour graph with tau = 0.01, seeds = the scores as given. Linear in the scores, so its label
+  map does not change when a constant is added to all scores or they are scaled by a positive factor.
+- "tempered" (alias "best"): colour relaxation then confidence-weighted propagation (below) on class
+  probabilities read from the scores as logits with a temperature,
+  P_c = softmax_c((s_c - max_c s) / (temperature * m)), m = the median over the image of the pixels'
+  top-1 minus top-2 score margin. Any scores work (cosines, logits, probabilities, patch fractions): P,
+  and so the label map, is unchanged by adding a constant to all scores or scaling them by a positive
+  factor, and absent classes get weight exp(-gap / (temperature * m)) however they are shifted or
+  noised, never evidence from exact zeros. Cost: 4 relaxation steps + 5 CG iterations on one graph,
+  one stencil product fewer than the reference.
+- "relaxed": the previous "best", the same two steps on the scores clipped at 0 and normalised per pixel.
+  Fast and strong on clean non-negative maps, but it depends on exact zeros: a little per-pixel noise or a
+  shift of the scores changes its evidence (issue 13, the robustness mode of benchmarks/refine.py).
+- "pamr": PAMR (lposs/pamr.py), NACLIP's refiner: 10 iterations at dilations (8, 16) on the
+  CLIP-normalised image; expects cosine logits (any scores work: it is linear and convex).
+
+The two steps of "tempered" and "relaxed", on the graph with tau = 0.015:
+  1. colour relaxation (`relax_steps` = 4): each class is re-weighted by how well a pixel's colour
+     matches that class's pixels around it, P_c <- P_c * (W P_c) / (B P_c), renormalised per pixel; W is
+     the colour-weighted stencil, B the same stencil with unit weights, so (W P_c) / (B P_c) is the mean
+     colour affinity of the pixel to class c in its window. A thin object that holds only a fraction of
+     each coarse patch gets its pixels back when its colour is rare among the other class's pixels. The
+     update is multiplicative, so it is run a fixed, small number of times (more steps start to amplify
+     texture noise) and cleaned up by
   2. label propagation with per-pixel seed confidence (`seed_confidence` = 1): the fidelity of pixel i
      to its seed is scaled by c_i = (margin_i / max margin) ** seed_confidence (margin = top-1 minus
      top-2 probability), so undecided pixels take their labels from their confident neighbours.
      With c = 1 everywhere this is exactly the reference solve (see `confidence_propagate`).
-  `maxiter` = 5 CG iterations: 4 relaxation steps + 5 iterations = 9 stencil products, one fewer than the
-  reference's 10 (a sixth iteration changes nothing measurable).
 """
 
 from __future__ import annotations
@@ -29,15 +42,21 @@ import torch
 from torch import Tensor
 
 from .graphs import PixelGraph
+from .pamr import PAMR_DILATIONS, PAMR_ITERATIONS, pamr
 from .propagation import propagate
 
+_LP = {"method": "lp", "r": 13, "alpha": 0.95, "tol": 1e-6}
 REFINERS: dict[str, dict[str, Any]] = {
-    "reference": {"r": 13, "tau": 0.01, "alpha": 0.95, "maxiter": 10, "tol": 1e-6,
-                  "relax_steps": 0, "seed_confidence": 0.0},
-    "relaxed": {"r": 13, "tau": 0.015, "alpha": 0.95, "maxiter": 5, "tol": 1e-6,
-                "relax_steps": 4, "seed_confidence": 1.0},
+    "reference": {**_LP, "tau": 0.01, "maxiter": 10, "evidence": "scores", "temperature": 1.0,
+                  "smooth_steps": 0, "relax_steps": 0, "seed_confidence": 0.0},
+    "relaxed": {**_LP, "tau": 0.015, "maxiter": 5, "evidence": "clipped", "temperature": 1.0,
+                "smooth_steps": 0, "relax_steps": 4, "seed_confidence": 1.0},
+    "tempered": {**_LP, "tau": 0.015, "maxiter": 5, "evidence": "tempered", "temperature": 0.25,
+                 "smooth_steps": 0, "relax_steps": 4, "seed_confidence": 1.0},
+    "pamr": {"method": "pamr", "iterations": PAMR_ITERATIONS, "dilations": PAMR_DILATIONS},
 }
-REFINERS["best"] = REFINERS["relaxed"]
+REFINERS["best"] = REFINERS["tempered"]
+EVIDENCE = ("scores", "clipped", "tempered")  # how an LP refiner reads the scores (see `class_evidence`)
 
 SUPPORT_EPS = 1e-6  # damps the colour affinity of a class with (almost) no pixels in the window
 
@@ -45,21 +64,36 @@ SUPPORT_EPS = 1e-6  # damps the colour affinity of a class with (almost) no pixe
 def refine_pixels(image: Tensor, scores: Tensor, refiner: str = "reference", **overrides: Any) -> Tensor:
     """Refine class scores [C, H, W] with the pixel graph of image [3, H, W] in [0, 1] -> [C, H, W].
 
-    refiner: a name of `REFINERS`; overrides: single settings of it (r, tau, alpha, maxiter, tol,
-    relax_steps, seed_confidence). With relax_steps > 0 the scores are read as class evidence
-    (negative values clipped to 0, normalised per pixel), e.g. probabilities or patch-averaged one-hots.
+    refiner: a name of `REFINERS`; overrides: single settings of it (for the LP refiners r, tau, alpha,
+    maxiter, tol, evidence, temperature, relax_steps, seed_confidence; for "pamr" iterations, dilations).
+    The label map (argmax) of "reference", "tempered"/"best" and "pamr" does not change when a constant
+    is added to all scores or they are scaled by a positive factor; "relaxed" clips them at 0.
     """
     settings = refiner_settings(refiner, overrides)
     check_inputs(image, scores)
+    if settings["method"] == "pamr":
+        return pamr(image, scores, settings["iterations"], settings["dilations"])
     graph = PixelGraph(image.to(scores.dtype), r=settings["r"], tau=settings["tau"])
-    seeds = scores
+    for _ in range(settings["smooth_steps"]):
+        scores = colour_average(graph, scores)
+    seeds = class_evidence(scores, settings["evidence"], settings["temperature"])
     if settings["relax_steps"] > 0:
-        seeds = colour_relaxation(graph, class_probabilities(scores), settings["relax_steps"])
+        seeds = colour_relaxation(graph, seeds, settings["relax_steps"])
     alpha, maxiter, tol = settings["alpha"], settings["maxiter"], settings["tol"]
     if settings["seed_confidence"] > 0:
         confidence = margin_confidence(seeds).pow(settings["seed_confidence"])  # [H, W]
         return confidence_propagate(graph, seeds, confidence, alpha, maxiter, tol)
     return propagate_scores(graph, seeds, alpha, maxiter, tol)
+
+
+def class_evidence(scores: Tensor, evidence: str, temperature: float) -> Tensor:
+    """The seeds an LP refiner starts from, [C, H, W]: the "scores" as given, "clipped" probabilities
+    (`class_probabilities`) or "tempered" ones (`tempered_probabilities`)."""
+    if evidence == "scores":
+        return scores
+    if evidence == "clipped":
+        return class_probabilities(scores)
+    return tempered_probabilities(scores, temperature)
 
 
 def propagate_scores(graph: Any, seeds: Tensor, alpha: float, maxiter: int, tol: float) -> Tensor:
@@ -104,6 +138,34 @@ def class_probabilities(scores: Tensor) -> Tensor:
     return evidence / evidence.sum(0, keepdim=True).clamp(min=torch.finfo(scores.dtype).tiny)
 
 
+def tempered_probabilities(scores: Tensor, temperature: float) -> Tensor:
+    """Scores [C, H, W] read as logits: softmax_c((s_c - max_c s) / (temperature * m)) -> [C, H, W].
+
+    m = the median over the image of the per-pixel top-1 minus top-2 score margin (the mean where more
+    than half of the pixels tie; 1 where all do): the typical gap of a decided pixel becomes 1 /
+    temperature in logits. Unchanged (up to rounding) by adding a constant to all scores or scaling them
+    by a positive factor; a class 1 typical gap below the top gets exp(-1 / temperature) of its weight.
+    """
+    if scores.shape[0] < 2:
+        return torch.ones_like(scores)
+    top = scores.topk(2, dim=0).values  # [2, H, W]
+    margin = top[0] - top[1]  # [H, W]
+    typical = margin.median()
+    if not typical > 0:
+        typical = margin.mean()
+    if not typical > 0:
+        typical = torch.ones_like(typical)  # every pixel ties: the logits below are 0 or -inf anyway
+    return ((scores - top[0]) / (temperature * typical)).softmax(dim=0)
+
+
+def colour_average(graph: PixelGraph, scores: Tensor) -> Tensor:
+    """Each pixel's scores [C, H, W] averaged with its neighbours' by the colour weights, itself with
+    weight 1: (Z + W Z) / (1 + W 1). Rows sum to 1, so constants and scalings pass through unchanged."""
+    ones = torch.ones_like(scores[:1])  # [1, H, W]
+    summed = graph.weighted_sum(torch.cat([scores, ones]))  # [C + 1, H, W]
+    return (scores + summed[:-1]) / (1 + summed[-1:])
+
+
 def colour_relaxation(graph: PixelGraph, probs: Tensor, steps: int) -> Tensor:
     """`steps` times P_c <- P_c * (W P_c) / (B P_c + eps), renormalised per pixel; probs [C, H, W]."""
     tiny = torch.finfo(probs.dtype).tiny
@@ -133,8 +195,18 @@ def refiner_settings(refiner: str, overrides: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"refiner {refiner!r} has no setting {sorted(unknown)}; "
                          f"its settings are {sorted(settings)}")
     settings.update(overrides)
-    if int(settings["relax_steps"]) != settings["relax_steps"] or settings["relax_steps"] < 0:
-        raise ValueError(f"relax_steps must be a non-negative integer, got {settings['relax_steps']}")
+    if settings["method"] == "pamr":
+        return settings
+    if settings["evidence"] not in EVIDENCE:
+        raise ValueError(f"evidence must be one of {', '.join(EVIDENCE)}, got {settings['evidence']!r}")
+    if not settings["temperature"] > 0:
+        raise ValueError(f"the evidence temperature must be positive, got {settings['temperature']}")
+    if settings["relax_steps"] > 0 and settings["evidence"] == "scores":
+        raise ValueError("the colour relaxation needs class probabilities: with relax_steps > 0 set "
+                         "evidence='tempered' or 'clipped'")
+    for steps in ("smooth_steps", "relax_steps"):
+        if int(settings[steps]) != settings[steps] or settings[steps] < 0:
+            raise ValueError(f"{steps} must be a non-negative integer, got {settings[steps]}")
     if settings["seed_confidence"] < 0:
         raise ValueError(f"seed_confidence must be >= 0 (0 = off), got {settings['seed_confidence']}")
     return settings

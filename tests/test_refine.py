@@ -1,5 +1,8 @@
-"""Pixel refinement: shapes, the reference solve, the relaxed ("best") refiner's pieces against explicit
-matrices, a synthetic boundary it must find, clear errors, and the refinement benchmark's coarse scores."""
+"""Pixel refinement: shapes, the reference solve, the pieces of the tempered ("best") and relaxed refiners
+against explicit matrices, a synthetic boundary they must find, best's invariance to how scores are shifted,
+scaled and noised, clear errors, and the refinement benchmark's coarse scores."""
+
+import math
 
 import numpy as np
 import pytest
@@ -12,11 +15,13 @@ from lposs.refine import (
     REFINERS,
     _Rescaled,
     class_probabilities,
+    colour_average,
     colour_relaxation,
     confidence_propagate,
     margin_confidence,
     SUPPORT_EPS,
     refine_pixels,
+    tempered_probabilities,
 )
 
 
@@ -35,8 +40,8 @@ def explicit_weights(graph: PixelGraph) -> tuple[torch.Tensor, torch.Tensor]:
     return W, B.to(W.dtype)
 
 
-def two_region_image(box, height=40, width=48, seed=0):
-    """A blue box (label 1, rows/cols box = (y0, y1, x0, x1)) on a red background, with mild noise."""
+def two_region_image(box, height=40, width=48, seed=0, noise=0.02):
+    """A blue box (label 1, rows/cols box = (y0, y1, x0, x1)) on a red background, with colour noise."""
     g = torch.Generator().manual_seed(seed)
     y0, y1, x0, x1 = box
     label = torch.zeros(height, width, dtype=torch.long)
@@ -44,12 +49,12 @@ def two_region_image(box, height=40, width=48, seed=0):
     image = torch.empty(3, height, width, dtype=torch.float64)
     image[:] = torch.tensor([0.8, 0.3, 0.2], dtype=torch.float64)[:, None, None]
     image[:, label.bool()] = torch.tensor([0.2, 0.3, 0.8], dtype=torch.float64)[:, None]
-    image = (image + 0.02 * torch.randn(image.shape, generator=g, dtype=torch.float64)).clamp(0, 1)
+    image = (image + noise * torch.randn(image.shape, generator=g, dtype=torch.float64)).clamp(0, 1)
     return image, label
 
 
 # --------------------------------------------------------------------------- refine_pixels
-@pytest.mark.parametrize("refiner", ["reference", "best"])
+@pytest.mark.parametrize("refiner", ["reference", "best", "relaxed", "pamr"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_shapes_and_dtype_are_preserved(refiner, dtype):
     g = torch.Generator().manual_seed(0)
@@ -70,7 +75,7 @@ def test_reference_equals_column_by_column_cg_on_the_explicit_graph():
     torch.testing.assert_close(out, expected.T.reshape(3, 9, 11), atol=1e-10, rtol=1e-8)
 
 
-@pytest.mark.parametrize("refiner", ["reference", "best"])
+@pytest.mark.parametrize("refiner", ["reference", "best", "relaxed"])
 def test_refinement_moves_a_blurred_boundary_to_the_colour_edge(refiner):
     image, label = two_region_image(box=(6, 35, 6, 35))  # corners cut by the 16x16 patch grid
     coarse = coarse_scores(label, 2).to(torch.float64)  # patch fractions, upsampled: a rounded blob
@@ -90,12 +95,51 @@ def test_best_recovers_a_box_the_reference_loses():
     assert errors["best"] < errors["reference"]
 
 
-def test_best_is_the_relaxed_refiner_and_reference_is_unrelaxed():
-    assert REFINERS["best"] == REFINERS["relaxed"]
+def test_best_is_the_tempered_refiner_at_no_more_cost_than_the_reference():
+    assert REFINERS["best"] == REFINERS["tempered"] and REFINERS["best"]["evidence"] == "tempered"
     assert REFINERS["reference"]["relax_steps"] == 0 and REFINERS["reference"]["seed_confidence"] == 0
-    # relaxed + confidence use 4 + 5 = 9 stencil products, no more than the reference's 10
-    best = REFINERS["best"]
-    assert best["relax_steps"] + best["maxiter"] <= REFINERS["reference"]["maxiter"]
+    best = REFINERS["best"]  # stencil products: smoothing + relaxation + CG, against the reference's 10 CG
+    assert best["smooth_steps"] + best["relax_steps"] + best["maxiter"] <= REFINERS["reference"]["maxiter"]
+
+
+def three_class_scene(seed=0):
+    """A 3-class scene (red, blue box, green stripe at the bottom): image, label, coarse patch scores."""
+    image, label = two_region_image(box=(6, 35, 6, 35), seed=seed)
+    label[30:, :] = 2
+    image[:, 30:, :] = torch.tensor([0.2, 0.8, 0.3], dtype=torch.float64)[:, None, None]
+    return image, label, coarse_scores(label, 3).to(torch.float64)
+
+
+@pytest.mark.parametrize("refiner", ["best", "reference", "pamr"])
+def test_label_maps_do_not_change_with_a_shift_or_positive_scale_of_the_scores(refiner):
+    image, _, coarse = three_class_scene()
+    g = torch.Generator().manual_seed(7)
+    scores = coarse + 0.05 * torch.randn(coarse.shape, generator=g, dtype=torch.float64)
+    labels = refine_pixels(image, scores, refiner=refiner).argmax(0)
+    for transformed in (scores + 0.5, scores - 3.0, 7.5 * scores, 0.01 * scores - 0.2):
+        assert torch.equal(refine_pixels(image, transformed, refiner=refiner).argmax(0), labels)
+
+
+def test_the_clipping_relaxed_refiner_is_not_shift_invariant():
+    image, _, coarse = three_class_scene()  # why best no longer clips: all-negative scores carry nothing
+    labels = refine_pixels(image, coarse, refiner="relaxed").argmax(0)
+    assert not torch.equal(refine_pixels(image, coarse - 1.0, refiner="relaxed").argmax(0), labels)
+
+
+def test_tiny_noise_on_absent_classes_changes_at_most_a_few_pixels():
+    # a textured scene (colour noise 0.1): classes 0 and 1 of 4, so 2 and 3 are absent
+    image, label = two_region_image(box=(5, 30, 9, 27), noise=0.1)
+    coarse = coarse_scores(label, 4).to(torch.float64)
+    g = torch.Generator().manual_seed(8)
+    noisy = coarse.clone()
+    noisy[2:] += 1e-3 * torch.randn(noisy[2:].shape, generator=g, dtype=torch.float64)
+
+    def changed(refiner):
+        clean_labels = refine_pixels(image, coarse, refiner=refiner).argmax(0)
+        return int((refine_pixels(image, noisy, refiner=refiner).argmax(0) != clean_labels).sum())
+
+    assert changed("best") <= 3
+    assert changed("relaxed") > 3  # the clipping refiner reads the noise as evidence (issue 13)
 
 
 # --------------------------------------------------------------------------- the relaxed refiner's pieces
@@ -166,6 +210,31 @@ def test_confidence_propagation_solves_the_weighted_fidelity_system():
     torch.testing.assert_close(full, reference.T.reshape(2, 5, 6))
 
 
+def test_colour_average_equals_explicit_formula_and_keeps_constants():
+    g = torch.Generator().manual_seed(9)
+    image = torch.rand(3, 6, 8, generator=g, dtype=torch.float64)
+    graph = PixelGraph(image, r=5, tau=0.05)
+    W, _ = explicit_weights(graph)
+    Z = torch.randn(3, 6, 8, generator=g, dtype=torch.float64)
+    flat = Z.reshape(3, -1).T  # [N, C]
+    expected = (flat + W @ flat) / (1 + W.sum(1, keepdim=True))
+    torch.testing.assert_close(colour_average(graph, Z), expected.T.reshape(3, 6, 8))
+    torch.testing.assert_close(colour_average(graph, torch.full_like(Z, 2.0)), torch.full_like(Z, 2.0))
+
+
+def test_tempered_probabilities_by_hand_and_their_invariance():
+    scores = torch.tensor([[[1.0, 1.0, 0.6]], [[0.0, 0.0, 0.4]]], dtype=torch.float64)  # [2, 1, 3]
+    P = tempered_probabilities(scores, temperature=0.5)  # margins 1, 1, 0.2: median 1, logits (s - max) / 0.5
+    top = 1 / (1 + math.exp(-2.0))
+    close = 1 / (1 + math.exp(-0.4))
+    torch.testing.assert_close(P[0, 0], torch.tensor([top, top, close], dtype=torch.float64))
+    torch.testing.assert_close(P.sum(0), torch.ones(1, 3, dtype=torch.float64))
+    torch.testing.assert_close(tempered_probabilities(3.0 * scores - 2.0, 0.5), P)
+    ties = torch.zeros(2, 1, 3, dtype=torch.float64)  # no margin anywhere: uniform, not NaN
+    torch.testing.assert_close(tempered_probabilities(ties, 0.5), torch.full_like(ties, 0.5))
+    torch.testing.assert_close(tempered_probabilities(scores[:1], 0.5), torch.ones_like(scores[:1]))
+
+
 def test_margin_confidence_and_class_probabilities():
     scores = torch.tensor([[[0.9, 0.5, 0.0]], [[0.1, 0.5, 0.0]], [[-1.0, 0.0, 0.0]]])  # [3, 1, 3]
     P = class_probabilities(scores)
@@ -191,6 +260,16 @@ def test_bad_inputs_give_clear_errors():
         refine_pixels(image, scores, refiner="best", sigma=3)
     with pytest.raises(ValueError, match="relax_steps"):
         refine_pixels(image, scores, refiner="best", relax_steps=-1)
+    with pytest.raises(ValueError, match="smooth_steps"):
+        refine_pixels(image, scores, refiner="best", smooth_steps=1.5)
+    with pytest.raises(ValueError, match="evidence must be one of"):
+        refine_pixels(image, scores, refiner="best", evidence="logits")
+    with pytest.raises(ValueError, match="temperature"):
+        refine_pixels(image, scores, refiner="best", temperature=0)
+    with pytest.raises(ValueError, match="needs class probabilities"):
+        refine_pixels(image, scores, refiner="reference", relax_steps=2)
+    with pytest.raises(ValueError, match="no setting"):
+        refine_pixels(image, scores, refiner="pamr", r=13)
     with pytest.raises(ValueError, match="odd"):
         refine_pixels(image, scores, r=4)
     with pytest.raises(ValueError, match="tau"):
