@@ -116,3 +116,20 @@ def binary_table(ours: Mapping[str, Mapping[str, Any]]) -> str:
                  for m in ("Sensitivity", "Specificity")]
         lines.append(f"| {spec.title} | " + " | ".join(map(_cell, cells)) + " |")
     return "\n".join(lines) + "\n"
+
+
+def write_mess_report(ours: Mapping[str, Mapping[str, Any]], out_dir) -> dict[str, str]:
+    """Write ``mess_table.md`` (mIoU beside the references, CoI-mIoU, sensitivity / specificity) and
+    ``mess_metrics.json`` (the summaries) into ``out_dir``, atomically; returns {kind: path}."""
+    from pathlib import Path
+
+    from .features import atomic_write_bytes
+    from .pipeline import write_json
+
+    out = Path(out_dir)
+    text = "\n".join(["## MESS mIoU", "", mess_table(ours), "## MESS class-of-interest mIoU", "",
+                      mess_table(ours, metric="CoI-mIoU"), "## MESS two-class sets", "", binary_table(ours)])
+    table = out / "mess_table.md"
+    write_json(out / "mess_metrics.json", dict(ours))
+    atomic_write_bytes(table, text.encode())
+    return {"table": str(table), "metrics": str(out / "mess_metrics.json")}

@@ -3,9 +3,8 @@ in the prepared layout, fetch through a local server + MESS's own conversion scr
 metrics, domain means against the leaderboard, and an end-to-end run over two fixtures to the results table."""
 
 import importlib
-import os
+import json
 import re
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ from lposs.datasets.mess import DOMAINS, MESS, MESS_DATASETS, evaluation_runs, m
 from lposs.datasets.mess_sources import MESS_SOURCES
 from lposs.mess_leaderboard import reference_datasets, reference_domains
 from lposs.mess_metrics import mess_scores
-from lposs.mess_results import binary_table, mess_summary, mess_table
+from lposs.mess_results import binary_table, mess_summary, mess_table, write_mess_report
 from lposs.metrics import SegmentationMetrics
 
 ALL_SPLITS = [(spec.name, split) for spec in MESS for split in spec.splits]
@@ -444,3 +443,61 @@ def test_table_sets_our_rows_beside_the_reference_rows():
     assert "blumenstiel/mess-benchmark" in table and "no result for bdd100k" in table
     binary = binary_table({"ours": ours})
     assert "| CHASE DB1 | 50.00 | 90.00 |" in binary and "PAXRay-4" in binary and "SUIM" not in binary
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+TINY_CLIP = "lposs-test-mess-tiny-clip"
+
+
+@pytest.fixture(scope="module")
+def tiny_random_clip(tmp_path_factory):
+    """A tiny open_clip config (width 64) with seeded random weights, MaskCLIP head: runs offline in a second."""
+    import open_clip
+
+    from lposs.backbones import ClipGraphFeatures, MaskCLIP
+
+    cfg = {"embed_dim": 32,
+           "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "head_width": 64, "patch_size": 16},
+           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1}}
+    path = tmp_path_factory.mktemp("open_clip_cfg") / f"{TINY_CLIP}.json"
+    path.write_text(json.dumps(cfg))
+    open_clip.add_model_config(path)
+    clip = MaskCLIP(TINY_CLIP, pretrained=None)
+    return clip, ClipGraphFeatures(clip)
+
+
+def test_two_mess_fixtures_end_to_end_to_the_table(tmp_path, tiny_random_clip):
+    """Prepared fixtures of two MESS datasets -> LPOSS (random weights) -> MESS scores -> per-dataset and
+    per-domain rows beside the leaderboard's reference rows."""
+    from lposs.segment import extract_features, propagate_features
+
+    vlm, vm = tiny_random_clip
+    runs, mious = {}, {}
+    for name in ("chase_db1", "suim"):
+        spec = MESS_DATASETS[name]
+        raw.write_prepared(tmp_path, spec, spec.main_split, ids=("x0", "x1", "x2"))
+        ds = get_dataset(name, tmp_path)
+        metrics = SegmentationMetrics(ds.num_classes, ds.ignore_index)
+        for sample in ds:
+            feats = extract_features(sample.image, ds.class_names, vlm, vm, short_side=224)
+            scores = propagate_features(feats, mode="lposs", k=20)  # [K, H, W]
+            assert scores.shape == (ds.num_classes, *sample.label.shape)
+            metrics.update(scores.argmax(0).numpy(), sample.label)
+        runs[name] = mess_scores(metrics, name)
+        mious[name] = metrics.miou()
+    summary = mess_summary(runs)
+    assert summary["datasets"]["chase_db1"]["mIoU"] == pytest.approx(mious["chase_db1"])
+    assert "Sensitivity" in summary["datasets"]["chase_db1"] and "Sensitivity" not in summary["datasets"]["suim"]
+    assert summary["domains"]["Medical Sciences"]["mIoU"] == pytest.approx(mious["chase_db1"])
+    assert summary["domains"]["Agriculture and Biology"]["mIoU"] == pytest.approx(mious["suim"])
+    assert summary["domains"]["General"]["mIoU"] is None
+    assert summary["mean"]["mIoU"] == pytest.approx((mious["chase_db1"] + mious["suim"]) / 2)
+    table = mess_table({"LPOSS (random weights)": summary})
+    assert f"| Medical Sciences | CHASE DB1 | 27.25 | 37.00 | 17.85 | 25.38 | 24.99 | {mious['chase_db1']:.2f} |" in table
+    assert f"| Agriculture and Biology | SUIM | 5.30 | 30.16 | 22.64 | 39.10 | 53.94 | {mious['suim']:.2f} |" in table
+    mean_row = next(line for line in table.splitlines() if "**mean of 22**" in line)
+    assert mean_row.endswith(f"| **{(mious['chase_db1'] + mious['suim']) / 2:.2f}** |")
+    paths = write_mess_report({"LPOSS (random weights)": summary}, tmp_path / "results")
+    report = Path(paths["table"]).read_text()
+    assert table in report and "class-of-interest" in report and "| CHASE DB1 |" in report.split("two-class")[1]
+    assert json.loads(Path(paths["metrics"]).read_text())["LPOSS (random weights)"]["missing"] == summary["missing"]
