@@ -421,8 +421,8 @@ def test_load_backbones_random_weights():
 
 
 def test_load_backbones_heads_proxy_and_graph_choices(tiny_clip_config):
-    vlm, vm = load_backbones(clip_model=TINY_CLIP, dino_model="clip", head="sclip", head_params={"interpolation": "lposs"},
-                             random_weights=True)
+    vlm, vm = load_backbones(clip_model=TINY_CLIP, dino_model="clip", head="sclip",
+                             head_params={"interpolation": "lposs"}, random_weights=True)
     assert isinstance(vm, ClipGraphFeatures) and vm.vlm is vlm
     assert vm.id == f"clip:openclip-{TINY_CLIP}-random0-sclip-interpolation_lposs"
     vlm, vm = load_backbones(clip_model=TINY_CLIP, dino_model="vit_small_patch8_224.dino", dino_feature="k",

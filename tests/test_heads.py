@@ -325,9 +325,10 @@ def hand_vision_features(vm: VisionFeatures, images: torch.Tensor) -> dict[str, 
             qi, ki, vi = (qkv[name][:, i * d : (i + 1) * d] for name in "qkv")
             per_head.append(torch.softmax(qi @ ki.T * d**-0.5, dim=-1) @ vi)
         attn = torch.cat(per_head, dim=-1) @ block.attn.proj.weight.T + block.attn.proj.bias
-        y = x[b] + attn * (block.ls1.gamma if hasattr(block.ls1, "gamma") else 1.0)
+        gamma1, gamma2 = (getattr(scale, "gamma", 1.0) for scale in (block.ls1, block.ls2))  # LayerScale
+        y = x[b] + attn * gamma1
         hidden = F.gelu(layer_norm(y, block.norm2) @ block.mlp.fc1.weight.T + block.mlp.fc1.bias)
-        z = y + (hidden @ block.mlp.fc2.weight.T + block.mlp.fc2.bias) * (block.ls2.gamma if hasattr(block.ls2, "gamma") else 1.0)
+        z = y + (hidden @ block.mlp.fc2.weight.T + block.mlp.fc2.bias) * gamma2
         parts = {**qkv, "tokens": layer_norm(z, vm.model.norm)}
         for name, part in parts.items():
             part = part[prefix:]  # CLS and registers dropped
