@@ -241,7 +241,7 @@ def test_automatic_downloads_are_the_ones_mess_downloads():
 def test_fetch_downloads_unpacks_and_runs_the_mess_script(name, tmp_path, server, mess_package):
     spec = MESS_DATASETS[name]
     expected = build_release(name, tmp_path / "stage", server.directory)
-    # the MESS folder under a MESS dataset dir, or a folder of another name (MESS then sees a symlink)
+    # the MESS folder under a MESS dataset dir, or a folder of another name (MESS sees it through a symlink)
     root = tmp_path / "data" / "mess" / spec.folder if len(name) % 2 else tmp_path / "elsewhere"
     ds = fetch(name, root, progress=False, mirror=server.url)
     assert sorted(r[0] for r in server.requests) == sorted(a.filename for a in MESS_SOURCES[name].archives)
@@ -501,3 +501,29 @@ def test_two_mess_fixtures_end_to_end_to_the_table(tmp_path, tiny_random_clip):
     report = Path(paths["table"]).read_text()
     assert table in report and "class-of-interest" in report and "| CHASE DB1 |" in report.split("two-class")[1]
     assert json.loads(Path(paths["metrics"]).read_text())["LPOSS (random weights)"]["missing"] == summary["missing"]
+
+
+@pytest.mark.filterwarnings("ignore:Dataset has no geotransform")
+def test_worldfloods_geotiffs_placed_by_hand_become_irrg_and_rgb_tiles(tmp_path, mess_package):
+    rasterio = pytest.importorskip("rasterio")
+    root = tmp_path / "WorldFloods"
+    (root / "test" / "S2").mkdir(parents=True)
+    bands = np.random.default_rng(19).integers(0, 6000, (13, *SIZE)).astype(np.uint16)  # Sentinel-2, 13 bands
+    with rasterio.open(root / "test/S2/EMSR333_02.tif", "w", driver="GTiff", height=SIZE[0], width=SIZE[1],
+                       count=13, dtype="uint16") as dst:
+        dst.write(bands)
+    save_mask(root / "test/gt/EMSR333_02.tif", block_mask([0, 1, 2, 3]))  # 0 invalid, 1 land, 2 water, 3 cloud
+    ds = fetch("worldfloods", root, progress=False)
+    sample = ds[0]
+    assert sample.id == "EMSR333_02_0" and ds.class_names == ["land", "water and flood", "cloud"]
+    np.testing.assert_array_equal(sample.label, raw.padded_tile(block_mask([255, 0, 1, 2])))
+    rgb = get_dataset("worldfloods", root, "test_rgb")[0]
+    assert rgb.image.shape == sample.image.shape == (1024, 1024, 3)
+    assert np.array_equal(rgb.image[..., 0], sample.image[..., 1])  # both hold band B4 (red): RGB's R, IRRG's 2nd
+
+
+def test_dram_converts_what_unrar_left(tmp_path, mess_package):
+    root = tmp_path / "test_dram" / "DRAM_processed"  # 'test' in the path: MESS's script must not see it
+    expected = raw.raw_dram(root)
+    ds = fetch("dram", root, progress=False)
+    np.testing.assert_array_equal(ds[0].label, expected[ds[0].id])

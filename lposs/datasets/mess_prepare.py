@@ -4,7 +4,7 @@ After ``fetch`` has unpacked the archives, ``prepare_with_mess(name, root)`` unp
 MESS's download function would unpack, checks that the raw files MESS's conversion reads are there
 (otherwise it raises FileNotFoundError with the manual steps, so MESS never starts a download of its own),
 and calls ``mess.prepare_datasets.prepare_<name>.main()`` with ``DETECTRON2_DATASETS`` pointing at a
-folder in which ``<MESS folder>`` is ``root`` (a symlink when the names differ). A marker in
+temporary folder in which ``<MESS folder>`` is a symlink to ``root``. A marker in
 ``ROOT/.lposs/`` records a finished conversion, so a second fetch does not run it again (MESS deletes
 some raw files once converted, e.g. PAXRay's labels).
 """
@@ -99,11 +99,13 @@ def run_mess_script(name: str, root: Path) -> None:
 
 @contextmanager
 def mess_dataset_dir(root: Path, folder: str):
-    """A MESS dataset directory whose ``folder`` is ``root``: root's parent, or a temporary symlink."""
+    """A temporary MESS dataset directory whose ``folder`` is a symlink to ``root``.
+
+    Always a fresh short path: some MESS scripts find a label by string replacement on the whole image path
+    ('test' -> 'labels' in prepare_dram.py, 'images' -> 'masks' in prepare_atlantis.py), which breaks when
+    the user's folders contain those words.
+    """
     root = root.resolve()
-    if root.name == folder:
-        yield root.parent
-        return
     with tempfile.TemporaryDirectory(prefix="lposs-mess-") as tmp:
         (Path(tmp) / folder).symlink_to(root, target_is_directory=True)
         yield Path(tmp)

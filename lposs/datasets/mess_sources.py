@@ -88,7 +88,8 @@ MESS_SOURCES: dict[str, Source] = {
                              None)),
     "cwfid": _auto(Archive("cwfid-dataset.zip", f"https://github.com/cwfid/dataset/archive/{CWFID_COMMIT}.zip", None,
                            strip=f"dataset-{CWFID_COMMIT}/")),
-    "dram": _auto(Archive("DRAM_processed.zip", "https://faculty.runi.ac.il/arik/site/artseg/DRAM_processed.zip", None),
+    "dram": _auto(Archive("DRAM_processed.zip", "https://faculty.runi.ac.il/arik/site/artseg/DRAM_processed.zip", None,
+                          creates="test"),
                   notes="the zip holds DRAM_processed.rar, which needs `unrar` (sudo apt install unrar)"),
     # ---------------------------------------------------------------------------------- registration / manual
     "bdd100k": _manual(_steps("bdd100k", "bdd100k", """\
