@@ -1,0 +1,121 @@
+"""The streaming evaluator gives exactly the pipeline's metrics (feature store + run_settings) on the demo."""
+
+import numpy as np
+import pytest
+import torch
+
+from lposs import pipeline as pl
+from lposs.datasets import get_dataset
+from lposs.demo import DemoVLM, DemoVM, generate_demo
+from lposs.evaluate import DeviceMetrics, evaluate, interior, main
+from lposs.features import FeatureStore, fill_dataset, make_manifest
+from lposs.metrics import SegmentationMetrics, interior_mask
+
+WINDOWS = {"crop": 64, "stride": 32, "short_side": 96, "long_side": 2048}  # small scenes, several windows
+BASE = {"k": 20, "gamma": 3.0, "sigma": 0.01, "p": 1.0, "vm_feature": "v", "alpha": 0.95, "maxiter": 10,
+        "tol": 1e-6, "solver": "cg", "r": 5, "tau": 0.01, "refiner": "reference"}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = generate_demo(tmp_path_factory.mktemp("data") / "demo", count=4, seed=5, size=(72, 100))
+    return get_dataset("demo", root)
+
+
+def pipeline_records(ds, settings, folder):
+    """The pipeline's path: every shard written to a feature store, then run_settings reads them back."""
+    vlm, vm = DemoVLM(), DemoVM("v")
+    manifest = make_manifest(ds.name, ds.class_names, vlm.id, {"v": vm.id}, WINDOWS)
+    store = FeatureStore(folder, manifest)
+    fill_dataset(store, ds, vlm, {"v": vm}, WINDOWS, progress=False)
+    index = {"images": [{"image_md5": ""} for _ in range(len(ds))]}
+    return pl.run_settings(ds, index, _NoMd5Check(store), settings, progress=False), store
+
+
+class _NoMd5Check:
+    """The store, with run_settings' image md5 check left to the store test (the index here is not staged)."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def load(self, image_id, class_names=None, image_md5=None):
+        return self.store.load(image_id, class_names=class_names)
+
+
+@pytest.mark.parametrize("batch_images, workers", [(1, 0), (3, 2)])
+def test_metrics_equal_the_pipeline_per_image_path(demo, tmp_path, batch_images, workers):
+    settings = pl.sweep_settings(BASE, "mode", ["maskclip", "lposs", "lposs+"], "lposs+")
+    expected, _ = pipeline_records(demo, settings, tmp_path / "store")
+    ours = evaluate(demo, DemoVLM(), DemoVM("v"), settings, windows=WINDOWS, batch_images=batch_images,
+                    workers=workers, progress=False)
+    assert ours["images"] == len(demo) and ours["images_per_second"] > 0
+    for mine, theirs in zip(ours["records"], expected, strict=True):
+        assert mine["label"] == theirs["label"]
+        assert mine["metrics"] == theirs["metrics"]  # exactly: the same counts
+    by_mode = {r["setting"]["mode"]: r["metrics"]["miou"] for r in ours["records"]}
+    assert len(set(by_mode.values())) == 3  # the three modes really differ
+
+
+def test_written_shards_equal_the_feature_stage(demo, tmp_path):
+    settings = pl.sweep_settings(BASE, "mode", ["lposs"], "lposs+")
+    _, reference = pipeline_records(demo, settings, tmp_path / "pipeline")
+    vlm, vm = DemoVLM(), DemoVM("v")
+    store = FeatureStore(tmp_path / "streamed", reference.manifest)
+    evaluate(demo, vlm, vm, settings, windows=WINDOWS, batch_images=2, workers=0, store=store, progress=False)
+    for item in demo.items:
+        ours, theirs = store.load(item.id), reference.load(item.id)
+        assert ours["image_md5"] == theirs["image_md5"] != ""
+        assert torch.equal(ours["seeds"], theirs["seeds"]) and torch.equal(ours["vm"]["v"], theirs["vm"]["v"])
+        assert ours["layout"] == theirs["layout"] and ours["original_hw"] == theirs["original_hw"]
+
+
+def test_one_vision_feature_per_pass(demo):
+    settings = pl.sweep_settings(BASE, "vm_feature", ["v", "k"], "lposs")
+    with pytest.raises(ValueError, match="one vision feature"):
+        evaluate(demo, DemoVLM(), DemoVM("v"), settings, windows=WINDOWS, progress=False)
+
+
+@pytest.mark.parametrize("reduce_zero_label", [False, True])
+def test_device_metrics_equal_segmentation_metrics(reduce_zero_label):
+    rng = np.random.RandomState(0)
+    reference = SegmentationMetrics(5, 255, reduce_zero_label)
+    device = DeviceMetrics(SegmentationMetrics(5, 255, reduce_zero_label), "cpu")
+    for height, width in [(31, 40), (57, 23), (8, 9)]:
+        blocks = rng.randint(0, 6 if reduce_zero_label else 5, size=(height // 4 + 1, width // 4 + 1))
+        label = np.kron(blocks, np.ones((4, 4), dtype=np.int64))[:height, :width]  # regions with boundaries
+        label[rng.rand(height, width) < 0.05] = 255
+        pred = np.kron(rng.randint(0, 5, size=blocks.shape), np.ones((4, 4), dtype=np.int64))[:height, :width]
+        reference.update(pred, label)
+        _, prepared = reference.prepare(np.zeros_like(label), label)
+        device.update(torch.from_numpy(pred), torch.from_numpy(prepared))
+    summary = device.to_metrics().summary()
+    assert summary == reference.summary() and summary["images"] == 3
+    assert 0 < summary["biou"] < 100
+
+
+def test_interior_equals_the_numpy_erosion():
+    rng = np.random.RandomState(1)
+    label = np.kron(rng.randint(0, 3, size=(6, 7)), np.ones((5, 5), dtype=np.int64))[:27, :33]
+    for d in (1, 2, 4):
+        assert np.array_equal(interior(torch.from_numpy(label), d).numpy(), interior_mask(label, d))
+
+
+def test_command_line_on_the_demo(demo, tmp_path):
+    out = tmp_path / "result.json"
+    result = main(["demo", "--data-dir", str(demo.root.parent), "--vlm", "demo", "--modes", "maskclip,lposs",
+                   "--device", "cpu", "--workers", "0", "--limit", "2", "--json", str(out)])
+    assert out.is_file() and result["images"] == 2
+    assert [r["label"] for r in result["records"]] == ["mode=maskclip", "mode=lposs"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_evaluation_equals_cpu_reference(demo):
+    """LPOSS+ on CUDA (fused stencil, no-sync CG, device metrics) against CPU reference mode (cg_reference)."""
+    settings = pl.sweep_settings(BASE, "mode", ["lposs+"], "lposs+")
+    reference = pl.sweep_settings({**BASE, "solver": "cg_reference"}, "mode", ["lposs+"], "lposs+")
+    cpu = evaluate(demo, DemoVLM(), DemoVM("v"), reference, windows=WINDOWS, workers=0, progress=False)
+    cuda = evaluate(demo, DemoVLM(device="cuda"), DemoVM("v", device="cuda"), settings, device="cuda",
+                    windows=WINDOWS, workers=0, progress=False)
+    a, b = cuda["records"][0]["metrics"], cpu["records"][0]["metrics"]
+    assert abs(a["miou"] - b["miou"]) <= 1e-4 * max(abs(b["miou"]), 1)
