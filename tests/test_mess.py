@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from fixtures import mess_layouts as raw
 from fixtures.dataset_layouts import SIZE, block_mask, make_tar, make_zip, save_mask
-from test_fetch import FileServer
+from test_fetch import server  # noqa: F401  (the 127.0.0.1 file server fixture)
 
 from lposs.datasets import DATASETS, fetch, get_dataset, main_data
 from lposs.datasets.base import packaged_class_names
@@ -25,15 +25,6 @@ from lposs.metrics import SegmentationMetrics
 ALL_SPLITS = [(spec.name, split) for spec in MESS for split in spec.splits]
 # MESS's split names as registered: <name>_sem_seg_<split>
 MESS_NAME = "{}_sem_seg_{}"
-
-
-@pytest.fixture
-def server(tmp_path):
-    served = tmp_path / "served"
-    served.mkdir()
-    srv = FileServer(served)
-    yield srv
-    srv.close()
 
 
 # ---------------------------------------------------------------------------------------------- registry
