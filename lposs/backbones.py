@@ -363,6 +363,7 @@ def load_backbones(
     head_params: dict[str, Any] | None = None,
     proxy_model: str = DEFAULT_PROXY_MODEL,
     proxy_checkpoint: str | os.PathLike | None = None,
+    random_vm: bool | None = None,
 ) -> tuple[DenseCLIP, VisionFeatures | ClipGraphFeatures]:
     """(vlm, vm): the dense CLIP seed model and the graph model. random_weights: no download (demo, tests).
 
@@ -372,22 +373,36 @@ def load_backbones(
         features); dino_feature: "q", "k", "v" or "tokens".
     head, head_params: the dense CLIP head (lposs.heads.HEADS). proxyclip's proxy: proxy_model (short or timm
         name, feature "tokens"); it shares the graph model when both are the same timm model and weights.
+    random_vm: random weights for the graph and proxy models only (default: random_weights).
+    Weights that cannot be had raise BackboneUnavailable naming every missing file.
     """
     if clip_weights is not None:
         clip_model, clip_pretrained = resolve_clip_weights(clip_weights)
     quick = open_clip_quick_gelu(clip_model, clip_pretrained)
     pretrained = None if random_weights else clip_pretrained
+    random_vm = random_weights if random_vm is None else random_vm
+    missing: list[str] = []  # every unavailable weight file is named at once, not one per attempt
+
+    def attempt(build: Callable[[], Any]) -> Any:
+        try:
+            return build()
+        except BackboneUnavailable as error:
+            missing.append(str(error))
+            return None
+
     vm = None
     if dino_model != "clip":
-        vm = VisionFeatures(dino_model, pretrained=not random_weights, feature=dino_feature, device=device,
-                            checkpoint=None if random_weights else dino_checkpoint, bf16=bf16)
+        vm = attempt(lambda: VisionFeatures(dino_model, pretrained=not random_vm, feature=dino_feature, device=device,
+                                            checkpoint=None if random_vm else dino_checkpoint, bf16=bf16))
     proxy = None
     if head == "proxyclip":
         same = vm is not None and vm.model_name == timm_name(proxy_model) and proxy_checkpoint == dino_checkpoint
-        proxy = vm.with_feature("tokens") if same else VisionFeatures(
-            proxy_model, pretrained=not random_weights, feature="tokens", device=device,
-            checkpoint=None if random_weights else proxy_checkpoint, bf16=bf16)
-    vlm = DenseCLIP(clip_model, pretrained=pretrained, device=device, bf16=bf16,
-                    checkpoint=None if random_weights else clip_checkpoint,
-                    head=head, head_params=head_params, proxy=proxy, quick_gelu=quick)
+        proxy = vm.with_feature("tokens") if same else attempt(lambda: VisionFeatures(
+            proxy_model, pretrained=not random_vm, feature="tokens", device=device,
+            checkpoint=None if random_vm else proxy_checkpoint, bf16=bf16))
+    vlm = attempt(lambda: DenseCLIP(clip_model, pretrained=pretrained, device=device, bf16=bf16,
+                                    checkpoint=None if random_weights else clip_checkpoint, head=head,
+                                    head_params=head_params, proxy=proxy, quick_gelu=quick))
+    if missing:
+        raise BackboneUnavailable("\n\n".join(missing))
     return vlm, vm if vm is not None else ClipGraphFeatures(vlm)

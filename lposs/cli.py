@@ -77,6 +77,7 @@ def cmd_segment(args: argparse.Namespace) -> None:
 
     from .backbones import load_backbones
     from .datasets.base import read_image
+    from .protocols import WINDOW_KEYS, resolve
     from .segment import segment
 
     names = parse_classes(args.classes, args.classes_file)
@@ -94,15 +95,22 @@ def cmd_segment(args: argparse.Namespace) -> None:
         clip_checkpoint=args.clip_checkpoint,
         dino_checkpoint=args.dino_checkpoint,
         bf16=args.bf16,
+        head=args.head,
     )
+    rule = resolve(args.protocol, "")  # no dataset: the protocol's defaults (windows, background rule)
+    windows = {key: rule[key] for key in WINDOW_KEYS}
     with torch.no_grad():
-        labels = segment(image, names, mode=args.mode, vlm=vlm, vm=vm, device=args.device).cpu().numpy()
+        labels = segment(image, names, mode=args.mode, vlm=vlm, vm=vm, device=args.device, background=rule,
+                         refiner=args.refiner, **windows).cpu().numpy()
     overlay = write_outputs(image, labels, names, Path(args.out), warning)
     print(f"wrote {args.out} (label map, palette index = class) and {overlay}")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from . import backbones
+    from .heads import HEADS
+    from .protocols import PROTOCOLS
+    from .refine import REFINERS
 
     parser = argparse.ArgumentParser(prog="python -m lposs", description="LPOSS / LPOSS+ segmentation")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -118,7 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--clip-model", default=backbones.DEFAULT_CLIP_MODEL)
     seg.add_argument("--clip-pretrained", default=backbones.DEFAULT_CLIP_PRETRAINED, help="open_clip pretrained tag")
     seg.add_argument("--clip-checkpoint", help="local open_clip weights file (offline use)")
-    seg.add_argument("--dino-model", default=backbones.DEFAULT_DINO_MODEL)
+    seg.add_argument("--head", default="maskclip", choices=list(HEADS), help="dense CLIP head for the seeds")
+    seg.add_argument("--protocol", default="lposs", choices=list(PROTOCOLS),
+                     help="windows and background rule: lposs (synonym max) or a peer's (softmax + threshold)")
+    seg.add_argument("--refiner", default="reference", choices=list(REFINERS), help="pixel refiner of LPOSS+")
+    seg.add_argument("--dino-model", default=backbones.DEFAULT_DINO_MODEL,
+                     help="graph model: dino_vitb16 dino_vitb8 dino_vits16 dinov2_vitb14_reg, a timm name, or clip")
     seg.add_argument("--dino-checkpoint", help="local timm DINO weights file (offline use)")
     seg.add_argument("--random-weights", action="store_true", help="random backbones: smoke tests only, meaningless output")
     seg.set_defaults(run=cmd_segment)

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable
 import torch
 from tqdm import tqdm
 
-from .segment import ImageFeatures, as_image_tensor, extract_features
+from .segment import ImageFeatures, as_image_tensor, extract_features, to_graph_grid
 from .windows import crop_windows, resize_image
 
 FORMAT_VERSION = 1
@@ -102,10 +102,10 @@ def package_versions() -> dict[str, str]:
 
 def code_fingerprint() -> str:
     """md5 of the source that turns an image into features (extraction, windows, both backbone modules)."""
-    from . import backbones, demo, windows
+    from . import backbones, demo, heads, loading, windows
 
-    sources = [inspect.getsource(f) for f in (extract_features, as_image_tensor, extract_shard)]
-    sources += [inspect.getsource(m) for m in (windows, backbones, demo)]
+    sources = [inspect.getsource(f) for f in (extract_features, to_graph_grid, as_image_tensor, extract_shard)]
+    sources += [inspect.getsource(m) for m in (windows, backbones, heads, loading, demo)]
     return hashlib.md5("\n".join(sources).encode()).hexdigest()
 
 

@@ -269,6 +269,11 @@ def background_rule(protocol: str, dataset: str, background: str = "protocol") -
     return resolve_protocol(protocol, dataset, background=None if background == "protocol" else background)
 
 
+# ProxyCLIP's release runs one crop per forward, so its "mean over the batch" is a mean over one window;
+# the pipeline batches all windows of an image, so it takes that mean per window (lposs.heads).
+PIPELINE_HEAD_PARAMS = {"proxyclip": {"affinity_mean": "window"}}
+
+
 def build_backbones(vlm: str, vlm_pretrained: str, head: str, vm: str, vm_pretrained: str, vm_features: list[str],
                     device: str, bf16: bool = False, proxy: str = "dino_vitb8") -> tuple[Any, dict[str, Any]]:
     """(vlm, {feature: vm}). "demo" -> the stand-ins of lposs/demo.py (head "demo"); otherwise an open_clip model
@@ -281,22 +286,15 @@ def build_backbones(vlm: str, vlm_pretrained: str, head: str, vm: str, vm_pretra
         from .demo import DemoVLM, DemoVM
 
         return DemoVLM(device=device), {f: DemoVM(f, device=device) for f in vm_features}
-    from .backbones import DenseCLIP, VisionFeatures
-    from .loading import timm_name
+    from .backbones import load_backbones
 
     if vm_pretrained not in ("pretrained", "random"):
         raise ValueError(f"backbone.vm_pretrained={vm_pretrained!r}: use 'pretrained' or 'random'")
-    pretrained_vm = vm_pretrained == "pretrained"
-    graph = None if vm == "clip" else VisionFeatures(vm, pretrained=pretrained_vm, feature=vm_features[0],
-                                                     device=device, bf16=bf16)
-    proxy_model = None
-    if head == "proxyclip":  # the proxy's final tokens; the graph model itself when it is the same network
-        same = graph is not None and graph.model_name == timm_name(proxy)
-        proxy_model = graph.with_feature("tokens") if same else VisionFeatures(
-            proxy, pretrained=pretrained_vm, feature="tokens", device=device, bf16=bf16)
-    clip = DenseCLIP(vlm, pretrained=None if vlm_pretrained == "random" else vlm_pretrained, device=device,
-                     bf16=bf16, head=head, proxy=proxy_model)
-    return clip, graph_models(clip, vm, vm_features, graph.with_feature if graph is not None else None)
+    clip, graph = load_backbones(vlm, None if vlm_pretrained == "random" else vlm_pretrained,
+                                 vm, vm_features[0] if vm != "clip" else "v", device, bf16=bf16, head=head,
+                                 head_params=PIPELINE_HEAD_PARAMS.get(head), proxy_model=proxy,
+                                 random_vm=vm_pretrained == "random")
+    return clip, graph_models(clip, vm, vm_features, graph.with_feature if vm != "clip" else None)
 
 
 def graph_models(clip: Any, vm: str, vm_features: list[str], build: Any) -> dict[str, Any]:
