@@ -31,7 +31,8 @@ def stage_names(head: str = "maskclip", refiner: str = "reference") -> dict[str,
     """Stage key -> the line shown beside its time."""
     titles = mode_titles(head)
     return {
-        "features": "backbones: text + image features (once, shared by the three)",
+        "text": "text encoder: class-name embeddings",
+        "features": "backbones over the image windows (once, shared by the three)",
         "maskclip": f"{titles['maskclip']}: seeds -> label map",
         "lposs": "LPOSS: patch kNN graph + label propagation",
         "lposs+": f"LPOSS+: patch LP again + pixel LP (refiner {refiner!r})",
@@ -65,16 +66,21 @@ def segment_side_by_side(
     """Run the backbones once, then every mode of `segment.MODES` on the same features.
 
     image: uint8 [H, W, 3] or float [3, H, W] in [0, 1]. on_stage(key) is called as each stage starts
-    (key: "features" or a mode), e.g. to show progress. short_side: the image is resized to it before
+    (key: "text", "features" or a mode), e.g. to show progress. short_side: the image is resized to it before
     the windows are cut (448 as in the paper; smaller is faster and coarser).
     """
     device = torch.device(device)
     announce = on_stage or (lambda key: None)
     result = SideBySide()
     image = as_image_tensor(image).to(device)  # [3, H, W]
+    announce("text")
+    start = time.perf_counter()
+    text = vlm.text_embeddings(class_names)  # ([C', D], [C'])
+    _synchronise(device)
+    result.seconds["text"] = time.perf_counter() - start
     announce("features")
     start = time.perf_counter()
-    features = extract_features(image, class_names, vlm, vm, short_side=short_side)
+    features = extract_features(image, class_names, vlm, vm, short_side=short_side, text=text)
     _synchronise(device)
     result.seconds["features"] = time.perf_counter() - start
     for mode in MODES:

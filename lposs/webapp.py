@@ -71,7 +71,8 @@ def build_app(service: SegmentService) -> Any:
         files = gr.File(label="Label maps (PNG, pixel value = class index; classes.txt names them)",
                         file_count="multiple", interactive=False, elem_id="label-maps")
 
-        def segment_click(path, text, weights_name, head_name, vision_name, refiner_name, progress=gr.Progress()):
+        def segment_click(path, text, weights_name, head_name, vision_name, refiner_name,
+                          progress=gr.Progress(track_tqdm=True)):
             page = service.run(path, text, ModelChoice(weights_name, head_name, vision_name), refiner_name, progress)
             shown = [gr.Image(value=path, label=title) for path, title in zip(page.overlays, page.titles)]
             shown += [gr.Image(value=None)] * (len(overlays) - len(shown))
@@ -79,8 +80,8 @@ def build_app(service: SegmentService) -> Any:
 
         inputs = [image, classes, weights, head, vision, refiner]
         outputs = [status, *overlays, timings, files]
-        button.click(segment_click, inputs=inputs, outputs=outputs, concurrency_limit=1)
-        classes.submit(segment_click, inputs=inputs, outputs=outputs, concurrency_limit=1)
+        for trigger in (button.click, classes.submit):  # one segmentation at a time, whichever started it
+            trigger(segment_click, inputs=inputs, outputs=outputs, concurrency_limit=1, concurrency_id="segment")
     return app
 
 

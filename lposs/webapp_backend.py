@@ -113,7 +113,8 @@ def read_upload(path: str | Path, max_side: int = MAX_SIDE) -> tuple[np.ndarray,
     name = Path(path).name
     try:
         with Image.open(path) as opened:
-            notes = [f"`{name}` is animated: its first frame is segmented."] if getattr(opened, "n_frames", 1) > 1 else []
+            animated = getattr(opened, "n_frames", 1) > 1
+            notes = [f"`{name}` is animated: its first frame is segmented."] if animated else []
             image = ImageOps.exif_transpose(opened)
             image.load()
     except UnidentifiedImageError:
@@ -200,7 +201,7 @@ class SegmentService:
             def on_stage(key: str) -> None:
                 nonlocal stage
                 stage = steps[key]
-                _report(progress, 0.15 + 0.2 * list(steps).index(key), stage)
+                _report(progress, 0.1 + 0.17 * list(steps).index(key), stage)
 
             result = segment_side_by_side(image, names, vlm, vm, self.config.device, refiner, on_stage,
                                           self.config.short_side)

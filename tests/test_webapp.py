@@ -64,7 +64,7 @@ def test_side_by_side_equals_each_mode_run_alone(scene):
     for mode in ("maskclip", "lposs", "lposs+"):
         alone = propagate_features(features, mode=mode).argmax(0).numpy()
         assert np.array_equal(result.labels[mode], alone), mode
-    assert set(result.seconds) == {"features", "maskclip", "lposs", "lposs+"}
+    assert set(result.seconds) == {"text", "features", "maskclip", "lposs", "lposs+"}
     assert all(seconds >= 0 for seconds in result.seconds.values())
 
 
@@ -76,7 +76,7 @@ def test_a_click_gives_three_overlays_timings_and_label_maps(tmp_path, scene, sc
     assert page.status.startswith("**Done:**"), page.status
     assert len(page.overlays) == 3 and all(Path(p).is_file() for p in page.overlays)
     assert page.titles[1:] == ["LPOSS", "LPOSS+"]
-    for stage in ("backbones", "seeds", "LPOSS:", "LPOSS+:", "total"):
+    for stage in ("text", "backbones", "seeds", "LPOSS:", "LPOSS+:", "total"):
         assert stage in page.timings
     assert [f for f in stages if f[0] > 1 or f[0] < 0] == [] and len(stages) >= 5
     label_maps = [np.asarray(Image.open(p)) for p in page.files if p.endswith(".png")]
@@ -114,6 +114,12 @@ def test_no_image_and_unreadable_files_are_messages(tmp_path):
     bad.write_text("not an image")
     status = service.run(str(bad), "sky", DEMO).status
     assert "notes.png" in status and "not an image" in status
+
+
+def test_the_page_says_what_stand_in_and_random_outputs_mean():
+    assert "meaningless" in DemoConfig(weights="random").notice
+    assert "says nothing about CLIP or DINO" in DemoConfig(weights="demo").notice
+    assert "downloaded" in DemoConfig(weights="real").notice
 
 
 def test_page_classes_follow_the_cli_syntax():
@@ -269,8 +275,10 @@ def test_the_page_segments_an_upload_in_a_real_browser(running_app, scene_file):
                                        ".filter(n => !n.startsWith(location.origin) && !/^(data|blob):/.test(n))")
         assert remote == [], f"the page fetched from outside this machine: {remote}"
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        height = driver.execute_script("return document.documentElement.scrollHeight")
-        driver.set_window_size(1400, min(max(height + 40, 1000), 4000))
+        height = driver.execute_script("return Math.max(document.documentElement.scrollHeight, "
+                                       "document.body.scrollHeight, document.querySelector('#label-maps')"
+                                       ".getBoundingClientRect().bottom + window.scrollY)")
+        driver.set_window_size(1400, min(int(height) + 200, 4000))
         shot = ARTIFACTS / "webapp_demo.png"
         assert driver.save_screenshot(str(shot))
         print(f"screenshot: {shot}")
