@@ -122,6 +122,8 @@ def read_upload(path: str | Path, max_side: int = MAX_SIDE) -> tuple[np.ndarray,
     except Image.DecompressionBombError as error:
         raise InputError(f"`{name}` is too large to open safely ({error}); shrink it below "
                          f"{max_side} px a side first.") from None
+    except OSError as error:  # truncated or corrupt files
+        raise InputError(f"`{name}` could not be decoded ({error}): upload it again or save it anew.") from None
     image, note = to_rgb(image)
     notes += [note] if note else []
     width, height = image.size

@@ -114,6 +114,10 @@ def test_no_image_and_unreadable_files_are_messages(tmp_path):
     bad.write_text("not an image")
     status = service.run(str(bad), "sky", DEMO).status
     assert "notes.png" in status and "not an image" in status
+    truncated = tmp_path / "cut.png"
+    truncated.write_bytes(encode_png(np.zeros((64, 64, 3), np.uint8))[:200])
+    status = service.run(str(truncated), "sky", DEMO).status
+    assert status.startswith("**Cannot segment:**") and "cut.png" in status
 
 
 def test_the_page_says_what_stand_in_and_random_outputs_mean():
