@@ -11,7 +11,7 @@ export JUPYTER_PREFER_ENV_PATH := 1
 # plain tqdm bars print one line per update under papermill: keep them sparse
 export TQDM_MININTERVAL ?= 5
 
-.PHONY: install repro paper test test-fast lab demo clean-results
+.PHONY: install repro paper mess test test-fast lab demo clean-results
 
 install: $(STAMP)
 
@@ -33,6 +33,10 @@ HEAD ?= maskclip
 PROTOCOL ?= lposs
 paper: install
 	$(PY) -m lposs.pipeline paper --head $(HEAD) --protocol $(PROTOCOL) $(if $(VM),--vm $(VM))
+
+# MESS's 22 datasets (25 runs) as one DVC experiment; results/table.md gets MESS's tables beside its leaderboard
+mess: install
+	$(PY) -m lposs.pipeline mess --head $(HEAD) --protocol $(PROTOCOL) $(if $(VM),--vm $(VM))
 
 test: install
 	$(PY) -m pytest -ra

@@ -6,6 +6,8 @@ backbone construction, the ablation loop and the results table. The notebooks ke
 
     python -m lposs.pipeline paper            # check data + weights, then `dvc exp run` the paper setting
     python -m lposs.pipeline paper --check    # only the checks
+    python -m lposs.pipeline paper --head sclip --protocol sclip    # another head, under its own protocol
+    python -m lposs.pipeline mess             # MESS's 22 datasets (make mess)
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from .protocols import BACKGROUND_RULES, PROTOCOLS, WINDOW_KEYS, labels_from_sco
 from .protocols import class_names as protocol_class_names
 from .protocols import resolve as resolve_protocol
 from .segment import MODES, propagate_features
-from .tables import DEMO_NOTE, TALK_AVERAGES, results_table  # noqa: F401 - the plots notebook uses them
+from .tables import DEMO_NOTE, METHODS, TALK_AVERAGES, results_table  # noqa: F401 - the plots notebook uses them
 
 
 
@@ -178,14 +180,20 @@ def timed(path: str | os.PathLike, stage: str, **info: Any) -> Iterator[dict[str
 # Stage 1: the staged index of a dataset
 # --------------------------------------------------------------------------------------------------
 
+def split_entry(entry: str) -> tuple[str, str | None]:
+    """A `datasets` entry -> (registry name, split): 'paxray:test_lungs' names a split, 'voc21' the default."""
+    name, _, split = entry.partition(":")
+    return name, split or None
+
+
 def dataset_root(name: str, data_dir: str) -> Path:
     """data_dir/<the dataset's folder> (voc21 and voc20 share data/voc, ...)."""
-    return Path(data_dir) / dataset_spec(name).folder
+    return Path(data_dir) / dataset_spec(split_entry(name)[0]).folder
 
 
 def stage_index(name: str, data_dir: str, progress: bool = True) -> dict[str, Any]:
     """Index of a dataset's evaluation images: paths, md5s, class names (what later stages read)."""
-    ds = get_dataset(name, dataset_root(name, data_dir))
+    ds = get_dataset(split_entry(name)[0], dataset_root(name, data_dir), split_entry(name)[1])
     images = []
     for i, item in enumerate(tqdm(ds.items, desc=f"index {name}", unit="img", disable=not progress)):
         entry = {"id": item.id, "image": str(item.image), "label": str(item.label),
@@ -201,7 +209,7 @@ def stage_index(name: str, data_dir: str, progress: bool = True) -> dict[str, An
 def open_staged(staged_dir: str, name: str) -> tuple[Any, dict[str, Any]]:
     """(dataset, index) for a staged dataset; the dataset must still list exactly the staged images."""
     index = read_json(Path(staged_dir) / name / "index.json")
-    ds = get_dataset(name, index["root"], index["split"])
+    ds = get_dataset(split_entry(name)[0], index["root"], index["split"])
     if [item.id for item in ds.items] != [entry["id"] for entry in index["images"]]:
         raise ValueError(f"dataset {name!r} under {index['root']} no longer lists the staged images: "
                          "re-run the stage step (dvc repro)")
@@ -352,7 +360,8 @@ def run_settings(ds: Any, index: dict[str, Any], store: FeatureStore, settings: 
             if i in keep and prediction_dir is not None:
                 save_label_map(Path(prediction_dir) / setting["label"] / f"{safe_id(sample.id)}.png", pred)
     return [{"setting": {k: v for k, v in s.items() if k not in ("label", "swept")}, "label": s["label"],
-             "metrics": metrics[s["label"]].summary(), "seconds": seconds[s["label"]],
+             "metrics": {**metrics[s["label"]].summary(), "confusion": metrics[s["label"]].confusion.tolist()},
+             "seconds": seconds[s["label"]],
              "seconds_per_image": seconds[s["label"]] / max(len(ds), 1)} for s in settings]
 
 
@@ -467,6 +476,37 @@ def table_runs(results: dict[str, dict[str, dict]]) -> list[dict[str, Any]]:
     return list(runs.values())
 
 
+def mess_tables(results: dict[str, dict[str, dict]]) -> str:
+    """Markdown: MESS's tables (lposs.mess_results) for the MESS datasets among the results, one column per
+    combination x method, beside MESS's leaderboard rows; empty when no MESS dataset was run."""
+    from .datasets.mess import MESS_DATASETS
+    from .mess_metrics import mess_scores
+    from .mess_results import binary_table, mess_summary, mess_table
+
+    ours: dict[str, dict[str, dict]] = {}  # {column: {name: {split: scores}}}
+    for entry, by_combo in results.items():
+        name, split = split_entry(entry)
+        if name not in MESS_DATASETS:
+            continue
+        for combo, runs in by_combo.items():
+            for record in runs.get("mode", {}).get("records", []):
+                column = f"{combo} {METHODS[record['setting']['mode']]}"
+                scores = mess_scores(record["metrics"], name, split)
+                ours.setdefault(column, {}).setdefault(name, {})[split or MESS_DATASETS[name].main_split] = scores
+    if not ours:
+        return ""
+    summaries = {column: mess_summary(runs) for column, runs in ours.items()}
+    return "\n".join(["## MESS (22 datasets, 5 domains)", "", mess_table(summaries), "### Class-of-interest mIoU", "",
+                      mess_table(summaries, metric="CoI-mIoU"), "### Two-class datasets", "", binary_table(summaries)])
+
+
+def mess_entries() -> list[str]:
+    """The `datasets` entries of MESS's 25 evaluation runs ('name', or 'name:split' for PAXRay-4's four)."""
+    from .datasets.mess import MESS_DATASETS, evaluation_runs
+
+    return [name if split == MESS_DATASETS[name].main_split else f"{name}:{split}" for name, split in evaluation_runs()]
+
+
 # --------------------------------------------------------------------------------------------------
 # The paper's setting, one command away
 # --------------------------------------------------------------------------------------------------
@@ -475,12 +515,13 @@ PAPER_DATASETS = ["voc21", "context60", "coco_object", "voc20", "context59", "co
 PAPER_VMS = {"proxyclip": "dino_vitb8"}  # the graph a head's paper row uses by default (else DINO B/16)
 
 
-def paper_overrides(head: str = "maskclip", protocol: str = "lposs", vm: str | None = None) -> list[str]:
-    """`dvc exp run -S` overrides of the paper setting: the 8 benchmarks, `head` seeds under `protocol`
-    (windows, class files, background rule, CLIP weights of its release), the graph `vm`."""
+def paper_overrides(head: str = "maskclip", protocol: str = "lposs", vm: str | None = None,
+                    datasets: list[str] | None = None) -> list[str]:
+    """`dvc exp run -S` overrides of the paper setting: the 8 benchmarks (or `datasets`), `head` seeds under
+    `protocol` (windows, class files, background rule, CLIP weights of its release), the graph `vm`."""
     resolve_protocol(protocol, "voc21")  # an unknown name stops here, with the choices
     vm = vm or PAPER_VMS.get(head, "dino_vitb16")
-    return ["datasets=[" + ",".join(PAPER_DATASETS) + "]",
+    return ["datasets=[" + ",".join(datasets or PAPER_DATASETS) + "]",
             "backbone.vlm=ViT-B-16", "backbone.vlm_pretrained=protocol", f"backbone.heads=[{head}]",
             f"backbone.vms=[{vm}]", "backbone.vm_pretrained=pretrained", "backbone.vm_features=v",
             "backbone.vm_dtype=float16", f"protocol.name={protocol}", "protocol.background=protocol",
@@ -489,15 +530,16 @@ def paper_overrides(head: str = "maskclip", protocol: str = "lposs", vm: str | N
             "ablate.sweeps=[{param:mode,values:'[maskclip, lposs, lposs+]',mode:lposs+}]"]
 
 
-def paper_problems(data_dir: str, head: str = "maskclip", protocol: str = "lposs", vm: str | None = None) -> list[str]:
+def paper_problems(data_dir: str, head: str = "maskclip", protocol: str = "lposs", vm: str | None = None,
+                   datasets: list[str] | None = None) -> list[str]:
     """What is missing for the paper setting: each line names it and the command that provides it."""
     problems, roots = [], set()
-    for name in PAPER_DATASETS:
+    for name in datasets or PAPER_DATASETS:
         if dataset_root(name, data_dir) in roots:
             continue  # voc20 shares voc21's folder, and so on: one message per folder
         roots.add(dataset_root(name, data_dir))
         try:
-            get_dataset(name, dataset_root(name, data_dir))
+            get_dataset(split_entry(name)[0], dataset_root(name, data_dir), split_entry(name)[1])
         except (FileNotFoundError, ValueError) as error:
             problems.append(f"data: {error}")
     weights = clip_weights("ViT-B-16", "protocol", protocol)
@@ -512,19 +554,22 @@ def paper_problems(data_dir: str, head: str = "maskclip", protocol: str = "lposs
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lposs.pipeline", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    paper = commands.add_parser("paper", help="run the paper's setting as a DVC experiment")
-    paper.add_argument("--check", action="store_true", help="only check that data and weights are present")
-    paper.add_argument("--data-dir", default="data")
-    paper.add_argument("--head", default="maskclip", help="dense CLIP head: maskclip sclip clearclip naclip proxyclip")
-    paper.add_argument("--protocol", default="lposs", help=f"evaluation protocol: {', '.join(PROTOCOLS)}")
-    paper.add_argument("--vm", default=None, help="graph model (default dino_vitb16; dino_vitb8 for proxyclip)")
+    for command, what in (("paper", "the paper's 8 benchmarks"), ("mess", "MESS's 22 datasets (25 runs)")):
+        sub = commands.add_parser(command, help=f"run {what} as a DVC experiment")
+        sub.add_argument("--check", action="store_true", help="only check that data and weights are present")
+        sub.add_argument("--data-dir", default="data")
+        sub.add_argument("--head", default="maskclip", help="dense head: maskclip sclip clearclip naclip proxyclip")
+        sub.add_argument("--protocol", default="lposs", help=f"evaluation protocol: {', '.join(PROTOCOLS)}")
+        sub.add_argument("--vm", default=None, help="graph model (default dino_vitb16; dino_vitb8 for proxyclip)")
     args = parser.parse_args(argv)
-    name = "paper" if (args.head, args.protocol) == ("maskclip", "lposs") else f"paper-{args.head}-{args.protocol}"
-    overrides = paper_overrides(args.head, args.protocol, args.vm)
+    datasets = mess_entries() if args.command == "mess" else PAPER_DATASETS
+    default = (args.head, args.protocol) == ("maskclip", "lposs")
+    name = args.command if default else f"{args.command}-{args.head}-{args.protocol}"
+    overrides = paper_overrides(args.head, args.protocol, args.vm, datasets)
     command = ["dvc", "exp", "run", "-n", name] + [arg for o in overrides for arg in ("-S", o)]
-    problems = paper_problems(args.data_dir, args.head, args.protocol, args.vm)
+    problems = paper_problems(args.data_dir, args.head, args.protocol, args.vm, datasets)
     if problems:
-        print("The paper setting cannot run yet:\n- " + "\n- ".join(problems), file=sys.stderr)
+        print(f"The {args.command} setting cannot run yet:\n- " + "\n- ".join(problems), file=sys.stderr)
         return 1
     print("data and weights present; " + ("would run: " if args.check else "running: ")
           + " ".join(f"'{c}'" if " " in c or "[" in c else c for c in command))

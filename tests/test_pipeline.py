@@ -205,10 +205,10 @@ def git_dvc_init(root: Path) -> None:
         run(cmd, root)
 
 
-def run(cmd: list[str], cwd: Path) -> str:
+def run(cmd: list[str], cwd: Path, timeout: int = 600) -> str:
     env = {**os.environ, "TQDM_MININTERVAL": "30", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result.stdout + result.stderr
 
@@ -309,52 +309,62 @@ def test_real_backbone_path_with_random_weights(tmp_path):
     assert scores.shape == (len(ds.class_names), 224, 240)
 
 
-# ------------------------------------------------------------- the field's grid with random weights (slow)
+# ------------------------------------- the field's grid with random weights, on two MESS fixtures (slow)
 
 @pytest.fixture(scope="module")
 def grid_copy(tmp_path_factory):
-    """Two dense heads x two graphs (DINOv2 /14 beside CLIP /16, and CLIP's own features), random weights."""
-    from lposs.demo import generate_demo
+    """Two dense heads x two graphs (DINOv2 /14 beside CLIP /16, and CLIP's own features), random weights,
+    on two MESS datasets (2 and 3 classes: few prompts to encode) in their prepared layouts."""
+    from fixtures.mess_layouts import write_prepared
+    from lposs.datasets.mess import MESS_DATASETS
 
     root = tmp_path_factory.mktemp("grid")
     copy_pipeline(root)
     params = yaml.safe_load((root / "params.yaml").read_text())
+    params["datasets"] = ["chase_db1", "cwfid"]
     params["backbone"].update(vlm="ViT-B-16", vlm_pretrained="random", heads=["maskclip", "sclip"],
                               vms=["dinov2_vitb14_reg", "clip"], vm_pretrained="random", vm_features="v")
     params["protocol"]["name"] = "sclip"
     params["windows"]["short_side"] = 224
     params["ablate"].update(sweeps=TINY_SWEEPS[:1], predictions=1)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    generate_demo(root / "data" / "demo", count=2, seed=5, size=(224, 240))
+    for name in params["datasets"]:
+        spec = MESS_DATASETS[name]
+        write_prepared(root / "data" / "mess", spec, spec.main_split, ids=("x0", "x1"))
     git_dvc_init(root)
-    return root, run(["dvc", "repro"], root)
+    return root, run(["dvc", "repro"], root, timeout=1800)
 
 
 @pytest.mark.slow
 def test_grid_of_heads_and_graphs_runs_end_to_end(grid_copy):
     root, log = grid_copy
     combos = ["maskclip-dinov2_vitb14_reg", "maskclip-clip", "sclip-dinov2_vitb14_reg", "sclip-clip"]
-    assert {f"features@demo-{c}" for c in combos} | {f"ablate@demo-{c}-sweep0" for c in combos} <= stages_run(log)
+    expected = {f"{stage}@{d}-{c}{tail}" for d in ("chase_db1", "cwfid") for c in combos
+                for stage, tail in (("features", ""), ("ablate", "-sweep0"))}
+    assert expected <= stages_run(log)
     table = (root / "results/table.md").read_text()
     for head in ("maskclip", "sclip"):
         for vm in ("dinov2_vitb14_reg", "clip"):
             for method in ("seeds", "+ LPOSS", "+ LPOSS+"):
                 assert f"| {head} | {vm} | sclip | {method} |" in table
     assert "| sclip | published | own | SCLIP |" in table and "| maskclip | published | own | MaskCLIP |" in table
-    results = json.loads((root / "ablations/demo/sclip+dinov2_vitb14_reg/mode/results.json").read_text())
+    # MESS's tables: a row per dataset and per domain, our columns beside the leaderboard's
+    assert "| Medical Sciences | CHASE DB1 | 27.25 | 37.00 | 17.85 | 25.38 | 24.99 |" in table
+    assert "| Agriculture and Biology | CWFID |" in table and "| **Medical Sciences** | **mean** |" in table
+    assert "sclip+clip + LPOSS+" in table and "### Two-class datasets" in table
+    results = json.loads((root / "ablations/cwfid/sclip+dinov2_vitb14_reg/mode/results.json").read_text())
     assert results["protocol"]["background"] == "softmax" and results["protocol"]["logit_scale"] == 40.0
     assert "sclip" in results["vlm"] and "vit_base_patch14_reg4_dinov2" in results["vm"]["v"]
-    manifest = json.loads(next((root / "features/demo/sclip+dinov2_vitb14_reg").glob("*/manifest.json")).read_text())
-    assert manifest["windows"] == {"crop": 224, "long_side": 2048, "short_side": 224, "stride": 112}
+    assert results["windows"] == {"crop": 224, "long_side": 2048, "short_side": 224, "stride": 112}
     import torch
 
     for combo, grid in (("sclip+dinov2_vitb14_reg", 16), ("sclip+clip", 14)):  # seeds at the graph's grid
-        shard = torch.load(next((root / "features/demo" / combo).glob("*/*.pt")), weights_only=True)
+        shard = torch.load(next((root / "features/cwfid" / combo).glob("*/*.pt")), weights_only=True)
         assert shard["grid"] == grid and shard["seeds"].shape[0] == len(shard["layout"]) * grid * grid
 
 
 @pytest.mark.slow
 def test_grid_propagation_change_reruns_no_features(grid_copy):
     root, _ = grid_copy
-    log = run(["dvc", "exp", "run", "-S", "lp.alpha=0.9"], root)
+    log = run(["dvc", "exp", "run", "-S", "lp.alpha=0.9"], root, timeout=1800)
     assert stages_run(log) and not any(name.startswith("features@") for name in stages_run(log))
