@@ -229,9 +229,12 @@ def evaluate(ds: Any, vlm: Any, vm: Any, settings: list[dict[str, Any]], device:
             bar.update(len(batch))
     bar.close()
     elapsed = time.perf_counter() - start
-    records = [{"setting": {k: v for k, v in s.items() if k not in ("label", "swept")}, "label": s["label"],
-                "metrics": metrics[s["label"]].to_metrics().summary(), "seconds": seconds[s["label"]],
-                "seconds_per_image": seconds[s["label"]] / max(len(ds), 1)} for s in settings]
+    records = []
+    for s in settings:  # the records of run_settings
+        counts = metrics[s["label"]].to_metrics()
+        records.append({"setting": {k: v for k, v in s.items() if k not in ("label", "swept")}, "label": s["label"],
+                        "metrics": {**counts.summary(), "confusion": counts.confusion.tolist()},
+                        "seconds": seconds[s["label"]], "seconds_per_image": seconds[s["label"]] / max(len(ds), 1)})
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if str(device).startswith("cuda") else None
     return {"dataset": ds.name, "images": len(ds), "seconds": elapsed, "images_per_second": len(ds) / elapsed,
             "peak_gpu_gib": peak, "batch_images": batch_images, "workers": workers, "windows": windows,
