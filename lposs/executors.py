@@ -403,7 +403,11 @@ def run_rank(task: ShardTask, todo: list[Shard], run_dir: Path) -> None:
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     if not dist.is_initialized():
         dist.init_process_group("gloo")
-    env = worker_env(local_rank, torch.cuda.device_count())
+    env = {}
+    if torch.cuda.is_available():  # CUDA is initialised by now: pick the device, not the visible set
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+    else:
+        env = worker_env(local_rank, 0)
     dist.barrier()  # every rank has decided what is to do before any rank writes
     work_shards(task, todo[rank::world], str(run_dir), rank, env)
     dist.barrier()  # rank 0 (and every rank) may reduce now

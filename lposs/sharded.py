@@ -262,11 +262,11 @@ class SubsetView:
 
 
 @contextmanager
-def captured_metrics() -> Iterator[list[SegmentationMetrics]]:
+def captured_metrics(preload: Sequence[dict[str, np.ndarray]] = ()) -> Iterator[list[SegmentationMetrics]]:
     """The SegmentationMetrics that pipeline.run_settings makes (one per setting, in order), counts and all.
 
-    Meanwhile-bridge: run_settings returns summaries only; see the module docstring for the change that
-    makes it return its accumulators and removes this patch.
+    preload: counts added to the j-th accumulator as it is made (records from merged shard counts).
+    Meanwhile-bridge until run_settings exposes its accumulators (see run_settings_sharded's docstring).
     """
     from . import pipeline
 
@@ -275,6 +275,8 @@ def captured_metrics() -> Iterator[list[SegmentationMetrics]]:
     class Recorded(SegmentationMetrics):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
+            if preload:
+                self.add_counts(preload[len(made)])
             made.append(self)
 
     original, pipeline.SegmentationMetrics = pipeline.SegmentationMetrics, Recorded
@@ -282,6 +284,21 @@ def captured_metrics() -> Iterator[list[SegmentationMetrics]]:
         yield made
     finally:
         pipeline.SegmentationMetrics = original
+
+
+def records_from_counts(task: "AblateTask", counts: list[dict[str, np.ndarray]], seconds: list[float]
+                        ) -> list[dict[str, Any]]:
+    """run_settings' own records for merged counts: it runs over no image with its accumulators preloaded."""
+    from .pipeline import run_settings
+
+    with captured_metrics(preload=counts):
+        records = run_settings(SubsetView(task.ds, []), {**task.index, "images": []}, task.store, task.settings,
+                               "cpu", 0, None, progress=False, **task.run_kwargs)
+    for record, spent in zip(records, seconds):
+        record["seconds"] = spent
+        if "seconds_per_image" in record:
+            record["seconds_per_image"] = spent / max(len(task.ds), 1)
+    return records
 
 
 def evaluate_images(task: "AblateTask", indices: Sequence[int], advance: Callable[[int], None]
@@ -319,6 +336,12 @@ def run_settings_sharded(ds: Any, index: dict[str, Any], store: FeatureStore, se
 
     run_kwargs go to run_settings (protocol=, background=, ...). device may be "auto" (resolved in each
     worker). Under torchrun every rank returns the records (write them from executors.is_main_process()).
+
+    Bridge: run_settings has no `indices=` and returns summaries, not counts, so each worker runs it one
+    image at a time on a SubsetView and reads its accumulators through captured_metrics; the records come
+    from run_settings itself, over no image with the merged counts preloaded, so their format is its own.
+    Once run_settings takes `indices=None` and `metrics=None` (accumulators to add into, returned with the
+    records), evaluate_images and records_from_counts become one call each and the patch goes.
     """
     config = executors.executor_config(executor, workers)
     task = AblateTask(ds, index, store, settings, device, predictions,
@@ -326,18 +349,15 @@ def run_settings_sharded(ds: Any, index: dict[str, Any], store: FeatureStore, se
     desc = f"ablate {ds.name}"
     task.counts_dir = str(executors.run_folder(task, config, desc)) + ".counts"
     report = executors.run_shards(task, len(ds), executor, workers, desc, progress)
-    total = {s["label"]: SegmentationMetrics(ds.num_classes, ds.ignore_index, ds.reduce_zero_label)
-             for s in settings}
-    seconds = {s["label"]: 0.0 for s in settings}
+    total = [SegmentationMetrics(ds.num_classes, ds.ignore_index, ds.reduce_zero_label) for _ in settings]
+    seconds = [0.0] * len(settings)
     for shard in executors.split_shards(len(ds)):
-        for setting, (counts, spent) in zip(settings, task.load(shard)):
-            total[setting["label"]].add_counts(counts)
-            seconds[setting["label"]] += spent
+        for j, (counts, spent) in enumerate(task.load(shard)):
+            total[j].add_counts(counts)
+            seconds[j] += spent
     executors.barrier()  # under torchrun: every rank has read the counts before rank 0 removes them
     if executors.is_main_process():
         shutil.rmtree(task.counts_dir, ignore_errors=True)
     if report["shards_run"] == 0 and len(ds):
         print(f"{desc}: every shard's counts were complete already (an earlier interrupted run)")
-    return [{"setting": {k: v for k, v in s.items() if k not in ("label", "swept")}, "label": s["label"],
-             "metrics": total[s["label"]].summary(), "seconds": seconds[s["label"]],
-             "seconds_per_image": seconds[s["label"]] / max(len(ds), 1)} for s in settings]
+    return records_from_counts(task, [m.counts() for m in total], seconds)

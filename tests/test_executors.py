@@ -170,6 +170,7 @@ class Fail:
         return self.inner(image_id, image_path, class_names, md5)
 
 
+@pytest.mark.slow  # ~15-30 s: two runs of two spawned workers on 2 busy cores
 def test_killed_worker_costs_only_its_missing_images(staged, tmp_path):
     staged_dir, ds, _ = staged
     store, *_ = open_store(tmp_path / "store", ds)
@@ -219,7 +220,7 @@ def pngs(folder):
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(Path(folder).rglob("*.png"))}
 
 
-@pytest.mark.parametrize("executor", ["inline", "local"])
+@pytest.mark.parametrize("executor", ["inline", pytest.param("local", marks=pytest.mark.slow)])
 def test_sharded_metrics_equal_run_settings(staged, inline_store, reference_records, executor, tmp_path):
     _, ds, index = staged
     expected, expected_dir = reference_records
@@ -229,6 +230,7 @@ def test_sharded_metrics_equal_run_settings(staged, inline_store, reference_reco
     assert pngs(tmp_path / "pred") == pngs(expected_dir) and len(pngs(expected_dir)) == 2 * len(settings())
 
 
+@pytest.mark.slow
 def test_slurm_path_through_submitit_local_executor(staged, inline_store, reference_records, tmp_path, monkeypatch):
     pytest.importorskip("submitit")
     _, ds, index = staged
