@@ -147,6 +147,16 @@ def test_local_workers_write_bit_identical_features(staged, inline_store, tmp_pa
     assert not list((tmp_path / "runs").glob("*")), "the run folder is removed after a complete run"
 
 
+def test_inline_is_todays_fill_dataset_with_the_notebooks_models(staged, inline_store, tmp_path):
+    """The features notebook's wiring: DatasetFeatures(..., protocol).use(models it built) on the inline executor."""
+    staged_dir, ds, _ = staged
+    store, vlm, vms = open_store(tmp_path / "store", ds)
+    compute = DatasetFeatures(staged_dir, "demo", BACKBONE, WINDOWS, device="cpu", protocol="lposs").use(vlm, vms)
+    stats = fill_store_sharded(store, compute.items(), compute, progress=False)
+    assert (stats["executor"], stats["computed"]) == ("inline", 6)
+    assert_same_shards(inline_store, store, ds)
+
+
 class KillOnce:
     """compute that kills its own worker process (SIGKILL, no traceback) on one image, once."""
 
