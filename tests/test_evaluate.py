@@ -119,3 +119,18 @@ def test_cuda_evaluation_equals_cpu_reference(demo):
                     windows=WINDOWS, workers=0, progress=False)
     a, b = cuda["records"][0]["metrics"], cpu["records"][0]["metrics"]
     assert abs(a["miou"] - b["miou"]) <= 1e-4 * max(abs(b["miou"]), 1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("refiner", ["reference", "best"])
+def test_lposs_plus_scores_on_cuda_equal_cpu_reference_mode(demo, refiner):
+    from lposs.segment import extract_features, propagate_features
+
+    params = {k: BASE[k] for k in ("k", "gamma", "sigma", "p", "alpha", "maxiter", "tol")}
+    for i in range(len(demo)):
+        sample = demo[i]
+        feats = extract_features(sample.image, demo.class_names, DemoVLM(), DemoVM("v"), **WINDOWS)
+        cpu = propagate_features(feats, mode="lposs+", solver="cg_reference", refiner=refiner, **params)
+        cuda = propagate_features(feats, mode="lposs+", device="cuda", refiner=refiner, **params).cpu()
+        assert float((cuda - cpu).abs().max() / cpu.abs().max()) <= 1e-4
