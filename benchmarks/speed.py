@@ -100,7 +100,7 @@ def run_path(case: dict[str, Any], reference: bool, device: str, repeats: int, c
 
     t["pixel_graph"], P = timed(pixel_graph, device, repeats)
     channels = canvas.shape[0] if columns is None else min(columns, canvas.shape[0])
-    Y = canvas[:channels].permute(1, 2, 0).reshape(-1, channels)
+    Y = canvas[:channels].reshape(channels, -1).T  # [H*W, C], a channel-first view, as lposs.refine passes it
     t["pixel_solve"], out = timed(lambda: propagate(P, Y, method=solver), device, repeats)
     if channels < canvas.shape[0]:
         t["pixel_solve"] *= canvas.shape[0] / channels

@@ -103,6 +103,8 @@ def stencil_product(Z: Tensor, weights: Tensor | None, offsets: Tensor, pad: int
                          f"{offsets.shape[0]} offsets (expected a contiguous [K, H + 2 pad, W + 2 pad] tensor)")
     if scale is not None and (tuple(scale.shape) != (height, width) or not scale.is_contiguous()):
         raise ValueError(f"scale must be a contiguous [{height}, {width}] tensor, got {tuple(scale.shape)}")
+    if Z.stride(2) != 1:
+        Z = Z.contiguous()  # one copy beats strided reads along the rows on every one of the 2K offsets
     out = torch.empty((channels, height, width), dtype=Z.dtype, device=Z.device)
     if out.numel() == 0:
         return out
