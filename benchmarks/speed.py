@@ -11,6 +11,9 @@ real sizes; the label propagation cost does not depend on the values.
 - fast: dense patch graph + batched CG; matrix-free pixel stencil + batched CG (on CUDA the fused Triton
   stencil; the torch stencil's pixel solve is timed beside it as `pixel_solve_torch_stencil`).
 
+On CUDA the fused kernel's tile sizes (`TILES`) are also timed on one VOC-size product, with the
+bandwidth of its one-pass traffic, so the defaults of lposs/stencil_triton.py can be chosen from data.
+
 With --backbones, each case also runs end to end: a random-weight OpenCLIP ViT-B/16 + DINO ViT-B/16 pair
 (bf16 on CUDA, fp32 on CPU) on a random image of the original size (VOC 375x500, Cityscapes 1024x2048),
 `segment.extract_features` + LPOSS+ `propagate_features` + argmax at the original size: seconds per image,
@@ -145,6 +148,30 @@ def backbone_times(device: str, repeats: int) -> dict[str, float]:
     return out
 
 
+TILES = [(8, 32, 8, 4), (8, 32, 16, 4), (16, 32, 8, 8), (4, 64, 8, 4), (8, 64, 16, 8), (16, 16, 16, 4)]
+
+
+def stencil_tiles(device: str, repeats: int, height: int = 448, width: int = 597, channels: int = 46) -> list[dict]:
+    """One normalised product of the fused kernel per tile (BLOCK_Y, BLOCK_X, MAX_BLOCK_C, NUM_WARPS):
+    milliseconds and the bandwidth of its one-pass traffic (scores in and out, weights once per channel block)."""
+    from lposs import stencil_triton
+
+    graph = PixelGraph(torch.rand(3, height, width, device=device), r=13, tau=0.01, backend="triton")
+    X = torch.randn(channels, height * width, device=device).T  # channel-first view
+    default = stencil_triton.BLOCK_Y, stencil_triton.BLOCK_X, stencil_triton.MAX_BLOCK_C, stencil_triton.NUM_WARPS
+    rows = []
+    try:
+        for tile in TILES:
+            stencil_triton.BLOCK_Y, stencil_triton.BLOCK_X, stencil_triton.MAX_BLOCK_C, stencil_triton.NUM_WARPS = tile
+            seconds, _ = timed(lambda: graph.matmul(X), device, max(repeats, 10))
+            blocks = -(-channels // min(tile[2], 1 << (channels - 1).bit_length()))
+            traffic = 4 * height * width * (2 * channels + blocks * (graph.weights.shape[0] + 1))
+            rows.append({"tile": tile, "ms": seconds * 1e3, "one_pass_gb_per_s": traffic / seconds / 1e9})
+    finally:
+        stencil_triton.BLOCK_Y, stencil_triton.BLOCK_X, stencil_triton.MAX_BLOCK_C, stencil_triton.NUM_WARPS = default
+    return rows
+
+
 def end_to_end(height: int, width: int, classes: int, device: str, repeats: int) -> dict[str, Any]:
     """One image of the case's original size through both backbones (bf16 on CUDA), LPOSS+ and argmax."""
     from lposs.backbones import load_backbones
@@ -219,6 +246,10 @@ def main(argv: list[str] | None = None) -> dict:
     cases = CASES if args.cases == "all" else [CASES[int(i)] for i in args.cases.split(",")]
     results = [benchmark_case(h, w, c, args.device, repeats, ref_columns) for h, w, c in cases]
     print_table(results)
+    report_tiles = stencil_tiles(args.device, repeats) if args.device.startswith("cuda") else None
+    for row in report_tiles or []:
+        print(f"fused stencil tile {row['tile']}: {row['ms']:.3f} ms per product, "
+              f"{row['one_pass_gb_per_s']:.0f} GB/s of one-pass traffic")
     if args.backbones:
         for result, (h, w, c) in zip(results, cases):
             result.update({"size": (h, w), "columns": c, "end_to_end": end_to_end(h, w, c, args.device, repeats)})
@@ -233,6 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
         "torch": torch.__version__,
         "repeats": repeats,
         "cases": results,
+        "stencil_tiles": report_tiles,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }
     if args.backbones:
