@@ -22,7 +22,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -333,20 +333,25 @@ def propagation_kwargs(setting: dict[str, Any]) -> dict[str, Any]:
 
 def run_settings(ds: Any, index: dict[str, Any], store: FeatureStore, settings: list[dict[str, Any]],
                  device: str = "cpu", predictions: int = 0, prediction_dir: str | os.PathLike | None = None,
-                 progress: bool = True, protocol: str = "lposs", background: dict[str, Any] | None = None
-                 ) -> list[dict[str, Any]]:
-    """Evaluate every setting on every image of the dataset (each shard read once).
+                 progress: bool = True, protocol: str = "lposs", background: dict[str, Any] | None = None,
+                 indices: Sequence[int] | None = None, metrics: dict[str, SegmentationMetrics] | None = None,
+                 seconds: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    """Evaluate every setting on the dataset's images (each shard read once).
 
     protocol: whose class prompts the features were computed with; background: the rule that turns
     scores into labels (`background_rule`; None = LPOSS's synonym max).
-    Returns one record per setting: the setting, its metrics summary and seconds of propagation.
-    The label maps of `predictions` images spread over the dataset go to prediction_dir/<label>/<image id>.png.
+    indices: the images to evaluate (default all; `lposs.sharded` runs subsets); metrics / seconds:
+    accumulators per setting label to add into (other shards' counts), made empty when None.
+    Returns one record per setting: the setting, its metrics summary (and confusion matrix) and seconds of
+    propagation. The label maps of `predictions` images spread over the whole dataset go to
+    prediction_dir/<label>/<image id>.png.
     """
-    keep = set(np.linspace(0, len(ds) - 1, min(predictions, len(ds))).round().astype(int).tolist()) if predictions else set()
-    metrics = {s["label"]: SegmentationMetrics(ds.num_classes, ds.ignore_index, ds.reduce_zero_label)
-               for s in settings}
-    seconds = {s["label"]: 0.0 for s in settings}
-    for i in tqdm(range(len(ds)), desc=f"ablate {ds.name}", unit="img", disable=not progress):
+    keep = prediction_indices(len(ds), predictions)
+    metrics = metrics if metrics is not None else {
+        s["label"]: SegmentationMetrics(ds.num_classes, ds.ignore_index, ds.reduce_zero_label) for s in settings}
+    seconds = seconds if seconds is not None else {s["label"]: 0.0 for s in settings}
+    indices = range(len(ds)) if indices is None else indices
+    for i in tqdm(indices, desc=f"ablate {ds.name}", unit="img", disable=not progress):
         entry, sample = index["images"][i], ds[i]
         shard = store.load(sample.id, class_names=prompts(ds, i, protocol), image_md5=entry["image_md5"])
         for setting in settings:
@@ -363,6 +368,20 @@ def run_settings(ds: Any, index: dict[str, Any], store: FeatureStore, settings: 
              "metrics": {**metrics[s["label"]].summary(), "confusion": metrics[s["label"]].confusion.tolist()},
              "seconds": seconds[s["label"]],
              "seconds_per_image": seconds[s["label"]] / max(len(ds), 1)} for s in settings]
+
+
+def without_times(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """(records without their wall times, {label: seconds per image}): results.json holds only what the
+    numbers depend on, so its hash is the same for any executor or machine; the times go to timings/."""
+    times = {r["label"]: r["seconds_per_image"] for r in records}
+    return [{k: v for k, v in r.items() if k not in ("seconds", "seconds_per_image")} for r in records], times
+
+
+def prediction_indices(n_images: int, predictions: int) -> set[int]:
+    """The images whose label maps are kept: `predictions` of them spread evenly over the dataset."""
+    if not predictions or not n_images:
+        return set()
+    return set(np.linspace(0, n_images - 1, min(predictions, n_images)).round().astype(int).tolist())
 
 
 def safe_id(image_id: str) -> str:

@@ -121,9 +121,11 @@ def class_names(protocol: str, dataset: str, default: list[str]) -> list[str]:
 # --------------------------------------------------------------------------------------------------
 
 def pool_synonyms(scores: Tensor, owner: Tensor) -> Tensor:
-    """Max over the synonym columns of each class: [C', H, W] -> [K, H, W]."""
-    owner = owner.to(scores.device)
-    return torch.stack([scores[owner == c].amax(0) for c in range(int(owner.max()) + 1)])
+    """Max over the synonym columns of each class: [C', H, W] -> [K, H, W] (one scatter, no GPU wait)."""
+    classes = int(owner.max()) + 1  # owner lives on the CPU (features keep it there)
+    index = owner.to(scores.device).view(-1, *([1] * (scores.dim() - 1))).expand_as(scores)  # [C', H, W]
+    pooled = scores.new_full((classes, *scores.shape[1:]), float("-inf"))
+    return pooled.scatter_reduce_(0, index, scores, reduce="amax")
 
 
 def class_scores(scores: Tensor, owner: Tensor, rule: dict[str, Any], cosine_scale: float = 1.0) -> Tensor:

@@ -18,10 +18,9 @@ import json
 import os
 import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -166,13 +165,6 @@ def fill_store_sharded(store: FeatureStore, items: Sequence[Item], compute: Call
 # Ablation cells
 # --------------------------------------------------------------------------------------------------
 
-def prediction_images(n_images: int, predictions: int) -> set[int]:
-    """The images whose label maps are kept: `predictions` of them spread evenly (as run_settings picks)."""
-    if not predictions or not n_images:
-        return set()
-    return set(np.linspace(0, n_images - 1, min(predictions, n_images)).round().astype(int).tolist())
-
-
 def source_fingerprint() -> str:
     """md5 of the package's source: shard counts of a killed run are reused only by the same code."""
     import torch
@@ -210,7 +202,9 @@ class AblateTask:
 
         if self.prediction_dir is None:
             return []
-        keep = prediction_images(len(self.ds), self.predictions) & set(shard.items)
+        from .pipeline import prediction_indices
+
+        keep = prediction_indices(len(self.ds), self.predictions) & set(shard.items)
         return [Path(self.prediction_dir) / s["label"] / f"{safe_id(self.ds.items[i].id)}.png"
                 for i in sorted(keep) for s in self.settings]
 
@@ -241,90 +235,40 @@ class AblateTask:
                     for j in range(len(self.settings))]
 
 
-class SubsetView:
-    """Images `indices` of a dataset, as a dataset (len, [i], items, class_names_for); the rest is the dataset's."""
-
-    def __init__(self, ds: Any, indices: Sequence[int]):
-        self._ds, self._indices = ds, list(indices)
-        self.items = [ds.items[i] for i in self._indices]
-
-    def __len__(self) -> int:
-        return len(self._indices)
-
-    def __getitem__(self, i: int) -> Any:
-        return self._ds[self._indices[i]]
-
-    def class_names_for(self, i: int) -> list[str]:
-        return self._ds.class_names_for(self._indices[i])
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._ds, name)
-
-
-@contextmanager
-def captured_metrics(preload: Sequence[dict[str, np.ndarray]] = ()) -> Iterator[list[SegmentationMetrics]]:
-    """The SegmentationMetrics that pipeline.run_settings makes (one per setting, in order), counts and all.
-
-    preload: counts added to the j-th accumulator as it is made (records from merged shard counts).
-    Meanwhile-bridge until run_settings exposes its accumulators (see run_settings_sharded's docstring).
-    """
-    from . import pipeline
-
-    made: list[SegmentationMetrics] = []
-
-    class Recorded(SegmentationMetrics):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            if preload:
-                self.add_counts(preload[len(made)])
-            made.append(self)
-
-    original, pipeline.SegmentationMetrics = pipeline.SegmentationMetrics, Recorded
-    try:
-        yield made
-    finally:
-        pipeline.SegmentationMetrics = original
+def _accumulators(task: "AblateTask") -> tuple[dict[str, SegmentationMetrics], dict[str, float]]:
+    ds = task.ds
+    return ({s["label"]: SegmentationMetrics(ds.num_classes, ds.ignore_index, ds.reduce_zero_label)
+             for s in task.settings}, {s["label"]: 0.0 for s in task.settings})
 
 
 def records_from_counts(task: "AblateTask", counts: list[dict[str, np.ndarray]], seconds: list[float]
                         ) -> list[dict[str, Any]]:
-    """run_settings' own records for merged counts: it runs over no image with its accumulators preloaded."""
+    """run_settings' own records for merged counts: it runs over no image into preloaded accumulators."""
     from .pipeline import run_settings
 
-    with captured_metrics(preload=counts):
-        records = run_settings(SubsetView(task.ds, []), {**task.index, "images": []}, task.store, task.settings,
-                               "cpu", 0, None, progress=False, **task.run_kwargs)
-    for record, spent in zip(records, seconds):
-        record["seconds"] = spent
-        if "seconds_per_image" in record:
-            record["seconds_per_image"] = spent / max(len(task.ds), 1)
-    return records
+    metrics, spent = _accumulators(task)
+    for setting, shard_counts, shard_seconds in zip(task.settings, counts, seconds):
+        metrics[setting["label"]].add_counts(shard_counts)
+        spent[setting["label"]] = shard_seconds
+    return run_settings(task.ds, task.index, task.store, task.settings, "cpu", 0, None, progress=False,
+                        indices=[], metrics=metrics, seconds=spent, **task.run_kwargs)
 
 
 def evaluate_images(task: "AblateTask", indices: Sequence[int], advance: Callable[[int], None]
                     ) -> tuple[list[SegmentationMetrics], list[float]]:
-    """pipeline.run_settings image by image over `indices`: (metrics per setting, seconds per setting).
+    """pipeline.run_settings over `indices`, one image at a time for progress: (metrics, seconds) per setting.
 
-    One image at a time gives per-image progress and keeps the label maps of exactly the images
-    run_settings would keep over the whole dataset (a one-image view with predictions=1 keeps its image).
+    The label maps kept are those run_settings keeps over the whole dataset.
     """
     from .pipeline import resolve_device, run_settings
 
-    keep = prediction_images(len(task.ds), task.predictions)
-    total = [SegmentationMetrics(task.ds.num_classes, task.ds.ignore_index, task.ds.reduce_zero_label)
-             for _ in task.settings]
-    seconds = [0.0] * len(task.settings)
+    metrics, seconds = _accumulators(task)
     for i in indices:
-        view = {**task.index, "images": [task.index["images"][i]]}
-        with captured_metrics() as made:
-            records = run_settings(SubsetView(task.ds, [i]), view, task.store, task.settings,
-                                   resolve_device(task.device), int(i in keep), task.prediction_dir, progress=False,
-                                   **task.run_kwargs)
-        for j, record in enumerate(records):
-            total[j].merge(made[j])
-            seconds[j] += record["seconds"]
+        run_settings(task.ds, task.index, task.store, task.settings, resolve_device(task.device), task.predictions,
+                     task.prediction_dir, progress=False, indices=[i], metrics=metrics, seconds=seconds,
+                     **task.run_kwargs)
         advance(1)
-    return total, seconds
+    return [metrics[s["label"]] for s in task.settings], [seconds[s["label"]] for s in task.settings]
 
 
 def run_settings_sharded(ds: Any, index: dict[str, Any], store: FeatureStore, settings: list[dict[str, Any]],
@@ -337,11 +281,8 @@ def run_settings_sharded(ds: Any, index: dict[str, Any], store: FeatureStore, se
     run_kwargs go to run_settings (protocol=, background=, ...). device may be "auto" (resolved in each
     worker). Under torchrun every rank returns the records (write them from executors.is_main_process()).
 
-    Bridge: run_settings has no `indices=` and returns summaries, not counts, so each worker runs it one
-    image at a time on a SubsetView and reads its accumulators through captured_metrics; the records come
-    from run_settings itself, over no image with the merged counts preloaded, so their format is its own.
-    Once run_settings takes `indices=None` and `metrics=None` (accumulators to add into, returned with the
-    records), evaluate_images and records_from_counts become one call each and the patch goes.
+    Each worker runs run_settings on its images into its own accumulators; the records come from
+    run_settings itself, over no image with the merged counts preloaded, so their format is its own.
     """
     config = executors.executor_config(executor, workers)
     task = AblateTask(ds, index, store, settings, device, predictions,

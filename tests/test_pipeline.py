@@ -205,9 +205,9 @@ def git_dvc_init(root: Path) -> None:
         run(cmd, root)
 
 
-def run(cmd: list[str], cwd: Path, timeout: int = 600) -> str:
+def run(cmd: list[str], cwd: Path, timeout: int = 600, env: dict[str, str] | None = None) -> str:
     env = {**os.environ, "TQDM_MININTERVAL": "30", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t", **(env or {})}
     result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result.stdout + result.stderr
@@ -368,3 +368,46 @@ def test_grid_propagation_change_reruns_no_features(grid_copy):
     root, _ = grid_copy
     log = run(["dvc", "exp", "run", "-S", "lp.alpha=0.9"], root, timeout=1800)
     assert stages_run(log) and not any(name.startswith("features@") for name in stages_run(log))
+
+
+# --------------------------------------------------- the same pipeline on 2 local workers (slow, issue 11)
+
+def lock_hashes(root: Path) -> dict[str, str]:
+    """{output path: md5} of every stage output in dvc.lock."""
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    return {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
+
+
+@pytest.mark.slow
+def test_two_local_workers_give_the_same_outputs_as_inline(tmp_path):
+    """dvc repro inline and with LPOSS_EXECUTOR=local LPOSS_WORKERS=2: the same dvc.lock hashes for every output
+    whose content is results (timings/, executed/ and the timing figure in plots/ hold wall times and
+    papermill's stamps; the feature shards hold each image's backbone seconds: compared tensor by tensor)."""
+    import torch
+
+    from lposs.demo import generate_demo
+
+    roots = {}
+    for executor in ("inline", "local"):
+        root = roots[executor] = tmp_path / executor
+        root.mkdir()
+        copy_pipeline(root)
+        params = yaml.safe_load((root / "params.yaml").read_text())
+        params["ablate"].update(sweeps=TINY_SWEEPS, predictions=2)
+        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        generate_demo(root / "data" / "demo", count=4, seed=3)
+        git_dvc_init(root)
+        env = {"LPOSS_EXECUTOR": executor, "LPOSS_WORKERS": "2"}
+        run(["dvc", "repro"], root, timeout=1200, env=env)
+    inline, local = (lock_hashes(roots[e]) for e in ("inline", "local"))
+    results = {p for p in inline if not p.startswith(("timings/", "executed/", "features/", "plots"))}
+    assert {"results/metrics.json", "results/table.md", "ablations/demo/demo+demo/mode"} <= results
+    assert {p: inline[p] for p in results} == {p: local[p] for p in results}
+    shards = sorted((roots["inline"] / "features").rglob("*.pt"))
+    assert len(shards) == 4
+    for path in shards:
+        a = torch.load(path, weights_only=True)
+        b = torch.load(roots["local"] / path.relative_to(roots["inline"]), weights_only=True)
+        torch.testing.assert_close(a["seeds"], b["seeds"], rtol=1e-5, atol=1e-6)  # 1 thread vs 2: float order
+        for feature in a["vm"]:
+            torch.testing.assert_close(a["vm"][feature], b["vm"][feature], rtol=1e-5, atol=1e-6)

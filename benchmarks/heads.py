@@ -1,0 +1,69 @@
+"""Backbone time of the features stage per dense head, in one process: what each head costs per image.
+
+    python -m benchmarks.heads [--device cpu|cuda] [--images 2] [--short-side 448] [--json OUT.json]
+
+Random-weight OpenCLIP ViT-B/16 with each head of `lposs.heads.HEADS` (ProxyCLIP with a DINO ViT-B/8 proxy)
+and a DINO ViT-B/16 graph (q, k, v from one forward), on random images of VOC's size (375 x 500, 15 windows
+at short side 448); the cost does not depend on the weights. Per head: seconds per image of
+`features.extract_shard` (both backbones over all windows, seeds, graph features), the text classifier
+time for 21 classes once, and the ratio to the MaskCLIP head measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from lposs.backbones import load_backbones
+from lposs.features import extract_shard
+from lposs.heads import HEADS
+from lposs.pipeline import write_json
+
+CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+           "table", "dog", "horse", "motorbike", "person", "plant", "sheep", "sofa", "train", "monitor"]
+
+
+def time_head(head: str, images: list[np.ndarray], device: str, short_side: int) -> dict[str, float]:
+    """Seconds: text classifier once, then per image (mean) of the features stage's backbone work."""
+    vlm, vm = load_backbones(device=device, random_weights=True, head=head)
+    vms = {f: vm.with_feature(f) for f in ("v", "q", "k")}
+    start = time.perf_counter()
+    text = vlm.text_embeddings(CLASSES)
+    text_s = time.perf_counter() - start
+    windows = dict(crop=224, stride=112, short_side=short_side, long_side=2048)
+    extract_shard("warm-up", images[0], CLASSES, vlm, vms, windows, text=text)
+    seconds = [extract_shard(str(i), image, CLASSES, vlm, vms, windows, text=text)["seconds"]
+               for i, image in enumerate(images)]
+    return {"text_seconds": text_s, "seconds_per_image": float(np.mean(seconds))}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.heads", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--images", type=int, default=2)
+    parser.add_argument("--short-side", type=int, default=448)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (375, 500, 3), dtype=np.uint8) for _ in range(args.images)]
+    results = {head: time_head(head, images, args.device, args.short_side) for head in HEADS}
+    base = results["maskclip"]["seconds_per_image"]
+    print(f"{'head':>10} {'s/image':>8} {'x maskclip':>10} {'text s':>7}")
+    for head, r in results.items():
+        r["ratio_to_maskclip"] = r["seconds_per_image"] / base
+        print(f"{head:>10} {r['seconds_per_image']:8.2f} {r['ratio_to_maskclip']:10.2f} {r['text_seconds']:7.2f}")
+    out = {"device": args.device, "threads": torch.get_num_threads(), "images": args.images,
+           "short_side": args.short_side, "heads": results}
+    if args.json:
+        write_json(args.json, out)
+    return out
+
+
+if __name__ == "__main__":
+    main()
