@@ -6,7 +6,8 @@ Random-weight OpenCLIP ViT-B/16 with each head of `lposs.heads.HEADS` (ProxyCLIP
 and a DINO ViT-B/16 graph (q, k, v from one forward), on random images of VOC's size (375 x 500, 15 windows
 at short side 448); the cost does not depend on the weights. Per head: seconds per image of
 `features.extract_shard` (both backbones over all windows, seeds, graph features), the text classifier
-time for 21 classes once, and the ratio to the MaskCLIP head measured in the same run.
+time for 21 classes once, and the ratio to the MaskCLIP head measured in the same run (the heads take turns
+image by image, so a change of load hits all of them alike).
 """
 
 from __future__ import annotations
@@ -26,18 +27,30 @@ CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus"
            "table", "dog", "horse", "motorbike", "person", "plant", "sheep", "sofa", "train", "monitor"]
 
 
-def time_head(head: str, images: list[np.ndarray], device: str, short_side: int) -> dict[str, float]:
-    """Seconds: text classifier once, then per image (mean) of the features stage's backbone work."""
+def build(head: str, device: str) -> dict:
+    """The head's backbones (random weights), its text classifier and that classifier's seconds."""
     vlm, vm = load_backbones(device=device, random_weights=True, head=head)
-    vms = {f: vm.with_feature(f) for f in ("v", "q", "k")}
     start = time.perf_counter()
     text = vlm.text_embeddings(CLASSES)
-    text_s = time.perf_counter() - start
+    return {"vlm": vlm, "vms": {f: vm.with_feature(f) for f in ("v", "q", "k")}, "text": text,
+            "text_seconds": time.perf_counter() - start}
+
+
+def time_heads(images: list[np.ndarray], device: str, short_side: int) -> dict[str, dict[str, float]]:
+    """Per head: text seconds once, and the median seconds per image of the features stage's backbone work.
+
+    The heads take turns image by image (round robin), so a change of machine load hits all of them alike.
+    """
+    models = {head: build(head, device) for head in HEADS}
     windows = dict(crop=224, stride=112, short_side=short_side, long_side=2048)
-    extract_shard("warm-up", images[0], CLASSES, vlm, vms, windows, text=text)
-    seconds = [extract_shard(str(i), image, CLASSES, vlm, vms, windows, text=text)["seconds"]
-               for i, image in enumerate(images)]
-    return {"text_seconds": text_s, "seconds_per_image": float(np.mean(seconds))}
+    seconds: dict[str, list[float]] = {head: [] for head in HEADS}
+    for i, image in enumerate([images[0]] + images):  # the first pass warms up
+        for head, m in models.items():
+            shard = extract_shard(str(i), image, CLASSES, m["vlm"], m["vms"], windows, text=m["text"])
+            if i:
+                seconds[head].append(shard["seconds"])
+    return {head: {"text_seconds": models[head]["text_seconds"], "seconds_per_image": float(np.median(s))}
+            for head, s in seconds.items()}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -52,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (375, 500, 3), dtype=np.uint8) for _ in range(args.images)]
-    results = {head: time_head(head, images, args.device, args.short_side) for head in HEADS}
+    results = time_heads(images, args.device, args.short_side)
     base = results["maskclip"]["seconds_per_image"]
     print(f"{'head':>10} {'s/image':>8} {'x maskclip':>10} {'text s':>7}")
     for head, r in results.items():
