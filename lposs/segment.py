@@ -19,7 +19,7 @@ from torch import Tensor
 from .graphs import patch_graph
 from .propagation import propagate
 from .protocols import class_scores, labels_from_scores, pool_synonyms
-from .refine import REFINERS, refine_pixels
+from .refine import refine_pixels
 from .windows import Window, crop_windows, merge_windows, patch_centers, resize_image, resized_size, window_layout
 
 MODES = ("maskclip", "lposs", "lposs+")
@@ -156,9 +156,8 @@ def propagate_features(
         overrides = {"alpha": alpha, "maxiter": maxiter, "tol": tol} if refiner == "reference" else {}
         overrides.update({name: v for name, v in (("r", r), ("tau", tau)) if v is not None})
         canvas = refine_pixels(image, canvas, refiner=refiner, **overrides)
-        pixel_alpha = overrides.get("alpha", REFINERS.get(refiner, {}).get("alpha"))
-        if pixel_alpha is not None:  # a propagation refiner; PAMR-like averaging keeps the scale
-            cosine_scale *= 1 - pixel_alpha
+        if refiner == "reference":  # linear in the scores: (1 - alpha) brings them back to cosine size;
+            cosine_scale *= 1 - alpha  # PAMR averages (keeps the size), best/relaxed return probabilities
     rule = background or {"background": "synonyms"}
     if rule.get("background") == "softmax":  # the releases resize the query logits, then softmax
         canvas = F.interpolate(canvas[None], size=features.original_hw, mode="bilinear", align_corners=False)[0]
