@@ -54,10 +54,16 @@ def open_store(folder, ds):
 
 @pytest.fixture(scope="module")
 def inline_store(staged, tmp_path_factory):
-    """The reference: today's fill_dataset in this process."""
+    """The reference: today's fill_dataset in this process, on one thread as every worker runs (a float sum
+    over 2 threads may round differently, and the tests below ask for bit-identical features)."""
     _, ds, _ = staged
     store, vlm, vms = open_store(tmp_path_factory.mktemp("inline") / "store", ds)
-    fill_dataset(store, ds, vlm, vms, WINDOWS, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fill_dataset(store, ds, vlm, vms, WINDOWS, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     return store
 
 
