@@ -181,7 +181,7 @@ def evaluate(ds: Any, vlm: Any, vm: Any, settings: list[dict[str, Any]], device:
     (default the dataset's); background: the protocol rule (None = LPOSS's synonym max). store: also
     write every image's shard there. Records are those of `run_settings`.
     """
-    from .pipeline import propagation_kwargs
+    from .pipeline import propagation_kwargs, result_record
 
     features = {s["vm_feature"] for s in settings}
     if len(features) != 1:
@@ -229,12 +229,7 @@ def evaluate(ds: Any, vlm: Any, vm: Any, settings: list[dict[str, Any]], device:
             bar.update(len(batch))
     bar.close()
     elapsed = time.perf_counter() - start
-    records = []
-    for s in settings:  # the records of run_settings
-        counts = metrics[s["label"]].to_metrics()
-        records.append({"setting": {k: v for k, v in s.items() if k not in ("label", "swept")}, "label": s["label"],
-                        "metrics": {**counts.summary(), "confusion": counts.confusion.tolist()},
-                        "seconds": seconds[s["label"]], "seconds_per_image": seconds[s["label"]] / max(len(ds), 1)})
+    records = [result_record(s, metrics[s["label"]].to_metrics(), seconds[s["label"]], len(ds)) for s in settings]
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if str(device).startswith("cuda") else None
     return {"dataset": ds.name, "images": len(ds), "seconds": elapsed, "images_per_second": len(ds) / elapsed,
             "peak_gpu_gib": peak, "batch_images": batch_images, "workers": workers, "windows": windows,

@@ -364,10 +364,14 @@ def run_settings(ds: Any, index: dict[str, Any], store: FeatureStore, settings: 
             metrics[setting["label"]].update(pred, sample.label)
             if i in keep and prediction_dir is not None:
                 save_label_map(Path(prediction_dir) / setting["label"] / f"{safe_id(sample.id)}.png", pred)
-    return [{"setting": {k: v for k, v in s.items() if k not in ("label", "swept")}, "label": s["label"],
-             "metrics": {**metrics[s["label"]].summary(), "confusion": metrics[s["label"]].confusion.tolist()},
-             "seconds": seconds[s["label"]],
-             "seconds_per_image": seconds[s["label"]] / max(len(ds), 1)} for s in settings]
+    return [result_record(s, metrics[s["label"]], seconds[s["label"]], len(ds)) for s in settings]
+
+
+def result_record(setting: dict[str, Any], metrics: SegmentationMetrics, seconds: float, images: int) -> dict:
+    """One setting's record: the setting, its metrics summary and confusion matrix, its propagation seconds."""
+    return {"setting": {k: v for k, v in setting.items() if k not in ("label", "swept")}, "label": setting["label"],
+            "metrics": {**metrics.summary(), "confusion": metrics.confusion.tolist()},
+            "seconds": seconds, "seconds_per_image": seconds / max(images, 1)}
 
 
 def without_times(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, float]]:

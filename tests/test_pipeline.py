@@ -220,17 +220,22 @@ def stages_run(log: str) -> set[str]:
 @pytest.fixture(scope="module")
 def pipeline_copy(tmp_path_factory):
     """The real dvc.yaml, notebooks and package in a fresh git + DVC repo, on a 3-image demo with a tiny grid."""
+    root = demo_pipeline(tmp_path_factory.mktemp("pipeline"), count=3)
+    log = run(["dvc", "repro"], root)
+    return root, log
+
+
+def demo_pipeline(root: Path, count: int) -> Path:
+    """The committed pipeline on a `count`-image demo with the tiny grid, as a fresh git + DVC repo."""
     from lposs.demo import generate_demo
 
-    root = tmp_path_factory.mktemp("pipeline")
     copy_pipeline(root)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["ablate"].update(sweeps=TINY_SWEEPS, predictions=2)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    generate_demo(root / "data" / "demo", count=3, seed=3)
+    generate_demo(root / "data" / "demo", count=count, seed=3)
     git_dvc_init(root)
-    log = run(["dvc", "repro"], root)
-    return root, log
+    return root
 
 
 @pytest.mark.slow
@@ -385,20 +390,11 @@ def test_two_local_workers_give_the_same_outputs_as_inline(tmp_path):
     papermill's stamps; the feature shards hold each image's backbone seconds: compared tensor by tensor)."""
     import torch
 
-    from lposs.demo import generate_demo
-
     roots = {}
     for executor in ("inline", "local"):
-        root = roots[executor] = tmp_path / executor
-        root.mkdir()
-        copy_pipeline(root)
-        params = yaml.safe_load((root / "params.yaml").read_text())
-        params["ablate"].update(sweeps=TINY_SWEEPS, predictions=2)
-        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        generate_demo(root / "data" / "demo", count=4, seed=3)
-        git_dvc_init(root)
-        env = {"LPOSS_EXECUTOR": executor, "LPOSS_WORKERS": "2"}
-        run(["dvc", "repro"], root, timeout=1200, env=env)
+        (tmp_path / executor).mkdir()
+        roots[executor] = demo_pipeline(tmp_path / executor, count=4)
+        run(["dvc", "repro"], roots[executor], timeout=1200, env={"LPOSS_EXECUTOR": executor, "LPOSS_WORKERS": "2"})
     inline, local = (lock_hashes(roots[e]) for e in ("inline", "local"))
     results = {p for p in inline if not p.startswith(("timings/", "executed/", "features/", "plots"))}
     assert {"results/metrics.json", "results/table.md", "ablations/demo/demo+demo/mode"} <= results
