@@ -301,7 +301,8 @@ def test_real_backbone_path_with_random_weights(tmp_path):
     from lposs.segment import propagate_features
 
     ds = get_dataset("demo", generate_demo(tmp_path / "demo", count=1, seed=2, size=(224, 240)))
-    vlm, vms = pl.build_backbones("ViT-B-16", "random", "vit_base_patch16_224.dino", "random", ["k", "v"], "cpu")
+    vlm, vms = pl.build_backbones("ViT-B-16", "random", "maskclip", "vit_base_patch16_224.dino", "random",
+                                  ["k", "v"], "cpu")
     assert vlm.id != vms["v"].id and vms["k"].id != vms["v"].id
     windows = dict(crop=224, stride=112, short_side=224, long_side=2048)
     store = FeatureStore(tmp_path / "f", make_manifest("demo", ds.class_names, vlm.id,
