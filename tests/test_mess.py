@@ -235,6 +235,9 @@ def test_fetch_downloads_unpacks_and_runs_the_mess_script(name, tmp_path, server
     # the MESS folder under a MESS dataset dir, or a folder of another name (MESS sees it through a symlink)
     root = tmp_path / "data" / "mess" / spec.folder if len(name) % 2 else tmp_path / "elsewhere"
     ds = fetch(name, root, progress=False, mirror=server.url)
+    from PIL import ImageFile
+
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False  # MESS's mhp_v1 script sets it: it must not leak
     assert sorted(r[0] for r in server.requests) == sorted(a.filename for a in MESS_SOURCES[name].archives)
     splits = expected if name == "paxray" else {spec.main_split: expected}
     for split, labels in splits.items():

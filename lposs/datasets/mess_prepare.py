@@ -25,6 +25,7 @@ from .mess_sources import DRAM_STEPS, MESS_PREPARATION, MESS_SOURCES
 MARKER = "mess_prepared"
 # registry name -> module of mess.prepare_datasets (the same name, except FoodSeg103's)
 SCRIPTS = {"foodseg103": "prepare_foodseg"}
+LOADS_TRUNCATED = {"mhp_v1"}  # MESS scripts that read truncated images on purpose (they set PIL's flag)
 
 
 def prepare_with_mess(name: str, root, progress: bool = True) -> bool:
@@ -80,11 +81,33 @@ def unrar(archive: Path, dest: Path) -> None:
 def run_mess_script(name: str, root: Path) -> None:
     """``mess.prepare_datasets.prepare_<name>.main()`` on ``root``."""
     module_name = f"mess.prepare_datasets.{SCRIPTS.get(name, 'prepare_' + name)}"
+    with truncated_images(name in LOADS_TRUNCATED):
+        try:
+            script = importlib.import_module(module_name)
+        except ImportError as err:
+            raise ImportError(f"converting {name!r} runs MESS's own script {module_name}, which needs the "
+                              f"mess-benchmark package: pip install 'lposs[mess]' ({err})") from err
+        _run_in_dataset_dir(script, name, root)
+
+
+@contextmanager
+def truncated_images(allowed: bool):
+    """PIL's process-wide LOAD_TRUNCATED_IMAGES as `allowed` inside, restored after.
+
+    MESS's prepare_mhp_v1.py:10 sets it to True when imported; left so, every later image read in the process
+    (our loaders, the web app) would decode truncated files silently instead of naming them.
+    """
+    from PIL import ImageFile
+
+    before = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = allowed
     try:
-        script = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ImportError(f"converting {name!r} runs MESS's own script {module_name}, which needs the "
-                          f"mess-benchmark package: pip install 'lposs[mess]' ({err})") from err
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = before
+
+
+def _run_in_dataset_dir(script, name: str, root: Path) -> None:
     with mess_dataset_dir(root, mess_spec(name).folder) as dataset_dir:
         previous = os.environ.get("DETECTRON2_DATASETS")
         os.environ["DETECTRON2_DATASETS"] = str(dataset_dir)
