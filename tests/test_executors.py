@@ -3,6 +3,7 @@ executor) give the same features and metrics as one process; killed workers cost
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -58,13 +59,20 @@ def inline_store(staged, tmp_path_factory):
     over 2 threads may round differently, and the tests below ask for bit-identical features)."""
     _, ds, _ = staged
     store, vlm, vms = open_store(tmp_path_factory.mktemp("inline") / "store", ds)
+    with one_thread():
+        fill_dataset(store, ds, vlm, vms, WINDOWS, progress=False)
+    return store
+
+
+@contextlib.contextmanager
+def one_thread():
+    """torch on one thread inside, as every worker runs: bit-identical features need the same float order."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        fill_dataset(store, ds, vlm, vms, WINDOWS, progress=False)
+        yield
     finally:
         torch.set_num_threads(threads)
-    return store
 
 
 def compute_for(staged_dir):
@@ -158,7 +166,8 @@ def test_inline_is_todays_fill_dataset_with_the_notebooks_models(staged, inline_
     staged_dir, ds, _ = staged
     store, vlm, vms = open_store(tmp_path / "store", ds)
     compute = DatasetFeatures(staged_dir, "demo", BACKBONE, WINDOWS, device="cpu", protocol="lposs").use(vlm, vms)
-    stats = fill_store_sharded(store, compute.items(), compute, progress=False)
+    with one_thread():
+        stats = fill_store_sharded(store, compute.items(), compute, progress=False)
     assert (stats["executor"], stats["computed"]) == ("inline", 6)
     assert_same_shards(inline_store, store, ds)
 
