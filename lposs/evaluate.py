@@ -1,6 +1,6 @@
 """Streaming evaluation of a dataset: decode -> backbones -> propagation -> metrics, without a feature store.
 
-    python -m lposs.evaluate voc21 [--data-dir data] [--device cuda] [--bf16] [--batch-images 4]
+    python -m lposs.evaluate voc21|paxray:test_lungs [--data-dir data] [--device cuda] [--bf16] [--batch-images 4]
         [--workers 4] [--modes maskclip,lposs,lposs+] [--store DIR] [--json OUT.json] [--limit N]
 
 The pipeline (stage -> features -> ablate) writes every image's features to disk first, which pays off
@@ -231,22 +231,39 @@ def evaluate(ds: Any, vlm: Any, vm: Any, settings: list[dict[str, Any]], device:
     elapsed = time.perf_counter() - start
     records = [result_record(s, metrics[s["label"]].to_metrics(), seconds[s["label"]], len(ds)) for s in settings]
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if str(device).startswith("cuda") else None
-    return {"dataset": ds.name, "images": len(ds), "seconds": elapsed, "images_per_second": len(ds) / elapsed,
-            "peak_gpu_gib": peak, "batch_images": batch_images, "workers": workers, "windows": windows,
-            "records": records}
+    return {"dataset": ds.name, "split": ds.split, "images": len(ds), "seconds": elapsed,
+            "images_per_second": len(ds) / elapsed, "peak_gpu_gib": peak, "batch_images": batch_images,
+            "workers": workers, "windows": windows, "records": records}
 
 
 # --------------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------------
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def open_entry(entry: str, data_dir: str, protocol: str = "lposs",
+               background: str = "protocol") -> tuple[Any, dict[str, Any], dict[str, int]]:
+    """A dataset entry as the pipeline's `datasets` list names it ('voc21' for its default split,
+    'paxray:test_lungs' for a split) -> (dataset, background rule, windows) under `protocol`.
+
+    The protocol's settings are those of the registry name: a split changes the images, not the release's
+    settings. An unknown split raises `get_dataset`'s error: a MESS dataset names the splits it has, a listed
+    dataset (voc21, demo, ...) the split list it did not find.
+    """
     from . import pipeline as pl
     from .datasets import get_dataset
+
+    name, split = pl.split_entry(entry)
+    rule = pl.background_rule(protocol, name, background)
+    windows = pl.protocol_windows(protocol, name, **{k: "protocol" for k in WINDOWS})
+    return get_dataset(name, pl.dataset_root(entry, data_dir), split), rule, windows
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from . import pipeline as pl
     from .features import make_manifest
 
     parser = argparse.ArgumentParser(prog="python -m lposs.evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("dataset", help="a dataset name (voc21, ..., demo)")
+    parser.add_argument("dataset", help="a dataset name (voc21, ..., demo), or name:split (paxray:test_bones)")
     parser.add_argument("--data-dir", default="data", help="dataset roots: DATA_DIR/<folder> (default: data)")
     parser.add_argument("--protocol", default="lposs", help="prompts, windows and background rule of a release")
     parser.add_argument("--background", default="protocol", help="protocol | synonyms | softmax")
@@ -268,9 +285,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
 
     device = pl.resolve_device(args.device)
-    rule = pl.background_rule(args.protocol, args.dataset, args.background)
-    windows = pl.protocol_windows(args.protocol, args.dataset, **{k: "protocol" for k in WINDOWS})
-    ds = get_dataset(args.dataset, pl.dataset_root(args.dataset, args.data_dir))
+    ds, rule, windows = open_entry(args.dataset, args.data_dir, args.protocol, args.background)
     if args.limit:
         ds.items = ds.items[: args.limit]
     demo = args.vlm == "demo"
@@ -282,8 +297,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "maxiter": 10, "tol": 1e-6, "solver": "cg", "r": 13, "tau": 0.01, "refiner": args.refiner}
     settings = pl.sweep_settings(base, "mode", args.modes.split(","), "lposs+")
     store = None
-    if args.store:
-        manifest = make_manifest(ds.name, pl.prompts(ds, 0, args.protocol), vlm.id, {args.vm_feature: vm.id},
+    if args.store:  # named by the entry, as the features stage names its stores
+        manifest = make_manifest(args.dataset, pl.prompts(ds, 0, args.protocol), vlm.id, {args.vm_feature: vm.id},
                                  windows)
         store = FeatureStore(args.store, manifest)
     result = evaluate(ds, vlm, vm, settings, device, windows, lambda i: pl.prompts(ds, i, args.protocol),
@@ -293,7 +308,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for record in result["records"]:
         scores = record["metrics"]
         print(f"{record['label']:<16} mIoU {scores['miou']:.2f}  Boundary IoU {scores['biou']:.2f}")
-    print(f"{result['images']} images in {result['seconds']:.1f} s ({result['images_per_second']:.2f} img/s)")
+    print(f"{result['dataset']} (split {result['split']}): {result['images']} images in {result['seconds']:.1f} s "
+          f"({result['images_per_second']:.2f} img/s)")
     if args.json:
         pl.write_json(args.json, result)
     return result

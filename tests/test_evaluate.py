@@ -1,13 +1,16 @@
 """The streaming evaluator gives exactly the pipeline's metrics (feature store + run_settings) on the demo."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from lposs import pipeline as pl
 from lposs.datasets import get_dataset
+from lposs.datasets.mess import MESS_DATASETS
 from lposs.demo import DemoVLM, DemoVM, generate_demo
-from lposs.evaluate import DeviceMetrics, evaluate, interior, main
+from lposs.evaluate import DeviceMetrics, evaluate, interior, main, open_entry
 from lposs.features import FeatureStore, fill_dataset, make_manifest
 from lposs.metrics import SegmentationMetrics, interior_mask
 
@@ -104,8 +107,57 @@ def test_command_line_on_the_demo(demo, tmp_path):
     out = tmp_path / "result.json"
     result = main(["demo", "--data-dir", str(demo.root.parent), "--vlm", "demo", "--modes", "maskclip,lposs",
                    "--device", "cpu", "--workers", "0", "--limit", "2", "--json", str(out)])
-    assert out.is_file() and result["images"] == 2
+    assert out.is_file() and result["images"] == 2 and (result["dataset"], result["split"]) == ("demo", "all")
     assert [r["label"] for r in result["records"]] == ["mode=maskclip", "mode=lposs"]
+
+
+# ------------------------------------------------- dataset entries that name a split ('paxray:test_bones')
+
+@pytest.fixture(scope="module")
+def paxray_data(tmp_path_factory):
+    """DATA_DIR with MESS PAXRay-4 prepared for two of its binary splits: lungs on 3 images, bones on 2."""
+    from fixtures.mess_layouts import write_prepared
+
+    data = tmp_path_factory.mktemp("data")
+    write_prepared(data / "mess", MESS_DATASETS["paxray"], "test_lungs", ids=("p0", "p1", "p2"))
+    write_prepared(data / "mess", MESS_DATASETS["paxray"], "test_bones", ids=("p0", "p1"))
+    return data
+
+
+@pytest.mark.parametrize("entry, split, count", [("paxray:test_bones", "test_bones", 2), ("paxray", "test_lungs", 3)])
+def test_an_entry_opens_the_split_it_names(paxray_data, entry, split, count):
+    ds, _, _ = open_entry(entry, str(paxray_data))
+    assert (ds.name, ds.split, len(ds)) == ("paxray", split, count)
+    other = "test_bones" if split == "test_lungs" else "test_lungs"
+    assert ds.class_names == MESS_DATASETS["paxray"].class_names(split)  # the split's own binary task
+    assert ds.class_names != MESS_DATASETS["paxray"].class_names(other)
+
+
+def test_an_unknown_split_names_the_splits_there_are(paxray_data):
+    with pytest.raises(ValueError, match="'paxray' has no split 'test_ribs'; its splits: test_lungs, test_mediastinum, "
+                                         "test_bones, test_diaphragm"):
+        main(["paxray:test_ribs", "--data-dir", str(paxray_data), "--vlm", "demo", "--device", "cpu"])
+
+
+def test_a_split_keeps_the_protocol_settings_of_its_dataset(tmp_path):
+    from fixtures.dataset_layouts import write_voc
+
+    write_voc(tmp_path / "voc")
+    ds, rule, windows = open_entry("voc21:val", str(tmp_path), "sclip")
+    assert (ds.name, ds.split, len(ds)) == ("voc21", "val", 2)
+    assert rule == pl.background_rule("sclip", "voc21") and rule["prob_thd"] == 0.1  # voc21's, not the base 0.0
+    assert windows == pl.protocol_windows("sclip", "voc21", **{k: "protocol" for k in WINDOWS})
+
+
+def test_command_line_evaluates_the_split_an_entry_names(tmp_path):
+    root = generate_demo(tmp_path / "data" / "demo", count=3, seed=6, size=(64, 80))
+    (root / "pair.txt").write_text("scene_002\nscene_000\n")
+    out = tmp_path / "result.json"
+    result = main(["demo:pair", "--data-dir", str(tmp_path / "data"), "--vlm", "demo", "--modes", "lposs",
+                   "--device", "cpu", "--workers", "0", "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert (saved["dataset"], saved["split"], saved["images"]) == ("demo", "pair", 2)
+    assert saved["records"][0]["metrics"]["images"] == len(get_dataset("demo", root, "pair")) == 2
 
 
 @pytest.mark.gpu
