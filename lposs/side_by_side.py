@@ -13,7 +13,9 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from torch import Tensor
 
+from .protocols import labels_from_scores
 from .segment import MODES, as_image_tensor, extract_features, propagate_features
 
 HEAD_TITLES = {"maskclip": "MaskCLIP", "sclip": "SCLIP", "clearclip": "ClearCLIP", "naclip": "NACLIP",
@@ -62,12 +64,14 @@ def segment_side_by_side(
     refiner: str = "reference",
     on_stage: Callable[[str], None] | None = None,
     short_side: int = 448,
+    background: dict[str, Any] | None = None,
 ) -> SideBySide:
     """Run the backbones once, then every mode of `segment.MODES` on the same features.
 
     image: uint8 [H, W, 3] or float [3, H, W] in [0, 1]. on_stage(key) is called as each stage starts
     (key: "text", "features" or a mode), e.g. to show progress. short_side: the image is resized to it before
-    the windows are cut (448 as in the paper; smaller is faster and coarser).
+    the windows are cut (448 as in the paper; smaller is faster and coarser). background: a scoring rule of
+    `lposs.protocols` (None: LPOSS's max over synonyms); see `labels_without_background` for the labels.
     """
     device = torch.device(device)
     announce = on_stage or (lambda key: None)
@@ -87,7 +91,29 @@ def segment_side_by_side(
         announce(mode)
         start = time.perf_counter()
         extra = {"refiner": refiner} if mode == "lposs+" else {}
-        scores = propagate_features(features, mode=mode, device=device, **extra)  # [K, H, W]
-        result.labels[mode] = scores.argmax(0).cpu().numpy()  # the copy to the CPU waits for the device
+        scores = propagate_features(features, mode=mode, device=device, background=background, **extra)  # [K, H, W]
+        labels = labels_without_background(scores, background or {"background": "synonyms"})
+        result.labels[mode] = labels.cpu().numpy()  # the copy to the CPU waits for the device
         result.seconds[mode] = time.perf_counter() - start
     return result
+
+
+def can_leave_unlabelled(rule: dict[str, Any]) -> bool:
+    """Whether `rule` may leave pixels out (the softmax rule with a probability or area threshold)."""
+    return rule.get("background") == "softmax" and (rule.get("prob_thd", 0) > 0 or rule.get("area_thd") is not None)
+
+
+def labels_without_background(scores: Tensor, rule: dict[str, Any]) -> Tensor:
+    """Class scores [K, H, W] of user-named classes, none of them a background -> labels [H, W] in 0..K.
+
+    `protocols.labels_from_scores` sends the pixels its thresholds reject to class 0, the release's background.
+    The classes typed on a page have no background, so the rule runs on a background row of probability 0
+    put in front (the user's classes all count as foreground for area_thd, as the release's do), and the
+    pixels it rejects get K, "unlabelled", instead of the first class.
+    """
+    if not can_leave_unlabelled(rule):
+        return labels_from_scores(scores, rule)
+    with_background = torch.cat([scores.new_zeros((1, *scores.shape[1:])), scores])  # [K + 1, H, W]
+    labels = labels_from_scores(with_background, rule) - 1  # -1: sent to the background
+    labels[labels < 0] = scores.shape[0]
+    return labels

@@ -17,7 +17,8 @@ import os
 from typing import Any
 
 from .webapp_backend import MAX_SIDE, DemoConfig, SegmentService, example_rows
-from .webapp_models import ModelChoice, clip_weight_choices, head_choices, refiner_choices, vision_model_choices
+from .webapp_models import (PROTOCOL_DATASET_TITLE, ModelChoice, clip_weight_choices, describe_rule, head_choices,
+                            protocol_choices, protocol_rule, refiner_choices, vision_model_choices)
 
 DEFAULT_HOST = "127.0.0.1"
 MODES_SHOWN = ("maskclip", "lposs", "lposs+")
@@ -25,6 +26,8 @@ INTRO = """# LPOSS / LPOSS+: segment any photo with any class names
 Training-free open-vocabulary segmentation (Stojnić, Kalantidis, Tolias, CVPR 2025). Upload a photo or pick an
 example, type class names (`;` between classes, `,` between synonyms of one class) and press **Segment**: the
 dense CLIP head's seeds, LPOSS (label propagation over patches) and LPOSS+ (then over pixels) appear side by side."""
+PROTOCOL_INFO = (f"How scores become labels. lposs: max over synonyms, argmax. The others: their release's softmax "
+                 f"rule with its {PROTOCOL_DATASET_TITLE} values; pixels below prob_thd stay unlabelled")
 
 
 def import_gradio() -> Any:
@@ -60,6 +63,9 @@ def build_app(service: SegmentService) -> Any:
                 with gr.Row():
                     vision = dropdown(gr, vision_models, "Vision model (patch graph)", "vision-model")
                     refiner = dropdown(gr, refiners, "LPOSS+ pixel refiner", "refiner")
+                protocol = dropdown(gr, protocol_choices(), "Scoring protocol", "protocol", PROTOCOL_INFO)
+                with gr.Accordion("Scoring protocols: what each does", open=False):
+                    gr.Markdown(protocols_help(), elem_id="protocols-help")
                 button = gr.Button("Segment", variant="primary", elem_id="segment-button")
                 gr.Examples(examples=examples, inputs=[image, classes], label=examples_label)
         status = gr.Markdown(elem_id="status")
@@ -68,26 +74,41 @@ def build_app(service: SegmentService) -> Any:
                                  elem_id=f"overlay-{mode.replace('+', '-plus')}")
                         for mode, title in zip(MODES_SHOWN, ("MaskCLIP", "LPOSS", "LPOSS+"))]
         timings = gr.Markdown(elem_id="timings")
-        files = gr.File(label="Label maps (PNG, pixel value = class index; classes.txt names them)",
+        files = gr.File(label="Label maps (PNG, pixel value = class index; classes.txt names them, settings.json "
+                              "records the choices and scoring protocol)",
                         file_count="multiple", interactive=False, elem_id="label-maps")
 
-        def segment_click(path, text, weights_name, head_name, vision_name, refiner_name,
+        def segment_click(path, text, weights_name, head_name, vision_name, refiner_name, protocol_name,
                           progress=gr.Progress(track_tqdm=True)):
-            page = service.run(path, text, ModelChoice(weights_name, head_name, vision_name), refiner_name, progress)
+            page = service.run(path, text, ModelChoice(weights_name, head_name, vision_name), refiner_name, progress,
+                               protocol=protocol_name)
             shown = [gr.Image(value=path, label=title) for path, title in zip(page.overlays, page.titles)]
             shown += [gr.Image(value=None)] * (len(overlays) - len(shown))
             return [page.status, *shown, page.timings, page.files or None]
 
-        inputs = [image, classes, weights, head, vision, refiner]
+        inputs = [image, classes, weights, head, vision, refiner, protocol]
         outputs = [status, *overlays, timings, files]
         for trigger in (button.click, classes.submit):  # one segmentation at a time, whichever started it
             trigger(segment_click, inputs=inputs, outputs=outputs, concurrency_limit=1, concurrency_id="segment")
     return app
 
 
-def dropdown(gr: Any, choices: list[str], label: str, elem_id: str) -> Any:
+def dropdown(gr: Any, choices: list[str], label: str, elem_id: str, info: str | None = None) -> Any:
     """A dropdown of registry names, the first selected; fixed when there is nothing to choose."""
-    return gr.Dropdown(choices, value=choices[0], label=label, elem_id=elem_id, interactive=len(choices) > 1)
+    return gr.Dropdown(choices, value=choices[0], label=label, elem_id=elem_id, interactive=len(choices) > 1,
+                       info=info)
+
+
+def protocols_help() -> str:
+    """Markdown: each scoring protocol's rule, and what its thresholds do to classes typed on the page."""
+    lines = [f"- {describe_rule(protocol_rule(name))}" for name in protocol_choices()]
+    return "\n".join([
+        "Only the scoring rule changes; the head, CLIP weights and windows stay as chosen above. An upload has no "
+        f"dataset, so the softmax protocols take their release's {PROTOCOL_DATASET_TITLE} values (objects named "
+        "over everyday photos, the rest background).", "", *lines, "",
+        "In those releases the pixels whose top class probability is below prob_thd go to the dataset's "
+        "background class. The classes you type have no background, so here those pixels are **unlabelled**: "
+        "the legend and classes.txt name them, and the label maps give them the index after your last class."])
 
 
 def launch(service: SegmentService, host: str = DEFAULT_HOST, port: int | None = None) -> None:

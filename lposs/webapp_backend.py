@@ -19,12 +19,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .side_by_side import mode_titles, segment_side_by_side, stage_names
-from .webapp_models import ModelCache, ModelChoice, load_models
+from .side_by_side import can_leave_unlabelled, mode_titles, segment_side_by_side, stage_names
+from .webapp_models import ModelCache, ModelChoice, describe_rule, load_models, protocol_rule
 
 LOG = logging.getLogger("lposs.webapp")
 MAX_SIDE = 2048  # longer uploads are resized (the page says so); the CLI segments any size
-MAX_CLASSES = 255  # label maps are 8-bit palette PNGs
+MAX_CLASSES = 255  # label maps are 8-bit palette PNGs (index MAX_CLASSES stays free for "unlabelled")
 KEEP_CLICKS = 20  # output folders of the most recent clicks kept on disk
 WEIGHTS = ("real", "random", "demo")
 DEMO_EXAMPLE_CLASSES = "sky, clouds; tree; grass, lawn; water, sea; road; building, house; cow, cattle; sand, beach"
@@ -85,7 +85,32 @@ class PageResult:
     overlays: list[str] = field(default_factory=list)  # overlay PNG paths, one per mode
     titles: list[str] = field(default_factory=list)  # what each overlay is
     timings: str = ""  # markdown table
-    files: list[str] = field(default_factory=list)  # label maps + classes.txt to download
+    files: list[str] = field(default_factory=list)  # label maps + classes.txt + settings.json to download
+
+
+@dataclass(frozen=True)
+class ClickSettings:
+    """What the page's choices set for one click: backbones, LPOSS+ refiner, scoring rule."""
+
+    choice: ModelChoice
+    refiner: str
+    rule: dict[str, Any]  # lposs.webapp_models.protocol_rule
+
+    def unlabelled_name(self) -> str | None:
+        """The legend's name for pixels the rule leaves out (label K), None when it labels every pixel."""
+        if not can_leave_unlabelled(self.rule):
+            return None
+        area = "" if self.rule["area_thd"] is None else f", area_thd {self.rule['area_thd']:g}"
+        return f"unlabelled (prob < {self.rule['prob_thd']:g}{area})"  # short: the legend is as wide as the image
+
+    def unlabelled_note(self, label: int) -> str:
+        """What the page says about the pixels the rule leaves out (label `label` in the maps)."""
+        area = (f" (once the classes covering at most area_thd {self.rule['area_thd']:g} of the foreground pixels "
+                f"have lost their probabilities)" if self.rule["area_thd"] is not None else "")
+        return (f"The {self.rule['protocol']} rule sends the pixels whose top class probability is below its "
+                f"prob_thd {self.rule['prob_thd']:g}{area} to the release's background class. Your classes have "
+                f"no background, so those pixels are left **unlabelled**: label {label} in the maps, "
+                f"\"{self.unlabelled_name()}\" in the legend.")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -185,12 +210,15 @@ class SegmentService:
                            config.dino_checkpoint)
 
     def run(self, image_path: str | None, classes_text: str | None, choice: ModelChoice,
-            refiner: str = "reference", progress: Callable[..., Any] | None = None) -> PageResult:
-        """Segment one upload with the three modes; any failure becomes a status message."""
+            refiner: str = "reference", progress: Callable[..., Any] | None = None,
+            protocol: str = "lposs") -> PageResult:
+        """Segment one upload with the three modes, scored by `protocol` (lposs.webapp_models.protocol_choices);
+        any failure becomes a status message."""
         stage = "reading the inputs"
         try:
             if not image_path:
                 raise InputError("No image: upload a photo (or pick an example) first.")
+            settings = ClickSettings(choice, refiner, protocol_rule(protocol))
             names = page_classes(classes_text)
             image, notes = read_upload(image_path, self.config.max_side)
             stage = "loading the backbones"
@@ -206,10 +234,10 @@ class SegmentService:
                 _report(progress, 0.1 + 0.17 * list(steps).index(key), stage)
 
             result = segment_side_by_side(image, names, vlm, vm, self.config.device, refiner, on_stage,
-                                          self.config.short_side)
+                                          self.config.short_side, background=settings.rule)
             stage = "writing the overlays"
             _report(progress, 0.95, stage)
-            return self._page(image, names, result, choice.head, refiner, notes, (load_seconds, cached))
+            return self._page(image, names, result, settings, notes, (load_seconds, cached))
         except InputError as error:
             return PageResult(status=f"**Cannot segment:** {error}")
         except Exception as error:  # noqa: BLE001 - the page shows a message, the console the traceback
@@ -230,28 +258,46 @@ class SegmentService:
         LOG.exception("the web app failed while %s", stage)
         return f"**Unexpected error while {stage}:** {type(error).__name__}: {error} (the console has the details)."
 
-    def _page(self, image: np.ndarray, names: list[str], result: Any, head: str, refiner: str,
+    def _page(self, image: np.ndarray, names: list[str], result: Any, settings: ClickSettings,
               notes: list[str], loading: tuple[float, bool]) -> PageResult:
         from .cli import write_outputs
-        from .features import atomic_write_bytes
 
         folder = self._new_click_folder()
         start = time.perf_counter()
+        unlabelled = settings.unlabelled_name()
+        legend = names + ([unlabelled] if unlabelled else [])  # label len(names): left out by the rule
+        protocol, head = settings.rule["protocol"], settings.choice.head
         overlays, files = [], []
         for mode, labels in result.labels.items():
-            label_map = folder / f"labels_{mode.replace('+', '_plus')}.png"
-            overlays.append(str(write_outputs(image, labels, names, label_map, OVERLAY_WARNINGS[self.config.weights])))
+            label_map = folder / f"labels_{mode.replace('+', '_plus')}_{protocol}.png"
+            overlays.append(str(write_outputs(image, labels, legend, label_map, OVERLAY_WARNINGS[self.config.weights])))
             files.append(str(label_map))
-        classes_file = folder / "classes.txt"
-        atomic_write_bytes(classes_file, "".join(f"{i}\t{n}\n" for i, n in enumerate(names)).encode())
-        files.append(str(classes_file))
+        files += self._write_metadata(folder, legend, settings, image.shape[:2])
         seconds = dict(result.seconds, write=time.perf_counter() - start)
-        timings = timings_table(seconds, stage_names(head, refiner), loading, image.shape[:2], len(names),
-                                self.config.device)
-        status = "\n\n".join([f"**Done:** {len(names)} classes on a {image.shape[1]}×{image.shape[0]} image.",
-                              *(f"**Note:** {note}" for note in notes)])
-        titles = list(mode_titles(head).values())
+        timings = timings_table(seconds, stage_names(head, settings.refiner), loading, image.shape[:2], len(names),
+                                self.config.device, describe_rule(settings.rule))
+        notes = notes + ([settings.unlabelled_note(len(names))] if unlabelled else [])
+        status = "\n\n".join([f"**Done:** {len(names)} classes on a {image.shape[1]}×{image.shape[0]} image, "
+                               f"scored by the **{protocol}** protocol.", *(f"**Note:** {note}" for note in notes)])
+        suffix = "" if protocol == "lposs" else f" ({protocol} scoring)"
+        titles = [title + suffix for title in mode_titles(head).values()]
         return PageResult(status=status, overlays=overlays, titles=titles, timings=timings, files=files)
+
+    def _write_metadata(self, folder: Path, legend: list[str], settings: ClickSettings,
+                        image_hw: tuple[int, int]) -> list[str]:
+        """classes.txt (label -> name, "unlabelled" last when the rule leaves pixels out) and settings.json."""
+        from .features import atomic_write_bytes
+        from .pipeline import write_json
+
+        classes_file = folder / "classes.txt"
+        atomic_write_bytes(classes_file, "".join(f"{i}\t{n}\n" for i, n in enumerate(legend)).encode())
+        config = self.config
+        record = {"scoring": settings.rule, "clip_weights": settings.choice.clip_weights, "head": settings.choice.head,
+                  "vision_model": settings.choice.vision_model, "refiner": settings.refiner, "weights": config.weights,
+                  "device": config.device, "bf16": config.bf16, "short_side": config.short_side,
+                  "image_hw": list(image_hw), "labels": dict(enumerate(legend))}
+        settings_file = write_json(folder / "settings.json", record)
+        return [str(classes_file), str(settings_file)]
 
     def _new_click_folder(self) -> Path:
         folder = Path(tempfile.mkdtemp(prefix="click-", dir=self.out_root))
@@ -262,8 +308,9 @@ class SegmentService:
 
 
 def timings_table(seconds: dict[str, float], names: dict[str, str], loading: tuple[float, bool],
-                  image_hw: tuple[int, int], classes: int, device: str) -> str:
-    """Markdown: one row per stage (model loading, backbones, each mode, writing) and the total."""
+                  image_hw: tuple[int, int], classes: int, device: str, scoring: str = "") -> str:
+    """Markdown: one row per stage (model loading, backbones, each mode, writing) and the total; `scoring`
+    (lposs.webapp_models.describe_rule) says how the scores became labels."""
     load_seconds, cached = loading
     rows = [("load the backbones" + (" (kept from an earlier click)" if cached else ""), load_seconds)]
     rows += [(names[key], seconds[key]) for key in names if key in seconds]
@@ -272,6 +319,7 @@ def timings_table(seconds: dict[str, float], names: dict[str, str], loading: tup
              "| stage | seconds |", "|---|---:|"]
     lines += [f"| {name} | {value:.2f} |" for name, value in rows]
     lines.append(f"| **total** | **{sum(value for _, value in rows):.2f}** |")
+    lines += ["", f"Scoring protocol: {scoring}"] if scoring else []
     return "\n".join(lines)
 
 

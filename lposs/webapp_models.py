@@ -59,6 +59,46 @@ def refiner_choices() -> list[str]:
     return _first(names, "reference")
 
 
+# An upload has user-typed classes and no dataset, so a protocol's per-dataset values come from one dataset of
+# lposs.protocols.PROTOCOLS: COCO-Object (80 everyday things + background), where, as on an upload, the named
+# classes do not cover every pixel and the release's prob_thd decides what is left out. No release keeps a
+# dataset-free default besides its segmentor's base (prob_thd 0, which its configs use only for datasets
+# whose classes cover every pixel).
+PROTOCOL_DATASET = "coco_object"
+PROTOCOL_DATASET_TITLE = "COCO-Object"
+RULE_KEYS = ("background", "logit_scale", "prob_thd", "area_thd")  # what the page takes from a protocol
+
+
+def protocol_choices() -> list[str]:
+    """Scoring protocols of lposs.protocols.PROTOCOLS, LPOSS's own ("lposs": max over synonyms, argmax) first."""
+    from .protocols import PROTOCOLS
+
+    return _first(list(PROTOCOLS), "lposs")
+
+
+def protocol_rule(name: str) -> dict[str, Any]:
+    """Protocol `name`'s scoring rule on PROTOCOL_DATASET (ValueError naming the choices for an unknown one).
+
+    Only the rule is taken (background, logit_scale, prob_thd, area_thd, and where it comes from): the page's
+    head, CLIP weights and windows stay as chosen.
+    """
+    from .protocols import resolve
+
+    settings = resolve(name, PROTOCOL_DATASET)
+    return {"protocol": name, "values_from": PROTOCOL_DATASET, **{key: settings[key] for key in RULE_KEYS},
+            "source": settings["source"]}
+
+
+def describe_rule(rule: dict[str, Any]) -> str:
+    """One line of markdown: what protocol `rule` does to the scores."""
+    if rule["background"] == "synonyms":
+        return f"**{rule['protocol']}**: max over each class's synonyms, argmax (every pixel gets a class)"
+    area = "none" if rule["area_thd"] is None else f"{rule['area_thd']:g}"
+    return (f"**{rule['protocol']}**: softmax at logit scale {rule['logit_scale']:g}, max over synonyms, "
+            f"prob_thd {rule['prob_thd']:g}, area_thd {area} ({PROTOCOL_DATASET_TITLE} values of "
+            f"{rule['source'].split()[0]})")
+
+
 def _first(names: list[str], first: str | None) -> list[str]:
     return ([first] if first in names else []) + [name for name in names if name != first]
 

@@ -9,6 +9,7 @@ chromedriver is not installed (.ci/run installs both).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -23,10 +24,13 @@ import torch
 from PIL import Image
 
 from lposs.demo import DEMO_CLASSES, DemoVLM, DemoVM, encode_png, render_scene
+from lposs import side_by_side
+from lposs.protocols import PROTOCOLS, resolve
 from lposs.segment import extract_features, propagate_features
-from lposs.side_by_side import segment_side_by_side
+from lposs.side_by_side import labels_without_background, segment_side_by_side
 from lposs.webapp_backend import DemoConfig, SegmentService, page_classes, read_upload
-from lposs.webapp_models import DEMO_CHOICE, ModelChoice, head_choices, refiner_choices, vision_model_choices
+from lposs.webapp_models import (DEMO_CHOICE, PROTOCOL_DATASET, ModelChoice, head_choices, protocol_choices,
+                                 protocol_rule, refiner_choices, vision_model_choices)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(os.environ.get("LPOSS_TEST_ARTIFACTS", REPO_ROOT / "tests" / "artifacts"))
@@ -66,6 +70,8 @@ def test_side_by_side_equals_each_mode_run_alone(scene):
         assert np.array_equal(result.labels[mode], alone), mode
     assert set(result.seconds) == {"text", "features", "maskclip", "lposs", "lposs+"}
     assert all(seconds >= 0 for seconds in result.seconds.values())
+    lposs_protocol = segment_side_by_side(image, names, vlm, vm, **FAST, background=protocol_rule("lposs"))
+    assert all(np.array_equal(lposs_protocol.labels[mode], result.labels[mode]) for mode in result.labels)
 
 
 def test_a_click_gives_three_overlays_timings_and_label_maps(tmp_path, scene, scene_file):
@@ -84,7 +90,7 @@ def test_a_click_gives_three_overlays_timings_and_label_maps(tmp_path, scene, sc
     truth = scene[1]
     accuracy = [(m == truth).mean() for m in label_maps]
     assert accuracy[2] > accuracy[0] and accuracy[2] > 0.8  # LPOSS+ beats the raw stand-in seeds
-    classes = Path(page.files[-1]).read_text().splitlines()
+    classes = Path(next(p for p in page.files if p.endswith("classes.txt"))).read_text().splitlines()
     assert classes[0] == "0\tsky;clouds" and len(classes) == 8
 
 
@@ -195,6 +201,101 @@ def test_the_page_offers_what_the_registries_hold():
     models = vision_model_choices("real")
     assert VISION_MODELS[models[0]] == DEFAULT_DINO_MODEL and set(models) == set(VISION_MODELS) | {"clip"}
     assert head_choices("demo") == [DEMO.head] and vision_model_choices("demo") == [DEMO.vision_model]
+
+
+# --------------------------------------------------------------------------------------------------
+# Scoring protocols
+# --------------------------------------------------------------------------------------------------
+
+def test_protocol_choices_take_the_release_values_of_one_dataset():
+    names = protocol_choices()
+    assert names[0] == "lposs" and set(names) == set(PROTOCOLS)
+    assert protocol_rule("lposs")["background"] == "synonyms"
+    for name in names[1:]:
+        rule, release = protocol_rule(name), resolve(name, PROTOCOL_DATASET)
+        assert rule["background"] == "softmax" and rule["values_from"] == PROTOCOL_DATASET
+        assert {k: rule[k] for k in ("logit_scale", "prob_thd", "area_thd")} == \
+            {k: release[k] for k in ("logit_scale", "prob_thd", "area_thd")}
+        assert rule["prob_thd"] > 0  # COCO-Object has a background: every release thresholds there
+    with pytest.raises(ValueError, match="unknown protocol 'sclipp'.*lposs, sclip"):
+        protocol_rule("sclipp")
+
+
+def test_rejected_pixels_are_unlabelled_not_the_first_class():
+    probs = torch.tensor([[[0.9, 0.3, 0.6, 0.3]], [[0.1, 0.7, 0.4, 0.7]]])  # [K=2, 1, 4]
+    rule = {"background": "softmax", "logit_scale": 1.0, "prob_thd": 0.65, "area_thd": None}
+    assert labels_without_background(probs, rule).tolist() == [[0, 1, 2, 1]]
+    assert labels_without_background(probs, {"background": "synonyms"}).tolist() == [[0, 1, 0, 1]]
+    many = torch.cat([probs[:, :, :1].expand(2, 1, 8), probs[:, :, 1:2]], dim=2)  # class 1 wins 1 pixel of 9
+    dropped = {**rule, "prob_thd": 0.0, "area_thd": 0.2}  # class 1 covers at most 0.2 of the foreground
+    assert labels_without_background(many, dropped).tolist() == [[0] * 9]
+    assert labels_without_background(many, {**dropped, "prob_thd": 0.5}).tolist() == [[0] * 8 + [2]]
+
+
+def test_a_softmax_protocol_reaches_propagation_and_leaves_pixels_unlabelled(tmp_path, scene, scene_file,
+                                                                            monkeypatch):
+    """A high prob_thd leaves the low-probability pixels of every mode unlabelled; lposs labels every pixel."""
+    monkeypatch.setitem(PROTOCOLS["clearclip"]["datasets"], PROTOCOL_DATASET, {"prob_thd": 0.99})
+    rules = []
+
+    def spy(features, **params):
+        rules.append((params["mode"], params["background"]))
+        return propagate_features(features, **params)
+
+    monkeypatch.setattr(side_by_side, "propagate_features", spy)
+    service = demo_service(tmp_path)
+    lposs = service.run(str(scene_file), CLASSES_TEXT, DEMO, "reference")
+    clear = service.run(str(scene_file), CLASSES_TEXT, DEMO, "reference", protocol="clearclip")
+    assert [mode for mode, _ in rules] == ["maskclip", "lposs", "lposs+"] * 2
+    assert [rule["protocol"] for _, rule in rules] == ["lposs"] * 3 + ["clearclip"] * 3
+    assert all(rule["prob_thd"] == 0.99 and rule["logit_scale"] == 50.0 for _, rule in rules[3:])
+
+    def maps(page):
+        return [np.asarray(Image.open(p)) for p in page.files if p.endswith(".png")]
+
+    assert all(m.max() < 8 for m in maps(lposs))  # every pixel one of the 8 classes
+    features = extract_features(scene[0], page_classes(CLASSES_TEXT), DemoVLM(), DemoVM(), **FAST)
+    probs = propagate_features(features, mode="lposs+", background=rules[-1][1])  # [8, H, W]
+    low = (probs.amax(0) < 0.99).numpy()
+    assert 0 < low.mean() < 1
+    lposs_plus = maps(clear)[2]
+    assert np.array_equal(lposs_plus == 8, low)  # label 8 (after the 8 classes) exactly where rejected
+    assert np.array_equal(lposs_plus[~low], probs.argmax(0).numpy()[~low])
+    assert all(Path(p).name.endswith("_clearclip.png") for p in clear.files if p.endswith(".png"))
+    classes = Path(next(p for p in clear.files if p.endswith("classes.txt"))).read_text().splitlines()
+    assert len(classes) == 9 and classes[8].startswith("8\tunlabelled") and "0.99" in classes[8]
+    settings = json.loads(Path(next(p for p in clear.files if p.endswith("settings.json"))).read_text())
+    assert settings["scoring"]["protocol"] == "clearclip" and settings["scoring"]["prob_thd"] == 0.99
+    assert settings["labels"]["8"].startswith("unlabelled")
+    assert "Scoring protocol: **clearclip**" in clear.timings and "**unlabelled**" in clear.status
+    assert "Scoring protocol: **lposs**" in lposs.timings and "unlabelled" not in lposs.status
+    assert all("(clearclip scoring)" in title for title in clear.titles)
+
+
+def test_an_unknown_protocol_is_a_message_before_any_loading(tmp_path, scene_file):
+    loads = []
+    service = SegmentService(DemoConfig(weights="demo", **FAST), out_root=tmp_path,
+                             loader=lambda choice: loads.append(choice) or (DemoVLM(), DemoVM()))
+    page = service.run(str(scene_file), "sky; grass", DEMO, protocol="sclipp")
+    assert page.status.startswith("**Cannot segment:**") and "unknown protocol 'sclipp'" in page.status
+    assert "lposs, sclip" in page.status and page.overlays == [] and loads == []
+
+
+def test_the_page_sends_the_chosen_protocol_with_a_click(tmp_path, scene_file):
+    """The page (built, not served): a protocol dropdown, lposs selected, that both triggers hand to the click."""
+    from lposs.webapp import build_app
+
+    app = build_app(demo_service(tmp_path))
+    elem_ids = {c["id"]: c.get("props", {}).get("elem_id") for c in app.config["components"]}
+    dropdown = next(c["props"] for c in app.config["components"] if c.get("props", {}).get("elem_id") == "protocol")
+    assert [value for value, _ in dropdown["choices"]] == protocol_choices() and dropdown["value"] == "lposs"
+    assert "COCO-Object" in dropdown["info"] and "unlabelled" in dropdown["info"]
+    clicks = [d for d in app.config["dependencies"] if [elem_ids[i] for i in d["inputs"]][-1:] == ["protocol"]]
+    assert len(clicks) == 2  # the button and Enter in the class box
+    click = app.fns[clicks[0]["id"]].fn
+    status, *_, timings, files = click(str(scene_file), "sky; grass", *DEMO, "reference", "naclip")
+    assert "**naclip** protocol" in status and "Scoring protocol: **naclip**" in timings
+    assert sum(Path(f).name.endswith("_naclip.png") for f in files) == 3
 
 
 # --------------------------------------------------------------------------------------------------
