@@ -15,9 +15,9 @@ def rgb_to_lab(image: Tensor) -> Tensor:
     if image.shape[-3] != 3:
         raise ValueError(f"expected RGB with 3 channels in dim -3, got shape {tuple(image.shape)}")
     linear = torch.where(image > 0.04045, ((image + 0.055) / 1.055).pow(2.4), image / 12.92)
-    matrix = _RGB_TO_XYZ.to(image)
+    matrix = _RGB_TO_XYZ.to(image.device, image.dtype, non_blocking=True)  # no stream sync on a GPU
     xyz = torch.einsum("ij,...jhw->...ihw", matrix, linear)
-    xyz = xyz / _WHITE_D65.to(image)[:, None, None]
+    xyz = xyz / _WHITE_D65.to(image.device, image.dtype, non_blocking=True)[:, None, None]
     threshold = 0.008856
     f = torch.where(xyz > threshold, xyz.clamp(min=threshold).pow(1.0 / 3.0), 7.787 * xyz + 4.0 / 29.0)
     fx, fy, fz = f.unbind(-3)
@@ -29,5 +29,5 @@ def rgb_to_lab(image: Tensor) -> Tensor:
 
 def scaled_lab(image: Tensor) -> Tensor:
     """Lab with each channel divided by (100, 128, 128), as the LPOSS+ colour distance uses it."""
-    scale = torch.tensor(LAB_SCALE, dtype=image.dtype, device=image.device)
+    scale = torch.tensor(LAB_SCALE, dtype=image.dtype).to(image.device, non_blocking=True)
     return rgb_to_lab(image) / scale[:, None, None]

@@ -119,7 +119,8 @@ class PixelGraph:
         self.pad = h = (r // 2) * dilation
         lab = scaled_lab(image)  # [3, H, W]
         if self.fused:
-            self.offset_table = torch.tensor(self.offsets, dtype=torch.int32, device=image.device)  # [K, 2]
+            table = torch.tensor(self.offsets, dtype=torch.int32)  # [K, 2]
+            self.offset_table = table.to(image.device, non_blocking=True)  # no stream sync (blocking copies wait)
             self.weights = stencil_weights(lab, self.offset_table, h, tau)  # [K, H+2h, W+2h]
             degree = self.weighted_sum(image.new_ones(1, height, width))[0]  # [H, W]
         else:

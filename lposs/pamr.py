@@ -36,8 +36,9 @@ _UNIT_OFFSETS = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (
 
 def clip_normalise(image: Tensor) -> Tensor:
     """Image [3, H, W] in [0, 1] -> (image - CLIP mean) / CLIP std, per channel [3, H, W]."""
-    mean = torch.tensor(CLIP_MEAN, dtype=image.dtype, device=image.device)[:, None, None]
-    std = torch.tensor(CLIP_STD, dtype=image.dtype, device=image.device)[:, None, None]
+    # made on the host and sent without a stream sync (torch waits for the GPU after a blocking copy)
+    mean = torch.tensor(CLIP_MEAN, dtype=image.dtype).to(image.device, non_blocking=True)[:, None, None]
+    std = torch.tensor(CLIP_STD, dtype=image.dtype).to(image.device, non_blocking=True)[:, None, None]
     return (image - mean) / std
 
 

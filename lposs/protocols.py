@@ -123,7 +123,7 @@ def class_names(protocol: str, dataset: str, default: list[str]) -> list[str]:
 def pool_synonyms(scores: Tensor, owner: Tensor) -> Tensor:
     """Max over the synonym columns of each class: [C', H, W] -> [K, H, W] (one scatter, no GPU wait)."""
     classes = int(owner.max()) + 1  # owner lives on the CPU (features keep it there)
-    index = owner.to(scores.device).view(-1, *([1] * (scores.dim() - 1))).expand_as(scores)  # [C', H, W]
+    index = owner.to(scores.device, non_blocking=True).view(-1, *([1] * (scores.dim() - 1))).expand_as(scores)  # [C', H, W]
     pooled = scores.new_full((classes, *scores.shape[1:]), float("-inf"))
     return pooled.scatter_reduce_(0, index, scores, reduce="amax")
 
@@ -149,7 +149,9 @@ def labels_from_scores(scores: Tensor, rule: dict[str, Any]) -> Tensor:
         return scores.argmax(0)
     scores = scores.clone()
     if rule.get("area_thd") is not None and scores.shape[0] > 1:
-        area = torch.bincount(scores.argmax(0).flatten(), minlength=scores.shape[0])[1:]  # [K-1] foreground
+        winners = scores.argmax(0).flatten()  # [H*W]; a scatter, not bincount: its size would wait for the GPU
+        area = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device).scatter_add_(
+            0, winners, torch.ones_like(winners))[1:]  # [K-1] pixels won by each foreground class
         keep = (area > rule["area_thd"] * area.sum()).to(scores.dtype)
         scores[1:] *= keep[:, None, None]
     labels = scores.argmax(0)

@@ -155,11 +155,9 @@ def tempered_probabilities(scores: Tensor, temperature: float) -> Tensor:
         return torch.ones_like(scores)
     top = scores.topk(2, dim=0).values  # [2, H, W]
     margin = top[0] - top[1]  # [H, W]
-    typical = margin.median()
-    if not typical > 0:
-        typical = margin.mean()
-    if not typical > 0:
-        typical = torch.ones_like(typical)  # every pixel ties: the logits below are 0 or -inf anyway
+    typical = margin.median()  # chosen with torch.where, not `if`: no wait for the GPU
+    typical = torch.where(typical > 0, typical, margin.mean())
+    typical = torch.where(typical > 0, typical, torch.ones_like(typical))  # every pixel ties: logits 0 or -inf
     return ((scores - top[0]) / (temperature * typical)).softmax(dim=0)
 
 

@@ -64,10 +64,13 @@ def extract_features(
     short_side: int = 448,
     long_side: int = 2048,
     text: tuple[Tensor, Tensor] | None = None,
+    keep_on_device: bool = False,
 ) -> ImageFeatures:
     """Run both backbones over all windows of one image as one batch.
 
     text: precomputed `vlm.text_embeddings(class_names)` to reuse over a dataset.
+    keep_on_device: leave seeds and graph features where the backbones ran (a GPU streaming pass that
+    propagates at once); by default they come to the CPU, as a feature store keeps them.
     """
     image = as_image_tensor(image)
     original_hw = tuple(image.shape[1:])
@@ -82,9 +85,12 @@ def extract_features(
     dense = to_graph_grid(dense, graph.shape[1:3])  # [B, g', g', D]
     grid = graph.shape[1]
     seeds = dense.reshape(-1, dense.shape[-1]).float() @ emb.float().to(dense.device).T  # [N, C']
+    vm_feats = graph.reshape(-1, graph.shape[-1]).float()  # [N, Dv]
+    if not keep_on_device:
+        seeds, vm_feats = seeds.cpu(), vm_feats.cpu()
     return ImageFeatures(
-        seeds=seeds.cpu(),
-        vm_feats=graph.reshape(-1, graph.shape[-1]).float().cpu(),
+        seeds=seeds,
+        vm_feats=vm_feats,
         owner=owner.cpu(),
         layout=layout,
         resized_hw=resized_hw,
@@ -137,13 +143,15 @@ def propagate_features(
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-    seeds = features.seeds.to(device)  # [N, C']
+    # host -> device copies are non_blocking: a blocking one makes torch wait for the GPU's whole queue
+    seeds = features.seeds.to(device, non_blocking=True)  # [N, C']
     cosine_scale = 1.0  # what brings the scores back to the size of cosines (see protocols.class_scores)
     if mode == "maskclip":
         patch_scores = seeds
     else:
         centers = patch_centers(features.layout, grid=features.grid, patch=features.crop // features.grid)
-        S = patch_graph(features.vm_feats.to(device), centers.to(device), k=k, gamma=gamma, sigma=sigma, p=p)
+        vm_feats = features.vm_feats.to(device, non_blocking=True)  # [N, D]
+        S = patch_graph(vm_feats, centers.to(device, non_blocking=True), k=k, gamma=gamma, sigma=sigma, p=p)
         patch_scores = propagate(S, seeds, alpha=alpha, method=solver, maxiter=maxiter, tol=tol)
         cosine_scale *= 1 - alpha
     g, n_windows = features.grid, len(features.layout)
@@ -152,7 +160,7 @@ def propagate_features(
     if mode == "lposs+":
         if features.image_resized is None:
             raise ValueError("LPOSS+ needs the resized image: features.image_resized is None")
-        image = features.image_resized.to(device)
+        image = features.image_resized.to(device, non_blocking=True)
         overrides = {"alpha": alpha, "maxiter": maxiter, "tol": tol} if refiner == "reference" else {}
         overrides.update({name: v for name, v in (("r", r), ("tau", tau)) if v is not None})
         canvas = refine_pixels(image, canvas, refiner=refiner, **overrides)
