@@ -66,8 +66,8 @@ def propagate(
     column = Y.dim() == 1
     Y2 = Y[:, None] if column else Y  # [N, C]
 
-    def A(X: Tensor) -> Tensor:  # (I - alpha S) X
-        return X - alpha * apply(S, X)
+    def A(X: Tensor) -> Tensor:  # (I - alpha S) X, one fused call after the product
+        return torch.add(X, apply(S, X), alpha=-alpha)
 
     if method == "cg":
         F = conjugate_gradient(A, Y2, maxiter=maxiter, tol=tol)
@@ -95,24 +95,26 @@ def conjugate_gradient(A: Callable[[Tensor], Tensor], B: Tensor, maxiter: int = 
     """
     if check_every is None:
         check_every = 0 if B.is_cuda else 1
+    # Few, fused element-wise calls: on a GPU each is a kernel launch and a pass over [N, C] in memory.
     X = torch.zeros_like(B)  # [N, C]
     R = B.clone()
     P = R.clone()
     rho = (R * R).sum(0)  # [C]
-    atol = tol * B.norm(dim=0)  # [C]
-    active = B.norm(dim=0) > 0  # [C]
+    b_norm = B.norm(dim=0)  # [C]
+    atol_sq = (tol * b_norm).square()  # ||r|| <= tol ||b||  <=>  ||r||^2 <= (tol ||b||)^2
+    active = b_norm > 0  # [C]
+    zero = b_norm.new_zeros(())  # made once: a Python 0.0 in torch.where costs a fill kernel per call
     for iteration in range(maxiter):
         if check_every and iteration % check_every == 0 and not bool(active.any()):
             break
         Q = A(P)  # [N, C]
-        pq = (P * Q).sum(0)
-        step = torch.where(active, rho / torch.where(active, pq, torch.ones_like(pq)), torch.zeros_like(pq))
-        X = X + step * P
-        R = R - step * Q
+        step = torch.where(active, rho / (P * Q).sum(0), zero)  # a stopped column takes no step
+        X.addcmul_(P, step)  # X += step P
+        R.addcmul_(Q, step, value=-1)  # R -= step Q
         rho_new = (R * R).sum(0)
-        active = active & (rho_new.sqrt() > atol)
-        beta = torch.where(active, rho_new / torch.where(rho > 0, rho, torch.ones_like(rho)), torch.zeros_like(rho))
-        P = R + beta * P
+        active &= rho_new > atol_sq
+        beta = torch.where(active, rho_new / rho, zero)  # rho > 0 while a column is active
+        P = torch.addcmul(R, P, beta)  # R + beta P
         rho = rho_new
     return X
 

@@ -65,8 +65,14 @@ def merge_windows(window_scores: Tensor, layout: list[Window], height: int, widt
     """
     up = F.interpolate(window_scores, size=(crop, crop), mode="bilinear", align_corners=False)  # [B, C, crop, crop]
     canvas = window_scores.new_zeros(window_scores.shape[1], height, width)
-    count = window_scores.new_zeros(1, height, width)
     for block, (y1, y2, x1, x2) in zip(up, layout):
-        canvas[:, y1:y2, x1:x2] += block[:, : y2 - y1, : x2 - x1]
+        canvas[:, y1:y2, x1:x2].add_(block[:, : y2 - y1, : x2 - x1])  # one kernel (`+=` on a slice is two)
+    return canvas.div_(window_coverage(layout, height, width).to(canvas.device, canvas.dtype, non_blocking=True))
+
+
+def window_coverage(layout: list[Window], height: int, width: int) -> Tensor:
+    """How many windows cover each pixel, at least 1 -> [1, height, width] (on the host: no data involved)."""
+    count = torch.zeros(1, height, width)
+    for y1, y2, x1, x2 in layout:
         count[:, y1:y2, x1:x2] += 1
-    return canvas / count.clamp(min=1)
+    return count.clamp_(min=1)
