@@ -48,10 +48,12 @@ def _kernel():
                        z_sc, z_sy, z_sx, w_sk, w_sy, o_sc, o_sy,
                        UNIT: tl.constexpr, SCALE: tl.constexpr, ACC: tl.constexpr,
                        BLOCK_C: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr):
-        tiles_x = tl.cdiv(W, BLOCK_X)
-        tile = tl.program_id(0)
+        tiles_x, channel_blocks = tl.cdiv(W, BLOCK_X), tl.cdiv(C, BLOCK_C)
+        # the channel blocks of one tile are neighbouring programs: its weights come once from memory and
+        # are read again from L2 (a grid with the tiles first reads all weights once per channel block)
+        tile, block = tl.program_id(0) // channel_blocks, tl.program_id(0) % channel_blocks
         y0, x0 = (tile // tiles_x) * BLOCK_Y, (tile % tiles_x) * BLOCK_X
-        c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)  # [BC]
+        c = block * BLOCK_C + tl.arange(0, BLOCK_C)  # [BC]
         i = tl.arange(0, BLOCK_Y * BLOCK_X)
         y, x = y0 + i // BLOCK_X, x0 + i % BLOCK_X  # [BP] pixels of the tile
         inside = (y < H) & (x < W)
@@ -110,7 +112,7 @@ def stencil_product(Z: Tensor, weights: Tensor | None, offsets: Tensor, pad: int
         return out
     acc = tl.float64 if Z.dtype == torch.float64 else tl.float32
     block_c = min(MAX_BLOCK_C, triton.next_power_of_2(channels))
-    grid = (triton.cdiv(height, BLOCK_Y) * triton.cdiv(width, BLOCK_X), triton.cdiv(channels, block_c))
+    grid = (triton.cdiv(height, BLOCK_Y) * triton.cdiv(width, BLOCK_X) * triton.cdiv(channels, block_c),)
     w = Z if weights is None else weights  # placeholder pointers are never read (UNIT / SCALE off)
     s = Z if scale is None else scale
     _kernel()[grid](Z, w, s, offsets, out, channels, height, width, offsets.shape[0], pad,

@@ -1,0 +1,114 @@
+"""Build the fused pixel-stencil kernel for NVIDIA GPUs ahead of time, without one, and read its resources.
+
+    python -m benchmarks.kernel_build [--archs 80 90] [--json kernel_build.json]
+
+Triton compiles on the host: Python -> Triton IR -> LLVM -> PTX -> cubin (NVIDIA's ptxas ships in the
+triton wheel). Only loading the cubin needs a GPU. So every variant `stencil_triton.stencil_product`
+launches (unit or colour weights, with or without the D^-1/2 scaling, float32 or float64, each channel
+block size) can be built here for the A100 (sm_80) and H100/H200 (sm_90), which
+- proves the kernel compiles (the test suite's interpreter runs Python, and accepts code the compiler
+  rejects), and
+- reads from the cubin what decides occupancy: registers per thread, spills to local memory, shared
+  memory; from those, how many of the kernel's blocks an SM holds (64k registers, 2048 threads per SM on
+  both archs). A tile whose registers spill (255 registers and a stack frame) is a bad default.
+How fast each variant runs stays for a GPU (`benchmarks.speed --device cuda` times the tiles).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+from typing import Any
+
+REGISTERS_PER_SM, THREADS_PER_SM, WARP = 65536, 2048, 32
+DTYPES = {"float32": "fp32", "float64": "fp64"}
+
+
+def build(arch: int, dtype: str = "float32", unit: bool = False, scale: bool = True, block_c: int | None = None,
+          block_y: int | None = None, block_x: int | None = None, num_warps: int | None = None) -> Any:
+    """The compiled kernel (triton's CompiledKernel, cubin included) for sm_<arch>; defaults: the module's."""
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from lposs import stencil_triton as st
+
+    kernel = st._kernel()
+    constants = {"UNIT": unit, "SCALE": scale, "ACC": tl.float64 if dtype == "float64" else tl.float32,
+                 "BLOCK_C": block_c or st.MAX_BLOCK_C, "BLOCK_Y": block_y or st.BLOCK_Y,
+                 "BLOCK_X": block_x or st.BLOCK_X}
+    pointer = "*" + DTYPES[dtype]
+    signature = {name: ("constexpr" if name in constants else "*i32" if name == "off_ptr"
+                        else pointer if name.endswith("_ptr") else "i32") for name in kernel.arg_names}
+    source = ASTSource(fn=kernel, signature=signature,
+                       constexprs={(kernel.arg_names.index(name),): value for name, value in constants.items()})
+    return triton.compile(source, target=GPUTarget("cuda", arch, WARP),
+                          options={"num_warps": num_warps or st.NUM_WARPS})
+
+
+def resources(compiled: Any) -> dict[str, int]:
+    """Registers per thread, spilled bytes per thread (ptxas puts spills in the stack frame, STACK, or in
+    LOCAL memory; the kernel itself keeps nothing there) and shared memory, read from the cubin."""
+    import tempfile
+
+    import triton
+
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
+        cubin.write(compiled.asm["cubin"])
+        cubin.flush()
+        report = subprocess.run([cuobjdump, "--dump-resource-usage", cubin.name], capture_output=True, text=True,
+                                check=True).stdout
+    fields = dict(re.findall(r"(REG|LOCAL|SHARED|STACK):(\d+)", report))
+    return {"registers": int(fields["REG"]), "spill_bytes": int(fields["STACK"]) + int(fields["LOCAL"]),
+            "shared_bytes": int(fields["SHARED"])}
+
+
+def blocks_per_sm(registers: int, num_warps: int) -> int:
+    """Resident blocks of this kernel on one SM, by registers and threads (no shared memory is used)."""
+    threads = num_warps * WARP
+    by_registers = REGISTERS_PER_SM // (registers * threads) if registers else THREADS_PER_SM // threads
+    return min(by_registers, THREADS_PER_SM // threads)
+
+
+def variants(block_cs: list[int], tiles: list[tuple[int, int, int]]) -> list[dict[str, Any]]:
+    """The launched variants: colour weights scaled (S X), unscaled (W Z), unit weights; float32 and 64."""
+    kinds = [{"unit": False, "scale": True}, {"unit": False, "scale": False}, {"unit": True, "scale": False}]
+    out = [{"dtype": dtype, **kind, "block_c": c, "block_y": y, "block_x": x, "num_warps": warps}
+           for dtype in DTYPES for kind in kinds for c in block_cs for y, x, warps in tiles]
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from lposs import stencil_triton as st
+    from lposs.pipeline import write_json
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.kernel_build", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--archs", nargs="+", type=int, default=[80, 90])
+    parser.add_argument("--block-c", nargs="+", type=int, default=[4, 8, 16, 32])
+    parser.add_argument("--json", help="write the table here")
+    args = parser.parse_args(argv)
+    tiles = sorted({(st.BLOCK_Y, st.BLOCK_X, st.NUM_WARPS), (4, 64, 4), (8, 32, 4), (16, 32, 4), (16, 32, 8),
+                    (8, 64, 8), (16, 16, 4)})
+    rows = []
+    for arch in args.archs:
+        for variant in variants(args.block_c, tiles):
+            row = {"arch": f"sm_{arch}", **variant, **resources(build(arch, **variant))}
+            row["blocks_per_sm"] = blocks_per_sm(row["registers"], variant["num_warps"])
+            row["occupancy"] = row["blocks_per_sm"] * variant["num_warps"] * WARP / THREADS_PER_SM
+            rows.append(row)
+            print(f"sm_{arch} {variant['dtype']:<7} unit={variant['unit']:d} scale={variant['scale']:d} "
+                  f"C{variant['block_c']:<2} {variant['block_y']}x{variant['block_x']} w{variant['num_warps']}: "
+                  f"{row['registers']:>3} regs, spill {row['spill_bytes']} B, occupancy {row['occupancy']:.2f}")
+    result = {"default": {"block_c": st.MAX_BLOCK_C, "block_y": st.BLOCK_Y, "block_x": st.BLOCK_X,
+                          "num_warps": st.NUM_WARPS}, "rows": rows}
+    if args.json:
+        write_json(args.json, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
