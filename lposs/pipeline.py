@@ -262,8 +262,10 @@ def parse_features(text: str, vm: str = "") -> list[str]:
 
 
 def protocol_windows(protocol: str, dataset: str, **given: int | str) -> dict[str, int]:
-    """crop, stride, short_side, long_side: the given ints, and the protocol's value where "protocol"."""
-    settings = resolve_protocol(protocol, dataset)
+    """crop, stride, short_side, long_side: the given ints, and the protocol's value where "protocol".
+
+    dataset: a registry name or a `datasets` entry ("paxray:test_lungs"); the protocol knows names only."""
+    settings = resolve_protocol(protocol, split_entry(dataset)[0])
     return {key: settings[key] if given[key] == "protocol" else int(given[key]) for key in WINDOW_KEYS}
 
 
@@ -273,8 +275,10 @@ def prompts(ds: Any, index: int, protocol: str) -> list[str]:
 
 
 def background_rule(protocol: str, dataset: str, background: str = "protocol") -> dict[str, Any]:
-    """The protocol's settings on `dataset`, with the background rule switched when `background` says so."""
-    return resolve_protocol(protocol, dataset, background=None if background == "protocol" else background)
+    """The protocol's settings on `dataset` (a name or a `name:split` entry), with the background rule
+    switched when `background` says so."""
+    return resolve_protocol(protocol, split_entry(dataset)[0],
+                            background=None if background == "protocol" else background)
 
 
 # ProxyCLIP's release runs one crop per forward, so its "mean over the batch" is a mean over one window;

@@ -100,6 +100,11 @@ def test_protocol_settings_reach_the_stages():
     assert windows == {"crop": 224, "stride": 56, "short_side": 560, "long_side": 2048}
     rule = pl.background_rule("lposs", "voc21", "softmax")  # the switch, with the protocol's other settings
     assert rule["background"] == "softmax" and rule["short_side"] == 448
+    # a dataset entry with a split keeps its dataset's settings (the notebooks pass entries as written)
+    assert pl.background_rule("sclip", "voc21:val") == pl.background_rule("sclip", "voc21")
+    assert pl.background_rule("sclip", "voc21:val")["prob_thd"] != pl.background_rule("sclip", "base")["prob_thd"]
+    assert pl.protocol_windows("sclip", "cityscapes:val", crop="protocol", stride=56, short_side="protocol",
+                               long_side="protocol") == windows
     with pytest.raises(ValueError, match="positive int or 'protocol'"):
         pl.check_value("crop", "auto", pl.WindowSize)
     with pytest.raises(ValueError, match="choose one of"):
