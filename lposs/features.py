@@ -256,12 +256,15 @@ class FeatureStore:
 
 def extract_shard(image_id: str, image: Any, class_names: list[str], vlm: Any, vms: dict[str, Any],
                   windows: dict[str, int], image_md5: str = "", text: tuple | None = None,
-                  vm_dtype: str = "float32") -> dict[str, Any]:
-    """Run the VLM once and every VM variant once over one image's windows -> a shard dict."""
+                  vm_dtype: str = "float32", keep_on_device: bool = False) -> dict[str, Any]:
+    """Run the VLM once and every VM variant once over one image's windows -> a shard dict.
+
+    keep_on_device: the tensors stay where the backbones ran (a streaming pass on a GPU that propagates
+    at once); a shard to be saved must be on the CPU (the default)."""
     start = time.perf_counter()
     first, *others = vms
-    graph = _OneForward(vms) if others and _one_network(vms) else vms[first]
-    feats = extract_features(image, class_names, vlm, graph, text=text, **windows)
+    graph = _OneForward(vms, keep_on_device) if others and _one_network(vms) else vms[first]
+    feats = extract_features(image, class_names, vlm, graph, text=text, keep_on_device=keep_on_device, **windows)
     vm = {first: feats.vm_feats}
     if isinstance(graph, _OneForward):  # q, k, v, tokens of one network came from the same forward
         vm.update({name: graph.flat(name) for name in others})
@@ -269,7 +272,8 @@ def extract_shard(image_id: str, image: Any, class_names: list[str], vlm: Any, v
         batch = crop_windows(feats.image_resized, feats.layout, crop=feats.crop)  # [B, 3, crop, crop]
         for name in others:
             dense = vms[name].dense_features(batch)  # [B, g, g, D]
-            vm[name] = dense.reshape(-1, dense.shape[-1]).float().cpu()
+            vm[name] = dense.reshape(-1, dense.shape[-1]).float()
+            vm[name] = vm[name] if keep_on_device else vm[name].cpu()
     return {
         "id": image_id,
         "seeds": feats.seeds.float().contiguous(),
@@ -296,8 +300,8 @@ def _one_network(vms: dict[str, Any]) -> bool:
 class _OneForward:
     """A graph model standing for all stored variants of one network: one forward, every feature kept."""
 
-    def __init__(self, vms: dict[str, Any]) -> None:
-        self.model, self.names = next(iter(vms.values())), list(vms)
+    def __init__(self, vms: dict[str, Any], keep_on_device: bool = False) -> None:
+        self.model, self.names, self.keep_on_device = next(iter(vms.values())), list(vms), keep_on_device
         self.out: dict[str, torch.Tensor] = {}
 
     def dense_features(self, windows: torch.Tensor) -> torch.Tensor:
@@ -305,7 +309,8 @@ class _OneForward:
         return self.out[self.names[0]]
 
     def flat(self, name: str) -> torch.Tensor:
-        return self.out[name].reshape(-1, self.out[name].shape[-1]).float().cpu()  # [N, D]
+        flat = self.out[name].reshape(-1, self.out[name].shape[-1]).float()  # [N, D]
+        return flat if self.keep_on_device else flat.cpu()
 
 
 def to_image_features(shard: dict[str, Any], vm_feature: str, image: Any = None) -> ImageFeatures:

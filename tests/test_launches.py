@@ -73,3 +73,23 @@ def test_a_conjugate_gradient_iteration_is_a_few_fused_calls():
     few, more = run(3), run(8)
     assert few["waits"] == more["waits"] == []  # no convergence check on CUDA: no wait
     assert (more["launches"] - few["launches"]) / 5 == 15
+
+
+@pytest.mark.parametrize("keep_on_device", [True, False])
+def test_a_streaming_shard_stays_on_the_gpu_and_a_stored_one_comes_to_the_host(keep_on_device):
+    """The evaluator without a feature store keeps an image's features on the device (no copy, no wait)."""
+    from benchmarks.launches import _StandInBackbone
+    from lposs.evaluate import WINDOWS
+    from lposs.features import extract_shard
+
+    owner = torch.arange(6) // 2
+    with fake_cuda() as mode:
+        counter = DeviceAudit()
+        with counter:
+            text = (on_device(mode, 6, 512), owner)
+            shard = extract_shard("x", on_device(mode, 3, *VOC), ["a", "b", "c"], _StandInBackbone(mode, 512),
+                                  {"v": _StandInBackbone(mode, 768)}, WINDOWS, text=text,
+                                  keep_on_device=keep_on_device)
+    back = [c for c in counter.summary()["copies"] if c["direction"] == "device->host"]
+    assert shard["seeds"].device.type == ("cuda" if keep_on_device else "cpu")
+    assert len(back) == (0 if keep_on_device else 2)  # seeds and graph features
