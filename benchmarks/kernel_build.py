@@ -27,7 +27,8 @@ DTYPES = {"float32": "fp32", "float64": "fp64"}
 
 
 def build(arch: int, dtype: str = "float32", unit: bool = False, scale: bool = True, block_c: int | None = None,
-          block_y: int | None = None, block_x: int | None = None, num_warps: int | None = None) -> Any:
+          block_y: int | None = None, block_x: int | None = None, num_warps: int | None = None,
+          residual: bool = False) -> Any:
     """The compiled kernel (triton's CompiledKernel, cubin included) for sm_<arch>; defaults: the module's."""
     import triton
     import triton.language as tl
@@ -37,11 +38,12 @@ def build(arch: int, dtype: str = "float32", unit: bool = False, scale: bool = T
     from lposs import stencil_triton as st
 
     kernel = st._kernel()
-    constants = {"UNIT": unit, "SCALE": scale, "ACC": tl.float64 if dtype == "float64" else tl.float32,
+    constants = {"UNIT": unit, "SCALE": scale, "RESIDUAL": residual,
+                 "ACC": tl.float64 if dtype == "float64" else tl.float32,
                  "BLOCK_C": block_c or st.MAX_BLOCK_C, "BLOCK_Y": block_y or st.BLOCK_Y,
                  "BLOCK_X": block_x or st.BLOCK_X}
     pointer = "*" + DTYPES[dtype]
-    signature = {name: ("constexpr" if name in constants else "*i32" if name == "off_ptr"
+    signature = {name: ("constexpr" if name in constants else "*i32" if name == "off_ptr" else "fp32" if name == "alpha"
                         else pointer if name.endswith("_ptr") else "i32") for name in kernel.arg_names}
     source = ASTSource(fn=kernel, signature=signature,
                        constexprs={(kernel.arg_names.index(name),): value for name, value in constants.items()})
@@ -75,8 +77,9 @@ def blocks_per_sm(registers: int, num_warps: int) -> int:
 
 
 def variants(block_cs: list[int], tiles: list[tuple[int, int, int]]) -> list[dict[str, Any]]:
-    """The launched variants: colour weights scaled (S X), unscaled (W Z), unit weights; float32 and 64."""
-    kinds = [{"unit": False, "scale": True}, {"unit": False, "scale": False}, {"unit": True, "scale": False}]
+    """The launched variants: (I - alpha S) X, S X, W Z, unit weights; float32 and 64."""
+    kinds = [{"unit": False, "scale": True, "residual": True}, {"unit": False, "scale": True, "residual": False},
+             {"unit": False, "scale": False, "residual": False}, {"unit": True, "scale": False, "residual": False}]
     out = [{"dtype": dtype, **kind, "block_c": c, "block_y": y, "block_x": x, "num_warps": warps}
            for dtype in DTYPES for kind in kinds for c in block_cs for y, x, warps in tiles]
     return out
@@ -101,6 +104,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             row["occupancy"] = row["blocks_per_sm"] * variant["num_warps"] * WARP / THREADS_PER_SM
             rows.append(row)
             print(f"sm_{arch} {variant['dtype']:<7} unit={variant['unit']:d} scale={variant['scale']:d} "
+                  f"residual={variant['residual']:d} "
                   f"C{variant['block_c']:<2} {variant['block_y']}x{variant['block_x']} w{variant['num_warps']}: "
                   f"{row['registers']:>3} regs, spill {row['spill_bytes']} B, occupancy {row['occupancy']:.2f}")
     result = {"default": {"block_c": st.MAX_BLOCK_C, "block_y": st.BLOCK_Y, "block_x": st.BLOCK_X,

@@ -62,6 +62,12 @@ def _tensors(value: Any) -> list[torch.Tensor]:
     return []
 
 
+def _traffic(tensors: list[torch.Tensor]) -> int:
+    """Bytes a kernel moves if it reads each input and writes each output once (distinct tensors)."""
+    seen = {id(t): t for t in tensors if t.device.type == "cuda"}
+    return sum(t.numel() * t.element_size() for t in seen.values())
+
+
 def _lposs_frames() -> list[traceback.FrameSummary]:
     return [f for f in traceback.extract_stack() if "/lposs/" in f.filename.replace("\\", "/")]
 
@@ -74,9 +80,12 @@ def _site(frames: list[traceback.FrameSummary]) -> str:
 class DeviceAudit(TorchDispatchMode):
     """Counts launches, waits and transfers of the ATen calls under it, by lposs stage (see the module doc)."""
 
+    active: "DeviceAudit | None" = None  # the audit in force (the fused-stencil stand-in reports to it)
+
     def __init__(self):
         super().__init__()
         self.launches: Counter[str] = Counter()  # stage -> launches
+        self.bytes: Counter[str] = Counter()  # stage -> bytes the launches read and write (each tensor once)
         self.ops: Counter[str] = Counter()  # op name -> launches
         self.waits: list[dict[str, str]] = []
         self.copies: list[dict[str, Any]] = []
@@ -114,9 +123,23 @@ class DeviceAudit(TorchDispatchMode):
             non_blocking = bool(kwargs.get("non_blocking", args[2] if name == "aten::copy_" and len(args) > 2 else False))
             self.transfer(name, inputs, outputs, non_blocking)
         elif any(_is_cuda(t) for t in outputs) and name not in NO_KERNEL and not func.is_view:
-            self.launches[self.stage(_lposs_frames())] += 1
-            self.ops[name] += 1
+            self.kernel(name, _traffic(inputs + outputs))
         return out
+
+    def kernel(self, name: str, traffic: int) -> None:
+        """One launch of `name` that reads and writes `traffic` bytes, in the stage of the current stack."""
+        stage = self.stage(_lposs_frames())
+        self.launches[stage] += 1
+        self.bytes[stage] += traffic
+        self.ops[name] += 1
+
+    def __enter__(self):
+        DeviceAudit.active = self
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        DeviceAudit.active = None
+        return super().__exit__(*exc)
 
     def wait(self, name: str, frames: list[traceback.FrameSummary]) -> None:
         self.waits.append({"op": name, "stage": self.stage(frames), "site": _site(frames)})
@@ -127,8 +150,7 @@ class DeviceAudit(TorchDispatchMode):
         kinds = (source.device.type, target.device.type)
         if kinds[0] == kinds[1]:  # a dtype change or copy on one device: a kernel if on the GPU
             if kinds[0] == "cuda":
-                self.launches[self.stage(_lposs_frames())] += 1
-                self.ops[name] += 1
+                self.kernel(name, _traffic([source, target]))
             return
         if "meta" in kinds:  # the audit's own fake inputs being made
             return
@@ -141,6 +163,7 @@ class DeviceAudit(TorchDispatchMode):
 
     def summary(self) -> dict[str, Any]:
         return {"launches": sum(self.launches.values()), "launches_by_stage": dict(self.launches),
+                "bytes": sum(self.bytes.values()), "bytes_by_stage": dict(self.bytes),
                 "waits": self.waits, "copies": self.copies, "top_ops": dict(self.ops.most_common(12))}
 
 
@@ -148,9 +171,14 @@ class DeviceAudit(TorchDispatchMode):
 # Running lposs on fake CUDA tensors
 # --------------------------------------------------------------------------------------------------
 
-def _fused_stencil_standin(Z, weights, offsets, pad, scale=None):  # noqa: ANN001 (stencil_product's signature)
-    """The fused stencil as the audit sees it: one launch (a fake kernel cannot run Triton code)."""
-    return torch.empty_like(Z, memory_format=torch.contiguous_format).mul_(1)  # one kernel, the right output
+def _fused_stencil_standin(Z, weights, offsets, pad, scale=None, residual_alpha=None):  # noqa: ANN001 (as stencil_product)
+    """The fused stencil as the audit sees it (a fake tensor cannot run Triton code): one launch that reads
+    the scores, the weights and the scaling once and writes its output once (its ideal traffic)."""
+    out = torch.empty_like(Z, memory_format=torch.contiguous_format)  # [C, H, W], no kernel
+    if DeviceAudit.active is not None:
+        DeviceAudit.active.kernel("triton::stencil_product", _traffic([t for t in (Z, weights, scale, out)
+                                                                       if t is not None]))
+    return out
 
 
 @contextmanager

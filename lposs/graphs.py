@@ -5,6 +5,7 @@ Both are returned normalised, S = D^-1/2 W D^-1/2, ready for `propagation.propag
 
 from __future__ import annotations
 
+import copy
 import os
 
 import torch
@@ -163,6 +164,23 @@ class PixelGraph:
         Z = X.T.reshape(channels, self.height, self.width) * self.inv_sqrt_degree  # [C, H, W]
         out = self.weighted_sum(Z).mul_(self.inv_sqrt_degree)  # [C, H, W]
         return out.reshape(channels, self.height * self.width).T
+
+    def residual(self, X: Tensor, alpha: float) -> Tensor:
+        """(I - alpha S) X for X [H*W, C], the operator label propagation solves with; on CUDA one kernel."""
+        if self.fused:
+            channels = X.shape[1]
+            Z = X.T.reshape(channels, self.height, self.width)  # [C, H, W]
+            out = stencil_triton.stencil_product(Z, self.weights, self.offset_table, self.pad,
+                                                 scale=self.inv_sqrt_degree, residual_alpha=alpha)
+            return out.reshape(channels, self.height * self.width).T
+        return torch.add(X, self.matmul(X), alpha=-alpha)
+
+    def with_node_scale(self, scale: Tensor) -> "PixelGraph":
+        """The operator X -> scale * S (scale * X) for a per-pixel scale [H*W, 1] or [H, W]: this graph with
+        D^-1/2 multiplied by scale (same weights, no copy), so it stays one stencil product."""
+        scaled = copy.copy(self)
+        scaled.inv_sqrt_degree = self.inv_sqrt_degree * scale.reshape(self.height, self.width)
+        return scaled
 
     def weighted_sum(self, Z: Tensor) -> Tensor:
         """W Z, the unnormalised stencil: sum over neighbours q of w_pq * Z[:, q], for Z [C, H, W] -> [C, H, W]."""

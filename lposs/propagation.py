@@ -3,7 +3,8 @@
 `S` is a symmetrically normalised affinity matrix, S = D^-1/2 W D^-1/2, given as
 - a dense tensor [N, N],
 - a torch sparse tensor [N, N] (COO or CSR), or
-- any object with a `matmul(X) -> S @ X` method (a matrix-free operator, e.g. the pixel stencil).
+- any object with a `matmul(X) -> S @ X` method (a matrix-free operator, e.g. the pixel stencil); one that
+  also has `residual(X, alpha) -> X - alpha S X` gives the solver its operator in one call.
 
 Solvers (all start from F = 0):
 - "cg": conjugate gradient over all columns at once, with per-column scalars; a column that
@@ -66,7 +67,9 @@ def propagate(
     column = Y.dim() == 1
     Y2 = Y[:, None] if column else Y  # [N, C]
 
-    def A(X: Tensor) -> Tensor:  # (I - alpha S) X, one fused call after the product
+    def A(X: Tensor) -> Tensor:  # (I - alpha S) X: the operator's own fused form, or one call after S X
+        if hasattr(S, "residual"):
+            return S.residual(X, alpha)
         return torch.add(X, apply(S, X), alpha=-alpha)
 
     if method == "cg":

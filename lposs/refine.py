@@ -133,7 +133,8 @@ def confidence_propagate(graph: Any, seeds: Tensor, confidence: Tensor, alpha: f
     scale = (alpha + (1 - alpha) * confidence).rsqrt().reshape(height * width, 1)  # [H*W, 1]
     Y = seeds.reshape(channels, height * width).T  # [H*W, C]
     rhs = scale * confidence.reshape(height * width, 1) * Y
-    H = propagate(_Rescaled(graph, scale), rhs, alpha=alpha, method="cg", maxiter=maxiter, tol=tol)
+    rescaled = graph.with_node_scale(scale) if hasattr(graph, "with_node_scale") else _Rescaled(graph, scale)
+    H = propagate(rescaled, rhs, alpha=alpha, method="cg", maxiter=maxiter, tol=tol)
     return (scale * H).T.reshape(channels, height, width)
 
 

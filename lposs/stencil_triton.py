@@ -45,8 +45,8 @@ def _kernel():
 
     @triton.jit
     def stencil_kernel(z_ptr, w_ptr, s_ptr, off_ptr, out_ptr, C, H, W, K, PAD,
-                       z_sc, z_sy, z_sx, w_sk, w_sy, o_sc, o_sy,
-                       UNIT: tl.constexpr, SCALE: tl.constexpr, ACC: tl.constexpr,
+                       z_sc, z_sy, z_sx, w_sk, w_sy, o_sc, o_sy, alpha,
+                       UNIT: tl.constexpr, SCALE: tl.constexpr, RESIDUAL: tl.constexpr, ACC: tl.constexpr,
                        BLOCK_C: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr):
         tiles_x, channel_blocks = tl.cdiv(W, BLOCK_X), tl.cdiv(C, BLOCK_C)
         # the channel blocks of one tile are neighbouring programs: its weights come once from memory and
@@ -81,6 +81,10 @@ def _kernel():
                     acc += w[None, :] * z
         if SCALE:
             acc = acc * tl.load(s_ptr + y * W + x, mask=inside, other=0.0).to(ACC)[None, :]
+        if RESIDUAL:  # (I - alpha S) Z: the solver's operator in the same pass (no second trip through memory)
+            centre = tl.load(z_rows + (y * z_sy + x * z_sx)[None, :], mask=channel[:, None] & inside[None, :],
+                             other=0.0).to(ACC)  # [BC, BP]
+            acc = centre - alpha * acc
         out = out_ptr + c.to(tl.int64)[:, None] * o_sc + (y * o_sy + x)[None, :]
         tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=channel[:, None] & inside[None, :])
 
@@ -88,12 +92,13 @@ def _kernel():
 
 
 def stencil_product(Z: Tensor, weights: Tensor | None, offsets: Tensor, pad: int,
-                    scale: Tensor | None = None) -> Tensor:
+                    scale: Tensor | None = None, residual_alpha: float | None = None) -> Tensor:
     """sum over the stencil's neighbours q of w_pq * Z[:, q] for Z [C, H, W] (any strides) -> [C, H, W].
 
     weights [K, H + 2 pad, W + 2 pad] as `PixelGraph.weights` (contiguous), or None for unit weights
     (the neighbour sum). offsets int32 [K, 2] on Z's device. scale [H, W] (e.g. D^-1/2): the normalised
-    product s_p * sum_q w_pq s_q Z[:, q]. One kernel launch, no host synchronisation.
+    product s_p * sum_q w_pq s_q Z[:, q]. residual_alpha: return Z - alpha * (that product) instead, the
+    operator (I - alpha S) of label propagation. One kernel launch, no host synchronisation.
     """
     import triton
     import triton.language as tl
@@ -118,6 +123,7 @@ def stencil_product(Z: Tensor, weights: Tensor | None, offsets: Tensor, pad: int
     _kernel()[grid](Z, w, s, offsets, out, channels, height, width, offsets.shape[0], pad,
                     Z.stride(0), Z.stride(1), Z.stride(2), 0 if weights is None else w.stride(0),
                     0 if weights is None else w.stride(1), out.stride(0), out.stride(1),
-                    UNIT=weights is None, SCALE=scale is not None, ACC=acc,
+                    0.0 if residual_alpha is None else float(residual_alpha),
+                    UNIT=weights is None, SCALE=scale is not None, RESIDUAL=residual_alpha is not None, ACC=acc,
                     BLOCK_C=block_c, BLOCK_Y=BLOCK_Y, BLOCK_X=BLOCK_X, num_warps=NUM_WARPS)
     return out

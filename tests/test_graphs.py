@@ -88,6 +88,10 @@ def test_matrix_free_pixel_graph_equals_explicit_matrix(r):
     X = torch.randn(42, 4, generator=g, dtype=torch.float64)
     torch.testing.assert_close(graph.matmul(X), expected @ X, atol=1e-12, rtol=1e-10)
     torch.testing.assert_close(graph.to_sparse() @ X, expected @ X, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(graph.residual(X, 0.9), X - 0.9 * expected @ X, atol=1e-12, rtol=1e-10)
+    s = torch.rand(42, 1, generator=g, dtype=torch.float64)  # a per-pixel scale: s * S (s * X)
+    torch.testing.assert_close(graph.with_node_scale(s).matmul(X), s * (expected @ (s * X)), atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(graph.matmul(X), expected @ X, atol=1e-12, rtol=1e-10)  # the graph is unchanged
 
 
 def test_pixel_graph_propagation_matrix_free_equals_sparse():

@@ -24,7 +24,8 @@ TOLERANCE = 1e-6  # relative, as the issue asks
 CASES = {"9x11-r5-d1": (4, 8), "17x35-r5-d2": (8, 16), "13x21-r13-d1": (8, 16), "11x19-r13-d2": (16, 32),
          "5x7-r13-d1": (8, 8)}
 ONE_TILE = (16, 32)
-PRODUCTS = ["matmul", "matmul_channel_last", "weighted_sum", "neighbour_sum", "degree"]
+PRODUCTS = ["matmul", "matmul_channel_last", "residual", "node_scaled", "weighted_sum", "neighbour_sum", "degree"]
+ALPHA = 0.95
 REFINERS = ["reference", "best"]
 
 
@@ -73,19 +74,24 @@ def check_case(case: str, device: str, dtype: torch.dtype = torch.float64) -> di
     n = height * width
     X = Z.reshape(4, n).T  # channel-first view, the layout propagate passes
     Xc = X.contiguous()  # channel-last
+    node = torch.rand(n, 1, generator=g, dtype=dtype)  # a per-pixel scale (the confidence refiner's)
     ours = {
         "matmul": fused.matmul(X.to(device)).cpu(),
         "matmul_channel_last": fused.matmul(Xc.to(device)).cpu(),
+        "residual": fused.residual(X.to(device), ALPHA).cpu(),
+        "node_scaled": fused.with_node_scale(node.to(device)).matmul(X.to(device)).cpu(),
         "weighted_sum": fused.weighted_sum(Z.to(device)).cpu(),
         "neighbour_sum": fused.neighbour_sum(Z.to(device)).cpu(),
         "degree": fused.inv_sqrt_degree.cpu(),
     }
     torch_stencil = {
-        "matmul": plain.matmul(X), "matmul_channel_last": plain.matmul(Xc), "weighted_sum": plain.weighted_sum(Z),
+        "matmul": plain.matmul(X), "matmul_channel_last": plain.matmul(Xc), "residual": plain.residual(X, ALPHA),
+        "node_scaled": plain.with_node_scale(node).matmul(X), "weighted_sum": plain.weighted_sum(Z),
         "neighbour_sum": plain.neighbour_sum(Z), "degree": plain.inv_sqrt_degree,
     }
     sparse = {
-        "matmul": S @ X, "matmul_channel_last": S @ X,
+        "matmul": S @ X, "matmul_channel_last": S @ X, "residual": X - ALPHA * (S @ X),
+        "node_scaled": node * (S @ (node * X)),
         "weighted_sum": (W @ X).T.reshape(4, height, width), "neighbour_sum": (B @ X).T.reshape(4, height, width),
         "degree": (torch.sparse.sum(W, 1).to_dense().clamp(min=1e-300) ** -0.5).reshape(height, width),
     }
@@ -190,10 +196,12 @@ def test_every_launched_variant_builds_for_the_gpu_without_spilling(arch):
     from lposs import stencil_triton
 
     for dtype in ("float32", "float64"):
-        for unit, scale in ((False, True), (False, False), (True, False)):
+        for unit, scale, residual in ((False, True, True), (False, True, False), (False, False, False),
+                                      (True, False, False)):
             for block_c in sorted({1, 2, 4, stencil_triton.MAX_BLOCK_C}):  # min(MAX_BLOCK_C, next pow2 of C)
-                used = resources(build(arch, dtype, unit, scale, block_c))
-                assert 0 < used["registers"] <= 255 and used["spill_bytes"] == 0, (dtype, unit, scale, block_c, used)
+                used = resources(build(arch, dtype, unit, scale, block_c, residual=residual))
+                assert 0 < used["registers"] <= 255 and used["spill_bytes"] == 0, (dtype, unit, scale, residual,
+                                                                                    block_c, used)
 
 
 @pytest.mark.gpu
