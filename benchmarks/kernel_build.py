@@ -51,6 +51,25 @@ def build(arch: int, dtype: str = "float32", unit: bool = False, scale: bool = T
                           options={"num_warps": num_warps or st.NUM_WARPS})
 
 
+def build_weights(arch: int, dtype: str = "float32") -> Any:
+    """The compiled colour-weights kernel (`stencil_triton.colour_weights`) for sm_<arch>."""
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from lposs import stencil_triton as st
+
+    kernel = st._weights_kernel()
+    constants = {"ACC": tl.float64 if dtype == "float64" else tl.float32, "BLOCK": st.WEIGHTS_BLOCK}
+    signature = {name: ("constexpr" if name in constants else "*i32" if name == "off_ptr"
+                        else "*" + DTYPES[dtype] if name.endswith("_ptr") else "fp32" if name in ("tau", "tiny")
+                        else "i32") for name in kernel.arg_names}
+    source = ASTSource(fn=kernel, signature=signature,
+                       constexprs={(kernel.arg_names.index(name),): value for name, value in constants.items()})
+    return triton.compile(source, target=GPUTarget("cuda", arch, WARP), options={"num_warps": 4})
+
+
 def resources(compiled: Any) -> dict[str, int]:
     """Registers per thread, spilled bytes per thread (ptxas puts spills in the stack frame, STACK, or in
     LOCAL memory; the kernel itself keeps nothing there) and shared memory, read from the cubin."""

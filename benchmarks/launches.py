@@ -16,6 +16,10 @@ no arithmetic), and a dispatch mode sees every ATen call on its way down and cou
   source lines;
 - copies: host-to-device and device-to-host transfers, with their bytes.
 
+From the bytes each launch reads and writes (each tensor once; the fused stencil: scores, weights and
+scaling in, output out) the run also gives a memory floor: bytes / HBM bandwidth (H100 SXM 3.35 TB/s,
+H200 4.8 TB/s), a lower bound of the GPU time of the path as written, to compare with issue 9's budgets.
+
 The image is the streaming evaluator's: backbone outputs on the device (stand-ins of the real shapes,
 ViT-B/16 windows at short side 448), then `segment.extract_features` (seeds, graph features),
 `segment.propagate_features` in LPOSS+ mode and the labels. The numbers are exact counts of this code
@@ -42,6 +46,8 @@ from lposs.protocols import labels_from_scores, resolve
 
 segment = importlib.import_module("lposs.segment")  # the module (`lposs.segment` is also a function)
 
+BANDWIDTH_GB_S = {"H100 SXM": 3350, "H200": 4800}  # HBM bandwidth from NVIDIA's data sheets
+LP_STAGES = ("patch_graph", "propagate", "refine_pixels")  # issue 9's "label propagation": graphs and solves
 CASES = {"voc": (375, 500, 46), "coco_stuff": (375, 500, 171), "cityscapes": (1024, 2048, 19)}
 NO_KERNEL = {"aten::empty", "aten::empty_like", "aten::empty_strided", "aten::new_empty", "aten::new_empty_strided",
              "aten::_unsafe_view", "aten::lift_fresh", "aten::detach", "prim::device", "aten::alias",
@@ -181,18 +187,25 @@ def _fused_stencil_standin(Z, weights, offsets, pad, scale=None, residual_alpha=
     return out
 
 
+def _fused_weights_standin(lab, offsets, pad, tau):  # noqa: ANN001 (as stencil_triton.colour_weights)
+    """The colour-weights kernel as the audit sees it: one launch, Lab in, the padded weights out."""
+    out = lab.new_empty(offsets.shape[0], lab.shape[1] + 2 * pad, lab.shape[2] + 2 * pad)  # [K, H+2p, W+2p]
+    if DeviceAudit.active is not None:
+        DeviceAudit.active.kernel("triton::colour_weights", _traffic([lab, out]))
+    return out
+
+
 @contextmanager
 def fake_cuda() -> Iterator[FakeTensorMode]:
-    """FakeTensorMode with the fused stencil replaced by a one-launch stand-in, CUDA or not."""
-    real = stencil_triton.stencil_product
-    stencil_triton.stencil_product = _fused_stencil_standin
-    real_available = stencil_triton.available
+    """FakeTensorMode with the Triton kernels replaced by one-launch stand-ins, CUDA or not."""
+    real = stencil_triton.stencil_product, stencil_triton.colour_weights, stencil_triton.available
+    stencil_triton.stencil_product, stencil_triton.colour_weights = _fused_stencil_standin, _fused_weights_standin
     stencil_triton.available = lambda: True  # the path a CUDA machine with triton takes
     try:
         with FakeTensorMode(allow_non_fake_inputs=True) as mode:
             yield mode
     finally:
-        stencil_triton.stencil_product, stencil_triton.available = real, real_available
+        stencil_triton.stencil_product, stencil_triton.colour_weights, stencil_triton.available = real
 
 
 def on_device(mode: FakeTensorMode, *shape: int) -> torch.Tensor:
@@ -236,16 +249,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", help="write the counts here")
     args = parser.parse_args(argv)
     rows = []
+    print("case        C'   refiner    scores    launches waits   GB   LP GB  memory floor ms (LP): "
+          + ", ".join(BANDWIDTH_GB_S))
     for case, (height, width, columns) in CASES.items():
         for refiner in args.refiners:
             for rule_name, rule in (("synonyms", None), ("softmax", resolve("sclip", "voc21"))):
                 counts = audit_image(height, width, columns, refiner, rule)
+                lp = sum(v for stage, v in counts["bytes_by_stage"].items() if stage.split("/")[0] in LP_STAGES)
+                floors = {gpu: {"all_ms": counts["bytes"] / bw / 1e6, "lp_ms": lp / bw / 1e6}
+                          for gpu, bw in BANDWIDTH_GB_S.items()}
                 rows.append({"case": case, "size": [height, width], "columns": columns, "refiner": refiner,
-                             "background": rule_name, **counts})
-                print(f"{case:<11} C'={columns:<4} {refiner:<10} {rule_name:<9} launches {counts['launches']:>5}  "
-                      f"waits {len(counts['waits'])}  copies {len(counts['copies'])}  "
-                      f"{counts['launches_by_stage']}")
-    result = {"rows": rows, "torch": torch.__version__}
+                             "background": rule_name, "lp_bytes": lp, "memory_floor": floors, **counts})
+                print(f"{case:<11} {columns:<4} {refiner:<10} {rule_name:<9} {counts['launches']:>5} "
+                      f"{len(counts['waits']):>5} {counts['bytes'] / 1e9:>6.1f} {lp / 1e9:>6.1f}  "
+                      + ", ".join(f"{f['all_ms']:.1f} ({f['lp_ms']:.1f})" for f in floors.values()))
+    result = {"rows": rows, "torch": torch.__version__, "bandwidth_gb_s": BANDWIDTH_GB_S,
+              "note": "memory floor = bytes the launches read and write once / HBM bandwidth: a lower bound "
+                      "of GPU time from this model, not a measurement"}
     if args.json:
         write_json(args.json, result)
     return result

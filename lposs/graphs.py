@@ -122,7 +122,7 @@ class PixelGraph:
         if self.fused:
             table = torch.tensor(self.offsets, dtype=torch.int32)  # [K, 2]
             self.offset_table = table.to(image.device, non_blocking=True)  # no stream sync (blocking copies wait)
-            self.weights = stencil_weights(lab, self.offset_table, h, tau)  # [K, H+2h, W+2h]
+            self.weights = stencil_triton.colour_weights(lab, self.offset_table, h, tau)  # [K, H+2h, W+2h]
             degree = self.weighted_sum(image.new_ones(1, height, width))[0]  # [H, W]
         else:
             self.weights, degree = self._banded_weights(lab, tau)
@@ -262,21 +262,6 @@ def use_fused_stencil(backend: str | None, device: torch.device) -> bool:
         raise ValueError("backend='triton' asked for, but triton cannot be imported: pip install triton, "
                          "or use backend='torch'")
     return backend == "triton" or (backend == "auto" and device.type == "cuda" and stencil_triton.available())
-
-
-def stencil_weights(lab: Tensor, offsets: Tensor, pad: int, tau: float) -> Tensor:
-    """All K offsets' colour weights at once -> zero-padded weights [K, H + 2 pad, W + 2 pad] (the GPU path).
-
-    One gather of the partner colours [3, K, H, W] instead of K small passes: a handful of kernel launches.
-    """
-    _, height, width = lab.shape
-    ys = torch.arange(height, device=lab.device)[None, :, None] + offsets[:, 0, None, None]  # [K, H, 1]
-    xs = torch.arange(width, device=lab.device)[None, None, :] + offsets[:, 1, None, None]  # [K, 1, W]
-    inside = (ys < height) & (xs >= 0) & (xs < width)  # [K, H, W]: dy >= 0, so ys >= 0
-    padded = torch.nn.functional.pad(lab, (pad, pad, pad, pad))  # [3, H+2p, W+2p]
-    partner = padded[:, ys + pad, xs + pad]  # [3, K, H, W]
-    w = colour_weights(lab[:, None], partner, tau) * inside  # [K, H, W]
-    return torch.nn.functional.pad(w, (pad, pad, pad, pad))  # [K, H+2p, W+2p]
 
 
 def _strided_window_sum(x: Tensor, dim: int, half: int, step: int) -> Tensor:

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 BLOCK_Y, BLOCK_X, MAX_BLOCK_C, NUM_WARPS = 8, 32, 8, 4  # untuned defaults (no GPU measured them yet)
+WEIGHTS_BLOCK = 1024  # weights per program of the colour-weights kernel
 
 
 @lru_cache(maxsize=1)
@@ -89,6 +90,51 @@ def _kernel():
         tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=channel[:, None] & inside[None, :])
 
     return stencil_kernel
+
+
+@lru_cache(maxsize=1)
+def _weights_kernel():
+    """Compile-on-first-use: the kernel that writes the stencil's colour weights."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def weights_kernel(lab_ptr, off_ptr, out_ptr, H, W, PAD, tau, tiny, lab_sc, out_sk,
+                       ACC: tl.constexpr, BLOCK: tl.constexpr):
+        k = tl.program_id(0)
+        i = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)  # [BLOCK] positions of the padded [H+2P, W+2P] map
+        padded_w = W + 2 * PAD
+        y, x = i // padded_w - PAD, i % padded_w - PAD
+        dy, dx = tl.load(off_ptr + 2 * k), tl.load(off_ptr + 2 * k + 1)
+        qy, qx = y + dy, x + dx
+        inside = (y >= 0) & (y < H) & (x >= 0) & (x < W) & (qy >= 0) & (qy < H) & (qx >= 0) & (qx < W)
+        squared = tl.zeros((BLOCK,), dtype=ACC)
+        for channel in tl.static_range(3):  # squared Lab distance, summed in the order colour_weights sums
+            a = tl.load(lab_ptr + channel * lab_sc + y * W + x, mask=inside, other=0.0).to(ACC)
+            b = tl.load(lab_ptr + channel * lab_sc + qy * W + qx, mask=inside, other=0.0).to(ACC)
+            squared += (a - b) * (a - b)
+        w = tl.exp(tl.sqrt(squared) / -tau)
+        w = tl.where(inside & (w > tiny), w, 0.0)  # outside pairs and subnormal weights are 0
+        tl.store(out_ptr + k * out_sk + i, w.to(out_ptr.dtype.element_ty), mask=i < (H + 2 * PAD) * padded_w)
+
+    return weights_kernel
+
+
+def colour_weights(lab: Tensor, offsets: Tensor, pad: int, tau: float) -> Tensor:
+    """The stencil's weights from scaled Lab [3, H, W] -> [K, H + 2 pad, W + 2 pad], as
+    `PixelGraph` computes them on the CPU (graphs.colour_weights), in one kernel: Lab read once per offset, every weight written
+    once (padding included), no [3, K, H, W] temporaries."""
+    import triton
+    import triton.language as tl
+
+    lab = lab.contiguous()
+    _, height, width = lab.shape
+    out = torch.empty((offsets.shape[0], height + 2 * pad, width + 2 * pad), dtype=lab.dtype, device=lab.device)
+    grid = (offsets.shape[0], triton.cdiv(out.shape[1] * out.shape[2], WEIGHTS_BLOCK))
+    _weights_kernel()[grid](lab, offsets, out, height, width, pad, float(tau), torch.finfo(lab.dtype).tiny,
+                            lab.stride(0), out.stride(0),
+                            ACC=tl.float64 if lab.dtype == torch.float64 else tl.float32, BLOCK=WEIGHTS_BLOCK)
+    return out
 
 
 def stencil_product(Z: Tensor, weights: Tensor | None, offsets: Tensor, pad: int,

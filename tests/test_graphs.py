@@ -5,8 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from lposs.color import rgb_to_lab
-from lposs.color import scaled_lab
-from lposs.graphs import PixelGraph, patch_graph, stencil_offsets, stencil_weights
+from lposs.graphs import PixelGraph, patch_graph, stencil_offsets
 from lposs.propagation import propagate
 
 
@@ -123,13 +122,3 @@ def test_lab_matches_kornia():
     theirs = kornia.color.rgb_to_lab(image)
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(rgb_to_lab(torch.ones(3, 1, 1)).flatten(), torch.tensor([100.0, 0.0, 0.0]), atol=1e-2, rtol=0)
-
-
-@pytest.mark.parametrize("size, r, dilation", [((6, 7), 5, 1), ((9, 5), 13, 2), ((4, 3), 13, 1)])
-def test_vectorised_weights_of_the_gpu_path_equal_the_banded_ones(size, r, dilation):
-    g = torch.Generator().manual_seed(4)
-    image = torch.rand(3, *size, generator=g, dtype=torch.float64)
-    graph = PixelGraph(image, r=r, tau=0.05, dilation=dilation, backend="torch")
-    offsets = torch.tensor(graph.offsets, dtype=torch.int32)
-    torch.testing.assert_close(stencil_weights(scaled_lab(image), offsets, graph.pad, 0.05), graph.weights,
-                               atol=1e-15, rtol=1e-12)

@@ -192,7 +192,7 @@ def test_every_launched_variant_builds_for_the_gpu_without_spilling(arch):
     Python and accepts code the compiler rejects. Every variant stencil_product launches, at the default
     tile, builds to a cubin whose registers do not spill."""
     pytest.importorskip("triton")
-    from benchmarks.kernel_build import build, resources
+    from benchmarks.kernel_build import build, build_weights, resources
     from lposs import stencil_triton
 
     for dtype in ("float32", "float64"):
@@ -202,6 +202,8 @@ def test_every_launched_variant_builds_for_the_gpu_without_spilling(arch):
                 used = resources(build(arch, dtype, unit, scale, block_c, residual=residual))
                 assert 0 < used["registers"] <= 255 and used["spill_bytes"] == 0, (dtype, unit, scale, residual,
                                                                                     block_c, used)
+        used = resources(build_weights(arch, dtype))  # the colour weights
+        assert 0 < used["registers"] <= 255 and used["spill_bytes"] == 0, (dtype, "weights", used)
 
 
 @pytest.mark.gpu
