@@ -28,46 +28,54 @@ DTYPES = {"float32": "fp32", "float64": "fp64"}
 
 def build(arch: int, dtype: str = "float32", unit: bool = False, scale: bool = True, block_c: int | None = None,
           block_y: int | None = None, block_x: int | None = None, num_warps: int | None = None,
-          residual: bool = False) -> Any:
-    """The compiled kernel (triton's CompiledKernel, cubin included) for sm_<arch>; defaults: the module's."""
-    import triton
+          residual: bool = False, dot: bool = False) -> Any:
+    """The compiled stencil kernel (triton's CompiledKernel, cubin included) for sm_<arch>; defaults: the
+    module's tile."""
     import triton.language as tl
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
 
     from lposs import stencil_triton as st
 
-    kernel = st._kernel()
-    constants = {"UNIT": unit, "SCALE": scale, "RESIDUAL": residual,
+    constants = {"UNIT": unit, "SCALE": scale, "RESIDUAL": residual, "DOT": dot,
                  "ACC": tl.float64 if dtype == "float64" else tl.float32,
                  "BLOCK_C": block_c or st.MAX_BLOCK_C, "BLOCK_Y": block_y or st.BLOCK_Y,
                  "BLOCK_X": block_x or st.BLOCK_X}
-    pointer = "*" + DTYPES[dtype]
-    signature = {name: ("constexpr" if name in constants else "*i32" if name == "off_ptr" else "fp32" if name == "alpha"
-                        else pointer if name.endswith("_ptr") else "i32") for name in kernel.arg_names}
-    source = ASTSource(fn=kernel, signature=signature,
-                       constexprs={(kernel.arg_names.index(name),): value for name, value in constants.items()})
-    return triton.compile(source, target=GPUTarget("cuda", arch, WARP),
-                          options={"num_warps": num_warps or st.NUM_WARPS})
+    return _compile(st._kernel(), arch, dtype, constants, floats=("alpha",), num_warps=num_warps or st.NUM_WARPS)
 
 
 def build_weights(arch: int, dtype: str = "float32") -> Any:
     """The compiled colour-weights kernel (`stencil_triton.colour_weights`) for sm_<arch>."""
-    import triton
     import triton.language as tl
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
 
     from lposs import stencil_triton as st
 
-    kernel = st._weights_kernel()
     constants = {"ACC": tl.float64 if dtype == "float64" else tl.float32, "BLOCK": st.WEIGHTS_BLOCK}
+    return _compile(st._weights_kernel(), arch, dtype, constants, floats=("tau", "tiny"), num_warps=4)
+
+
+def build_cg_update(arch: int, dtype: str = "float32") -> Any:
+    """The compiled CG update kernel (`cg_triton.update_`) for sm_<arch>."""
+    import triton.language as tl
+
+    from lposs import cg_triton as cg
+
+    constants = {"ACC": tl.float64 if dtype == "float64" else tl.float32, "BLOCK_N": cg.BLOCK_N,
+                 "BLOCK_C": cg.BLOCK_C}
+    return _compile(cg._update_kernel(), arch, dtype, constants, floats=(), num_warps=cg.NUM_WARPS)
+
+
+def _compile(kernel: Any, arch: int, dtype: str, constants: dict[str, Any], floats: tuple[str, ...],
+             num_warps: int) -> Any:
+    """triton.compile for sm_<arch>: pointers of `dtype` (off_ptr int32), `floats` fp32, other scalars i32."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
     signature = {name: ("constexpr" if name in constants else "*i32" if name == "off_ptr"
-                        else "*" + DTYPES[dtype] if name.endswith("_ptr") else "fp32" if name in ("tau", "tiny")
+                        else "*" + DTYPES[dtype] if name.endswith("_ptr") else "fp32" if name in floats
                         else "i32") for name in kernel.arg_names}
     source = ASTSource(fn=kernel, signature=signature,
                        constexprs={(kernel.arg_names.index(name),): value for name, value in constants.items()})
-    return triton.compile(source, target=GPUTarget("cuda", arch, WARP), options={"num_warps": 4})
+    return triton.compile(source, target=GPUTarget("cuda", arch, WARP), options={"num_warps": num_warps})
 
 
 def resources(compiled: Any) -> dict[str, int]:
@@ -96,9 +104,12 @@ def blocks_per_sm(registers: int, num_warps: int) -> int:
 
 
 def variants(block_cs: list[int], tiles: list[tuple[int, int, int]]) -> list[dict[str, Any]]:
-    """The launched variants: (I - alpha S) X, S X, W Z, unit weights; float32 and 64."""
-    kinds = [{"unit": False, "scale": True, "residual": True}, {"unit": False, "scale": True, "residual": False},
-             {"unit": False, "scale": False, "residual": False}, {"unit": True, "scale": False, "residual": False}]
+    """The launched variants: (I - alpha S) X with and without its dot, S X, W Z, unit weights; float32 and 64."""
+    kinds = [{"unit": False, "scale": True, "residual": True, "dot": True},
+             {"unit": False, "scale": True, "residual": True, "dot": False},
+             {"unit": False, "scale": True, "residual": False, "dot": False},
+             {"unit": False, "scale": False, "residual": False, "dot": False},
+             {"unit": True, "scale": False, "residual": False, "dot": False}]
     out = [{"dtype": dtype, **kind, "block_c": c, "block_y": y, "block_x": x, "num_warps": warps}
            for dtype in DTYPES for kind in kinds for c in block_cs for y, x, warps in tiles]
     return out
@@ -123,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             row["occupancy"] = row["blocks_per_sm"] * variant["num_warps"] * WARP / THREADS_PER_SM
             rows.append(row)
             print(f"sm_{arch} {variant['dtype']:<7} unit={variant['unit']:d} scale={variant['scale']:d} "
-                  f"residual={variant['residual']:d} "
+                  f"residual={variant['residual']:d} dot={variant['dot']:d} "
                   f"C{variant['block_c']:<2} {variant['block_y']}x{variant['block_x']} w{variant['num_warps']}: "
                   f"{row['registers']:>3} regs, spill {row['spill_bytes']} B, occupancy {row['occupancy']:.2f}")
     result = {"default": {"block_c": st.MAX_BLOCK_C, "block_y": st.BLOCK_Y, "block_x": st.BLOCK_X,

@@ -40,7 +40,7 @@ from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicO
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
-from lposs import stencil_triton
+from lposs import cg_triton, stencil_triton
 from lposs.pipeline import write_json
 from lposs.protocols import labels_from_scores, resolve
 
@@ -195,17 +195,38 @@ def _fused_weights_standin(lab, offsets, pad, tau):  # noqa: ANN001 (as stencil_
     return out
 
 
+def _residual_and_dot_standin(Z, weights, offsets, pad, scale, alpha):  # noqa: ANN001 (as the kernel's)
+    """The stencil kernel with its residual and dot epilogue: one launch (plus torch's sum of the shares)."""
+    out = _fused_stencil_standin(Z, weights, offsets, pad, scale, alpha)
+    tiles = -(-Z.shape[1] // stencil_triton.BLOCK_Y) * -(-Z.shape[2] // stencil_triton.BLOCK_X)
+    return out, Z.new_empty(tiles, Z.shape[0]).sum(0)  # [tiles, C] shares -> [C]
+
+
+def _cg_update_standin(X, R, P, Q, step):  # noqa: ANN001 (as cg_triton.update_)
+    """The CG update kernel: reads X, R, P, Q and step, writes X and R and its shares of sum(R^2)."""
+    shares = X.new_empty(-(-X.shape[0] // cg_triton.BLOCK_N), X.shape[1])  # [row blocks, C]
+    if DeviceAudit.active is not None:
+        DeviceAudit.active.kernel("triton::cg_update", _traffic([X, R, P, Q, step, shares]) + _traffic([X, R]))
+    return shares.sum(0)
+
+
 @contextmanager
 def fake_cuda() -> Iterator[FakeTensorMode]:
     """FakeTensorMode with the Triton kernels replaced by one-launch stand-ins, CUDA or not."""
-    real = stencil_triton.stencil_product, stencil_triton.colour_weights, stencil_triton.available
-    stencil_triton.stencil_product, stencil_triton.colour_weights = _fused_stencil_standin, _fused_weights_standin
-    stencil_triton.available = lambda: True  # the path a CUDA machine with triton takes
+    kernels = {(stencil_triton, "stencil_product"): _fused_stencil_standin,
+               (stencil_triton, "colour_weights"): _fused_weights_standin,
+               (stencil_triton, "residual_and_dot"): _residual_and_dot_standin,
+               (cg_triton, "update_"): _cg_update_standin,
+               (stencil_triton, "available"): lambda: True}  # the path a CUDA machine with triton takes
+    real = {key: getattr(*key) for key in kernels}
+    for (module, name), standin in kernels.items():
+        setattr(module, name, standin)
     try:
         with FakeTensorMode(allow_non_fake_inputs=True) as mode:
             yield mode
     finally:
-        stencil_triton.stencil_product, stencil_triton.colour_weights, stencil_triton.available = real
+        for (module, name), function in real.items():
+            setattr(module, name, function)
 
 
 def on_device(mode: FakeTensorMode, *shape: int) -> torch.Tensor:

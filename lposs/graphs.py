@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import copy
 import os
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from . import stencil_triton
+from . import cg_triton, stencil_triton
 from .color import scaled_lab
 from .propagation import normalize_adjacency
 
@@ -174,6 +175,21 @@ class PixelGraph:
                                                  scale=self.inv_sqrt_degree, residual_alpha=alpha)
             return out.reshape(channels, self.height * self.width).T
         return torch.add(X, self.matmul(X), alpha=-alpha)
+
+    def residual_and_dot(self, X: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
+        """((I - alpha S) X, column dots <X, (I - alpha S) X>) for X [H*W, C]; on CUDA one kernel."""
+        if not self.fused:
+            Q = self.residual(X, alpha)
+            return Q, (X * Q).sum(0)
+        channels = X.shape[1]
+        Z = X.T.reshape(channels, self.height, self.width)  # [C, H, W]
+        out, dots = stencil_triton.residual_and_dot(Z, self.weights, self.offset_table, self.pad,
+                                                    self.inv_sqrt_degree, alpha)
+        return out.reshape(channels, self.height * self.width).T, dots
+
+    def cg_steps(self, alpha: float) -> Any:
+        """The fused CG steps (`cg_triton.FusedSteps`) on CUDA; None (torch calls) otherwise."""
+        return cg_triton.FusedSteps(self, alpha) if self.fused else None
 
     def with_node_scale(self, scale: Tensor) -> "PixelGraph":
         """The operator X -> scale * S (scale * X) for a per-pixel scale [H*W, 1] or [H, W]: this graph with

@@ -73,7 +73,8 @@ def propagate(
         return torch.add(X, apply(S, X), alpha=-alpha)
 
     if method == "cg":
-        F = conjugate_gradient(A, Y2, maxiter=maxiter, tol=tol)
+        steps = S.cg_steps(alpha) if hasattr(S, "cg_steps") else None  # an operator's fused CG kernels
+        F = conjugate_gradient(A, Y2, maxiter=maxiter, tol=tol, steps=steps)
     elif method == "cg_reference":
         F = torch.stack(
             [conjugate_gradient(A, Y2[:, c : c + 1], maxiter, tol)[:, 0] for c in range(Y2.shape[1])], dim=1
@@ -85,8 +86,27 @@ def propagate(
     return F[:, 0] if column else F
 
 
+class TorchSteps:
+    """The two data-heavy steps of a CG iteration, in torch calls; an operator may bring fused ones
+    (`cg_steps(alpha)`, e.g. `lposs.cg_triton.FusedSteps` of the pixel graph on CUDA)."""
+
+    def __init__(self, A: Callable[[Tensor], Tensor]):
+        self.A = A
+
+    def operator_and_dot(self, P: Tensor) -> tuple[Tensor, Tensor]:
+        """(Q, <P, Q> per column) with Q = A P."""
+        Q = self.A(P)  # [N, C]
+        return Q, (P * Q).sum(0)
+
+    def update_(self, X: Tensor, R: Tensor, P: Tensor, Q: Tensor, step: Tensor) -> Tensor:
+        """X += step P, R -= step Q in place -> the new sum(R^2) per column [C]."""
+        X.addcmul_(P, step)
+        R.addcmul_(Q, step, value=-1)
+        return (R * R).sum(0)
+
+
 def conjugate_gradient(A: Callable[[Tensor], Tensor], B: Tensor, maxiter: int = 10, tol: float = 1e-6,
-                       check_every: int | None = None) -> Tensor:
+                       check_every: int | None = None, steps: TorchSteps | None = None) -> Tensor:
     """Batched CG for A X = B (A symmetric positive definite), X0 = 0, one set of scalars per column.
 
     Same iteration and stopping rule as cupyx/scipy `cg(A, b, x0=0, tol, maxiter)` run on each column:
@@ -95,9 +115,11 @@ def conjugate_gradient(A: Callable[[Tensor], Tensor], B: Tensor, maxiter: int = 
     column has stopped without changing the result. Asking whether all have stopped is a host
     synchronisation on a GPU: `check_every` = n asks every n iterations, 0 never (the loop runs
     `maxiter` iterations without waiting for the device); None means 1 on CPU and 0 on CUDA.
+    steps: how the operator, the dot product and the X, R update are computed (default: torch calls on A).
     """
     if check_every is None:
         check_every = 0 if B.is_cuda else 1
+    steps = steps or TorchSteps(A)
     # Few, fused element-wise calls: on a GPU each is a kernel launch and a pass over [N, C] in memory.
     X = torch.zeros_like(B)  # [N, C]
     R = B.clone()
@@ -110,11 +132,9 @@ def conjugate_gradient(A: Callable[[Tensor], Tensor], B: Tensor, maxiter: int = 
     for iteration in range(maxiter):
         if check_every and iteration % check_every == 0 and not bool(active.any()):
             break
-        Q = A(P)  # [N, C]
-        step = torch.where(active, rho / (P * Q).sum(0), zero)  # a stopped column takes no step
-        X.addcmul_(P, step)  # X += step P
-        R.addcmul_(Q, step, value=-1)  # R -= step Q
-        rho_new = (R * R).sum(0)
+        Q, pq = steps.operator_and_dot(P)  # A P [N, C], <P, A P> [C]
+        step = torch.where(active, rho / pq, zero)  # a stopped column takes no step
+        rho_new = steps.update_(X, R, P, Q, step)  # X += step P, R -= step Q; sum(R^2) [C]
         active &= rho_new > atol_sq
         beta = torch.where(active, rho_new / rho, zero)  # rho > 0 while a column is active
         P = torch.addcmul(R, P, beta)  # R + beta P

@@ -45,9 +45,10 @@ def _kernel():
     import triton.language as tl
 
     @triton.jit
-    def stencil_kernel(z_ptr, w_ptr, s_ptr, off_ptr, out_ptr, C, H, W, K, PAD,
+    def stencil_kernel(z_ptr, w_ptr, s_ptr, off_ptr, out_ptr, dot_ptr, C, H, W, K, PAD,
                        z_sc, z_sy, z_sx, w_sk, w_sy, o_sc, o_sy, alpha,
-                       UNIT: tl.constexpr, SCALE: tl.constexpr, RESIDUAL: tl.constexpr, ACC: tl.constexpr,
+                       UNIT: tl.constexpr, SCALE: tl.constexpr, RESIDUAL: tl.constexpr, DOT: tl.constexpr,
+                       ACC: tl.constexpr,
                        BLOCK_C: tl.constexpr, BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr):
         tiles_x, channel_blocks = tl.cdiv(W, BLOCK_X), tl.cdiv(C, BLOCK_C)
         # the channel blocks of one tile are neighbouring programs: its weights come once from memory and
@@ -86,6 +87,8 @@ def _kernel():
             centre = tl.load(z_rows + (y * z_sy + x * z_sx)[None, :], mask=channel[:, None] & inside[None, :],
                              other=0.0).to(ACC)  # [BC, BP]
             acc = centre - alpha * acc
+            if DOT:  # this tile's share of each column's <Z, (I - alpha S) Z>, summed over the tiles by torch
+                tl.store(dot_ptr + tile * C + c, tl.sum(centre * acc, axis=1), mask=channel)
         out = out_ptr + c.to(tl.int64)[:, None] * o_sc + (y * o_sy + x)[None, :]
         tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=channel[:, None] & inside[None, :])
 
@@ -146,6 +149,19 @@ def stencil_product(Z: Tensor, weights: Tensor | None, offsets: Tensor, pad: int
     product s_p * sum_q w_pq s_q Z[:, q]. residual_alpha: return Z - alpha * (that product) instead, the
     operator (I - alpha S) of label propagation. One kernel launch, no host synchronisation.
     """
+    return _launch(Z, weights, offsets, pad, scale, residual_alpha, dot=False)[0]
+
+
+def residual_and_dot(Z: Tensor, weights: Tensor, offsets: Tensor, pad: int, scale: Tensor,
+                     alpha: float) -> tuple[Tensor, Tensor]:
+    """(Q, d) with Q = Z - alpha s * W(s * Z) [C, H, W] and d [C] = sum over pixels of Z * Q per channel:
+    the operator and the dot product of one conjugate-gradient step in one pass (the dot as per-tile
+    partial sums added by one torch call: deterministic, no atomics)."""
+    return _launch(Z, weights, offsets, pad, scale, alpha, dot=True)
+
+
+def _launch(Z: Tensor, weights: Tensor | None, offsets: Tensor, pad: int, scale: Tensor | None,
+            residual_alpha: float | None, dot: bool) -> tuple[Tensor, Tensor | None]:
     import triton
     import triton.language as tl
 
@@ -159,17 +175,19 @@ def stencil_product(Z: Tensor, weights: Tensor | None, offsets: Tensor, pad: int
     if Z.stride(2) != 1:
         Z = Z.contiguous()  # one copy beats strided reads along the rows on every one of the 2K offsets
     out = torch.empty((channels, height, width), dtype=Z.dtype, device=Z.device)
+    tiles = triton.cdiv(height, BLOCK_Y) * triton.cdiv(width, BLOCK_X)
+    partial = torch.empty((tiles, channels), dtype=Z.dtype, device=Z.device) if dot else None  # [tiles, C], all written
     if out.numel() == 0:
-        return out
+        return out, (partial.sum(0) if dot else None)
     acc = tl.float64 if Z.dtype == torch.float64 else tl.float32
     block_c = min(MAX_BLOCK_C, triton.next_power_of_2(channels))
-    grid = (triton.cdiv(height, BLOCK_Y) * triton.cdiv(width, BLOCK_X) * triton.cdiv(channels, block_c),)
-    w = Z if weights is None else weights  # placeholder pointers are never read (UNIT / SCALE off)
+    grid = (tiles * triton.cdiv(channels, block_c),)
+    w = Z if weights is None else weights  # placeholder pointers are never read (UNIT / SCALE / DOT off)
     s = Z if scale is None else scale
-    _kernel()[grid](Z, w, s, offsets, out, channels, height, width, offsets.shape[0], pad,
-                    Z.stride(0), Z.stride(1), Z.stride(2), 0 if weights is None else w.stride(0),
-                    0 if weights is None else w.stride(1), out.stride(0), out.stride(1),
-                    0.0 if residual_alpha is None else float(residual_alpha),
-                    UNIT=weights is None, SCALE=scale is not None, RESIDUAL=residual_alpha is not None, ACC=acc,
-                    BLOCK_C=block_c, BLOCK_Y=BLOCK_Y, BLOCK_X=BLOCK_X, num_warps=NUM_WARPS)
-    return out
+    _kernel()[grid](Z, w, s, offsets, out, out if partial is None else partial, channels, height, width,
+                    offsets.shape[0], pad, Z.stride(0), Z.stride(1), Z.stride(2),
+                    0 if weights is None else w.stride(0), 0 if weights is None else w.stride(1),
+                    out.stride(0), out.stride(1), 0.0 if residual_alpha is None else float(residual_alpha),
+                    UNIT=weights is None, SCALE=scale is not None, RESIDUAL=residual_alpha is not None, DOT=dot,
+                    ACC=acc, BLOCK_C=block_c, BLOCK_Y=BLOCK_Y, BLOCK_X=BLOCK_X, num_warps=NUM_WARPS)
+    return out, (partial.sum(0) if dot else None)

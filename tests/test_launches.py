@@ -75,6 +75,24 @@ def test_a_conjugate_gradient_iteration_is_a_few_fused_calls():
     assert (more["launches"] - few["launches"]) / 5 == 15
 
 
+def test_a_pixel_solve_iteration_on_cuda_is_eleven_launches():
+    """The fused steps: stencil with residual and dot, the CG update kernel, and 9 calls on [C] vectors
+    (two sums of per-block shares, step, beta, the stopping mask, P = R + beta P)."""
+    from lposs.graphs import PixelGraph
+    from lposs.propagation import propagate
+
+    def run(iterations):
+        def work(mode):
+            graph = PixelGraph(on_device(mode, 3, 40, 50))
+            assert graph.fused
+            propagate(graph, on_device(mode, 46, 40 * 50).T, maxiter=iterations)
+        return audit(work)
+
+    few, more = run(3), run(8)
+    assert few["waits"] == more["waits"] == []
+    assert (more["launches"] - few["launches"]) / 5 == 11
+
+
 @pytest.mark.parametrize("keep_on_device", [True, False])
 def test_a_streaming_shard_stays_on_the_gpu_and_a_stored_one_comes_to_the_host(keep_on_device):
     """The evaluator without a feature store keeps an image's features on the device (no copy, no wait)."""

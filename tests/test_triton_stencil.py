@@ -124,6 +124,34 @@ def check_refiner(refiner: str, device: str) -> float:
     return relative(ours, expected)
 
 
+def check_solver(device: str) -> dict[str, float]:
+    """The fused CG steps against the torch ones: operator and dot, the update, and whole solves."""
+    from lposs import cg_triton
+    from lposs.graphs import PixelGraph
+    from lposs.propagation import propagate
+
+    g = torch.Generator().manual_seed(11)
+    image = torch.rand(3, 13, 27, generator=g, dtype=torch.float64)
+    fused = PixelGraph(image.to(device), r=5, tau=0.05, backend="triton")
+    plain = PixelGraph(image, r=5, tau=0.05, backend="torch")
+    Y = torch.rand(6, 13 * 27, generator=g, dtype=torch.float64).T  # channel-first, as the refiners pass it
+    Q, dots = fused.residual_and_dot(Y.to(device), 0.9)
+    X, R, P = (torch.rand(6, 13 * 27, generator=g, dtype=torch.float64).T for _ in range(3))  # [N, C] views
+    step = torch.rand(6, generator=g, dtype=torch.float64)
+    Xd, Rd = X.clone().to(device), R.clone().to(device)
+    sums = cg_triton.update_(Xd, Rd, P.to(device), Q, step.to(device))
+    X.addcmul_(P, step)
+    R.addcmul_(Q.cpu(), step, value=-1)
+    out = {"residual": relative(Q.cpu(), plain.residual(Y, 0.9)), "dot": relative(dots.cpu(), (Y * Q.cpu()).sum(0)),
+           "update X": relative(Xd.cpu(), X), "update R": relative(Rd.cpu(), R),
+           "update sum": relative(sums.cpu(), (R * R).sum(0))}
+    for layout, Yl in (("channel-first", Y), ("channel-last", Y.contiguous())):  # the second: torch update
+        for maxiter in (1, 10):
+            ours = propagate(fused, Yl.to(device), alpha=0.95, maxiter=maxiter, tol=1e-6).cpu()
+            out[f"solve {layout} x{maxiter}"] = relative(ours, propagate(plain, Yl, alpha=0.95, maxiter=maxiter))
+    return out
+
+
 def run_all(device: str) -> dict[str, dict[str, float]]:
     from lposs import stencil_triton
 
@@ -136,6 +164,7 @@ def run_all(device: str) -> dict[str, dict[str, float]]:
         stencil_triton.BLOCK_Y, stencil_triton.BLOCK_X = ONE_TILE
         results["float32"] = check_case("11x19-r13-d1", device, torch.float32)
         results.update({f"refine-{name}": {"relative": check_refiner(name, device)} for name in REFINERS})
+        results["solver"] = check_solver(device)
     finally:
         stencil_triton.BLOCK_Y, stencil_triton.BLOCK_X = default_tile
     return results
@@ -171,6 +200,14 @@ def test_interpreted_kernel_in_float32(interpreted):
 
 
 @pytest.mark.slow  # one interpreter subprocess, ~35 s of CPU
+def test_fused_conjugate_gradient_steps_equal_the_torch_ones(interpreted):
+    differences = interpreted["solver"]
+    assert len(differences) == 9
+    bad = {name: v for name, v in differences.items() if not v <= TOLERANCE}
+    assert not bad, bad
+
+
+@pytest.mark.slow  # one interpreter subprocess, ~35 s of CPU
 @pytest.mark.parametrize("refiner", REFINERS)
 def test_refiners_through_the_fused_stencil_equal_the_torch_stencil(interpreted, refiner):
     assert interpreted[f"refine-{refiner}"]["relative"] <= TOLERANCE
@@ -192,18 +229,20 @@ def test_every_launched_variant_builds_for_the_gpu_without_spilling(arch):
     Python and accepts code the compiler rejects. Every variant stencil_product launches, at the default
     tile, builds to a cubin whose registers do not spill."""
     pytest.importorskip("triton")
-    from benchmarks.kernel_build import build, build_weights, resources
+    from benchmarks.kernel_build import build, build_cg_update, build_weights, resources
     from lposs import stencil_triton
 
     for dtype in ("float32", "float64"):
-        for unit, scale, residual in ((False, True, True), (False, True, False), (False, False, False),
-                                      (True, False, False)):
+        for unit, scale, residual, dot in ((False, True, True, True), (False, True, True, False),
+                                           (False, True, False, False), (False, False, False, False),
+                                           (True, False, False, False)):
             for block_c in sorted({1, 2, 4, stencil_triton.MAX_BLOCK_C}):  # min(MAX_BLOCK_C, next pow2 of C)
-                used = resources(build(arch, dtype, unit, scale, block_c, residual=residual))
+                used = resources(build(arch, dtype, unit, scale, block_c, residual=residual, dot=dot))
                 assert 0 < used["registers"] <= 255 and used["spill_bytes"] == 0, (dtype, unit, scale, residual,
-                                                                                    block_c, used)
-        used = resources(build_weights(arch, dtype))  # the colour weights
-        assert 0 < used["registers"] <= 255 and used["spill_bytes"] == 0, (dtype, "weights", used)
+                                                                                    dot, block_c, used)
+        for name, other in (("weights", build_weights), ("cg update", build_cg_update)):
+            used = resources(other(arch, dtype))
+            assert 0 < used["registers"] <= 255 and used["spill_bytes"] == 0, (dtype, name, used)
 
 
 @pytest.mark.gpu
