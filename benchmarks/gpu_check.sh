@@ -29,7 +29,8 @@ fi
 
 # 1. The CUDA tests of issue 9 (~1-2 min: Triton compiles a few kernel variants).
 timeout 150 python3 -m pytest -q -rs -m gpu -p no:cacheprovider \
-  tests/test_triton_stencil.py tests/test_propagation.py tests/test_evaluate.py tests/test_graphs.py 2>&1 \
+  tests/test_triton_stencil.py tests/test_propagation.py tests/test_evaluate.py tests/test_graphs.py \
+  tests/test_launches.py 2>&1 \
   | tee "$OUT/pytest_gpu.txt"
 
 # 2. The speed benchmark, reference mode in the same run (~2-3 min).

@@ -111,3 +111,27 @@ def test_a_streaming_shard_stays_on_the_gpu_and_a_stored_one_comes_to_the_host(k
     back = [c for c in counter.summary()["copies"] if c["direction"] == "device->host"]
     assert shard["seeds"].device.type == ("cuda" if keep_on_device else "cpu")
     assert len(back) == (0 if keep_on_device else 2)  # seeds and graph features
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("refiner", ["reference", "best"])
+def test_lposs_plus_on_a_real_gpu_never_synchronises(refiner):
+    """What the audit counts, checked by CUDA itself: torch raises on any synchronising call."""
+    from lposs.segment import ImageFeatures, propagate_features
+    from lposs.windows import window_layout
+
+    layout = window_layout(448, 597)
+    n = len(layout) * 196
+    feats = ImageFeatures(seeds=torch.randn(n, 46, device="cuda"),
+                          vm_feats=torch.nn.functional.normalize(torch.randn(n, 768, device="cuda"), dim=1),
+                          owner=torch.arange(46) // 2, layout=layout, resized_hw=(448, 597), original_hw=(375, 500),
+                          grid=14, image_resized=torch.rand(3, 448, 597, device="cuda"))
+    propagate_features(feats, mode="lposs+", device="cuda", refiner=refiner)  # warm-up: compiles the kernels
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        scores = propagate_features(feats, mode="lposs+", device="cuda", refiner=refiner)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert scores.shape == (23, 375, 500) and bool(torch.isfinite(scores).all())
