@@ -184,11 +184,11 @@ def end_to_end(height: int, width: int, classes: int, device: str, repeats: int)
     image = torch.rand(3, *ORIGINAL_SIZE[(height, width)], generator=g).to(device)  # [3, H0, W0]
     dim = vlm.dense_features(torch.rand(1, 3, 224, 224, device=device)).shape[-1]
     emb = torch.nn.functional.normalize(torch.randn(classes, dim, generator=g), dim=1).to(device)  # [C', D]
-    text = (emb, torch.arange(classes, device=device))  # random class embeddings: the cost is the same
+    text = (emb, torch.arange(classes))  # random class embeddings (the cost is the same); owner on the host
     names = [f"class {i}" for i in range(classes)]
 
     def run() -> Any:
-        features = extract_features(image, names, vlm, vm, text=text)
+        features = extract_features(image, names, vlm, vm, text=text, keep_on_device=True)  # as the evaluator
         return propagate_features(features, mode="lposs+", device=device).argmax(0)
 
     if cuda:
