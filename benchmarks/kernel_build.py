@@ -116,6 +116,7 @@ def variants(block_cs: list[int], tiles: list[tuple[int, int, int]]) -> list[dic
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from lposs import cg_triton as cg
     from lposs import stencil_triton as st
     from lposs.pipeline import write_json
 
@@ -137,8 +138,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"residual={variant['residual']:d} dot={variant['dot']:d} "
                   f"C{variant['block_c']:<2} {variant['block_y']}x{variant['block_x']} w{variant['num_warps']}: "
                   f"{row['registers']:>3} regs, spill {row['spill_bytes']} B, occupancy {row['occupancy']:.2f}")
+        for name, other, warps in (("colour weights", build_weights, 4), ("cg update", build_cg_update, cg.NUM_WARPS)):
+            for dtype in DTYPES:
+                row = {"arch": f"sm_{arch}", "kernel": name, "dtype": dtype, "num_warps": warps,
+                       **resources(other(arch, dtype))}
+                row["occupancy"] = blocks_per_sm(row["registers"], warps) * warps * WARP / THREADS_PER_SM
+                rows.append(row)
+                print(f"sm_{arch} {dtype:<7} {name}: {row['registers']:>3} regs, spill {row['spill_bytes']} B, "
+                      f"occupancy {row['occupancy']:.2f}")
     result = {"default": {"block_c": st.MAX_BLOCK_C, "block_y": st.BLOCK_Y, "block_x": st.BLOCK_X,
-                          "num_warps": st.NUM_WARPS}, "rows": rows}
+                          "num_warps": st.NUM_WARPS, "cg_update": [cg.BLOCK_N, cg.BLOCK_C, cg.NUM_WARPS]},
+              "rows": rows}
     if args.json:
         write_json(args.json, result)
     return result
