@@ -93,15 +93,16 @@ class PixelGraph:
     multiply-add over long contiguous rows with no border cases. On CPU the output is accumulated in bands
     of rows small enough to stay in cache (`band_elements`).
 
-    backend: "torch" (the stencil above, the CPU path and the fallback), "triton" (every product is one
-    fused kernel of lposs/stencil_triton.py, the weights built in a few vectorised passes), or "auto"
+    backend: "torch" (the stencil above, the CPU path and the fallback), "triton" (the weights and every
+    product are one kernel each of lposs/stencil_triton.py, and CG runs on lposs/cg_triton.py), or "auto"
     (triton for an image on CUDA when triton imports, torch otherwise); None reads the environment
     variable LPOSS_STENCIL (default "auto"), which reaches the graphs callers build (lposs/refine.py).
     The results agree to rounding.
 
-    `matmul(X)` is the normalised S @ X that `propagate` uses; `weighted_sum(Z)` the unnormalised W Z and
-    `neighbour_sum(Z)` the same stencil with unit weights, both channel-first [C, H, W] (the colour
-    relaxation of lposs/refine.py uses them).
+    `matmul(X)` is the normalised S @ X, `residual(X, alpha)` = (I - alpha S) X and `cg_steps(alpha)` the
+    fused CG steps that `propagate` uses; `with_node_scale(s)` the operator s * S(s * X) on the same weights;
+    `weighted_sum(Z)` the unnormalised W Z and `neighbour_sum(Z)` the same stencil with unit weights, both
+    channel-first [C, H, W] (the colour relaxation of lposs/refine.py uses them).
     """
 
     band_elements = 2**19  # CPU accumulator size (floats) per band of rows: 2 MB, stays in cache
