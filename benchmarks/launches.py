@@ -126,8 +126,8 @@ class DeviceAudit(TorchDispatchMode):
                                "the audit cannot go past it") from error
         outputs = _tensors(out)
         if name in TRANSFERS:
-            non_blocking = bool(kwargs.get("non_blocking", args[2] if name == "aten::copy_" and len(args) > 2 else False))
-            self.transfer(name, inputs, outputs, non_blocking)
+            positional = args[2] if name == "aten::copy_" and len(args) > 2 else False  # copy_(self, src, non_blocking)
+            self.transfer(name, inputs, outputs, bool(kwargs.get("non_blocking", positional)))
         elif any(_is_cuda(t) for t in outputs) and name not in NO_KERNEL and not func.is_view:
             self.kernel(name, _traffic(inputs + outputs))
         return out

@@ -123,7 +123,8 @@ def class_names(protocol: str, dataset: str, default: list[str]) -> list[str]:
 def pool_synonyms(scores: Tensor, owner: Tensor) -> Tensor:
     """Max over the synonym columns of each class: [C', H, W] -> [K, H, W] (one scatter, no GPU wait)."""
     classes = int(owner.max()) + 1  # owner lives on the CPU (features keep it there)
-    index = owner.to(scores.device, non_blocking=True).view(-1, *([1] * (scores.dim() - 1))).expand_as(scores)  # [C', H, W]
+    owner = owner.to(scores.device, non_blocking=True)  # no stream sync (a blocking copy waits for the GPU)
+    index = owner.view(-1, *([1] * (scores.dim() - 1))).expand_as(scores)  # [C', H, W]
     pooled = scores.new_full((classes, *scores.shape[1:]), float("-inf"))
     return pooled.scatter_reduce_(0, index, scores, reduce="amax")
 

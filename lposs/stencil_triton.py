@@ -124,9 +124,9 @@ def _weights_kernel():
 
 
 def colour_weights(lab: Tensor, offsets: Tensor, pad: int, tau: float) -> Tensor:
-    """The stencil's weights from scaled Lab [3, H, W] -> [K, H + 2 pad, W + 2 pad], as
-    `PixelGraph` computes them on the CPU (graphs.colour_weights), in one kernel: Lab read once per offset, every weight written
-    once (padding included), no [3, K, H, W] temporaries."""
+    """The stencil's weights from scaled Lab [3, H, W] -> [K, H + 2 pad, W + 2 pad], as `PixelGraph`
+    computes them on the CPU (graphs.colour_weights), in one kernel: Lab read once per offset, every weight
+    written once (padding included), no [3, K, H, W] temporaries."""
     import triton
     import triton.language as tl
 
