@@ -12,7 +12,9 @@ real sizes; the label propagation cost does not depend on the values.
   stencil; the torch stencil's pixel solve is timed beside it as `pixel_solve_torch_stencil`).
 
 On CUDA the fused kernel's tile sizes (`TILES`) are also timed on one VOC-size product, with the
-bandwidth of its one-pass traffic, so the defaults of lposs/stencil_triton.py can be chosen from data.
+bandwidth of its one-pass traffic, so the defaults of lposs/stencil_triton.py can be chosen from data;
+and every fast stage is set against its memory floor: the traffic `benchmarks.launches` models for it
+divided by this GPU's measured copy bandwidth (`fraction_of_floor`: 1 = as fast as memory allows).
 
 With --backbones, each case also runs end to end: a random-weight OpenCLIP ViT-B/16 + DINO ViT-B/16 pair
 (bf16 on CUDA, fp32 on CPU) on a random image of the original size (VOC 375x500, Cityscapes 1024x2048),
@@ -135,6 +137,29 @@ def benchmark_case(height: int, width: int, classes: int, device: str, repeats: 
     }
 
 
+FLOOR_STAGES = {"patch_graph": "patch_graph", "patch_solve": "propagate", "merge": "merge_windows",
+                "pixel_graph": "refine_pixels/__init__", "pixel_solve": "refine_pixels/propagate_scores"}
+
+
+def copy_bandwidth(device: str, repeats: int, gib: float = 1.0) -> float:
+    """Bytes per second of a plain device copy (read + write of `gib` GiB): what memory can do here."""
+    source = torch.empty(int(gib * 2**28), device=device)  # float32
+    target = torch.empty_like(source)
+    seconds, _ = timed(lambda: target.copy_(source), device, max(repeats, 5))
+    return 2 * source.numel() * 4 / seconds
+
+
+def memory_floor(height: int, width: int, classes: int, bandwidth: float) -> dict[str, float]:
+    """Milliseconds each fast stage would take if it moved its modelled traffic (`benchmarks.launches`,
+    the CUDA path with the fused kernels) at `bandwidth`: a floor to set the measured times against."""
+    from benchmarks.launches import audit_image
+
+    traffic = audit_image(*ORIGINAL_SIZE[(height, width)], columns=classes, refiner="reference")["bytes_by_stage"]
+    floor = {stage: traffic.get(key, 0) / bandwidth * 1e3 for stage, key in FLOOR_STAGES.items()}
+    floor["total_lp"] = sum(floor.values())
+    return floor
+
+
 def backbone_times(device: str, repeats: int) -> dict[str, float]:
     """Two ViT-B/16 forwards over the 15 windows of a VOC-size image (random weights: same cost)."""
     from lposs.backbones import load_backbones
@@ -248,6 +273,14 @@ def main(argv: list[str] | None = None) -> dict:
     results = [benchmark_case(h, w, c, args.device, repeats, ref_columns) for h, w, c in cases]
     print_table(results)
     report_tiles = stencil_tiles(args.device, repeats) if args.device.startswith("cuda") else None
+    bandwidth = copy_bandwidth(args.device, repeats) if args.device.startswith("cuda") else None
+    for result, (h, w, c) in zip(results, cases) if bandwidth else ():
+        result["memory_floor_ms"] = memory_floor(h, w, c, bandwidth)
+        result["fraction_of_floor"] = {stage: floor_ms / max(result["fast_s"][stage] * 1e3, 1e-9)
+                                       for stage, floor_ms in result["memory_floor_ms"].items()}
+        print(f"{result['case']:<22}memory floor at {bandwidth / 1e9:.0f} GB/s (copy): "
+              + ", ".join(f"{stage} {ms:.2f} ms ({result['fraction_of_floor'][stage]:.0%} of it reached)"
+                          for stage, ms in result["memory_floor_ms"].items()))
     for row in report_tiles or []:
         print(f"fused stencil tile {row['tile']}: {row['ms']:.3f} ms per product, "
               f"{row['one_pass_gb_per_s']:.0f} GB/s of one-pass traffic")
@@ -266,6 +299,7 @@ def main(argv: list[str] | None = None) -> dict:
         "repeats": repeats,
         "cases": results,
         "stencil_tiles": report_tiles,
+        "copy_gb_per_s": bandwidth / 1e9 if bandwidth else None,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }
     if args.backbones:
