@@ -9,8 +9,10 @@ paper setting in one pass instead:
 - DataLoader workers decode the images and read, check and reduce the labels while the GPU works;
 - the windows of `batch_images` images go through each backbone as one batch (bf16 autocast lives in the
   backbones, `--bf16`), then every image is read back through `features.extract_shard`, the pipeline's
-  own path, so the features are the ones the feature store would hold;
-- every setting of `settings` runs `segment.propagate_features` on the device;
+  own path, so the features are the ones the feature store would hold (they stay on the device unless
+  a store is written);
+- every setting of `settings` runs `segment.propagate_features` on the device, with no host wait
+  anywhere in the loop (`benchmarks.launches` counts them; per-setting times come from CUDA events);
 - confusion matrices and boundary counts accumulate on the device (`DeviceMetrics`) and become
   `metrics.SegmentationMetrics` at the end (one transfer);
 - a progress bar shows images/s; with `store` the shards are also written (optional).
