@@ -31,45 +31,41 @@ def build(arch: int, dtype: str = "float32", unit: bool = False, scale: bool = T
           residual: bool = False, dot: bool = False) -> Any:
     """The compiled stencil kernel (triton's CompiledKernel, cubin included) for sm_<arch>; defaults: the
     module's tile."""
-    import triton.language as tl
-
     from lposs import stencil_triton as st
 
-    constants = {"UNIT": unit, "SCALE": scale, "RESIDUAL": residual, "DOT": dot,
-                 "ACC": tl.float64 if dtype == "float64" else tl.float32,
-                 "BLOCK_C": block_c or st.MAX_BLOCK_C, "BLOCK_Y": block_y or st.BLOCK_Y,
+    constants = {"UNIT": unit, "SCALE": scale, "RESIDUAL": residual, "DOT": dot, "BLOCK_C": block_c or st.MAX_BLOCK_C, "BLOCK_Y": block_y or st.BLOCK_Y,
                  "BLOCK_X": block_x or st.BLOCK_X}
     return _compile(st._kernel(), arch, dtype, constants, floats=("alpha",), num_warps=num_warps or st.NUM_WARPS)
 
 
 def build_weights(arch: int, dtype: str = "float32") -> Any:
     """The compiled colour-weights kernel (`stencil_triton.colour_weights`) for sm_<arch>."""
-    import triton.language as tl
-
     from lposs import stencil_triton as st
 
-    constants = {"ACC": tl.float64 if dtype == "float64" else tl.float32, "BLOCK": st.WEIGHTS_BLOCK}
-    return _compile(st._weights_kernel(), arch, dtype, constants, floats=("tau", "tiny"), num_warps=4)
+    return _compile(st._weights_kernel(), arch, dtype, {"BLOCK": st.WEIGHTS_BLOCK}, floats=("tau", "tiny"),
+                    num_warps=4)
 
 
 def build_cg_update(arch: int, dtype: str = "float32") -> Any:
     """The compiled CG update kernel (`cg_triton.update_`) for sm_<arch>."""
-    import triton.language as tl
-
     from lposs import cg_triton as cg
 
-    constants = {"ACC": tl.float64 if dtype == "float64" else tl.float32, "BLOCK_N": cg.BLOCK_N,
-                 "BLOCK_C": cg.BLOCK_C}
-    return _compile(cg._update_kernel(), arch, dtype, constants, floats=(), num_warps=cg.NUM_WARPS)
+    return _compile(cg._update_kernel(), arch, dtype, {"BLOCK_N": cg.BLOCK_N, "BLOCK_C": cg.BLOCK_C}, floats=(),
+                    num_warps=cg.NUM_WARPS)
 
 
 def _compile(kernel: Any, arch: int, dtype: str, constants: dict[str, Any], floats: tuple[str, ...],
              num_warps: int) -> Any:
-    """triton.compile for sm_<arch>: pointers of `dtype` (off_ptr int32), `floats` fp32, other scalars i32."""
+    """triton.compile for sm_<arch>: pointers of `dtype` (off_ptr int32), `floats` fp32, other scalars i32,
+    the accumulator type ACC as the launch picks it for `dtype` (`stencil_triton.accumulator`)."""
+    import torch
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    from lposs.stencil_triton import accumulator
+
+    constants = {**constants, "ACC": accumulator(getattr(torch, dtype))}
     signature = {name: ("constexpr" if name in constants else "*i32" if name == "off_ptr"
                         else "*" + DTYPES[dtype] if name.endswith("_ptr") else "fp32" if name in floats
                         else "i32") for name in kernel.arg_names}
@@ -103,6 +99,11 @@ def blocks_per_sm(registers: int, num_warps: int) -> int:
     return min(by_registers, THREADS_PER_SM // threads)
 
 
+def occupancy(registers: int, num_warps: int) -> float:
+    """The share of an SM's threads that resident blocks of this kernel keep busy."""
+    return blocks_per_sm(registers, num_warps) * num_warps * WARP / THREADS_PER_SM
+
+
 def variants(block_cs: list[int], tiles: list[tuple[int, int, int]]) -> list[dict[str, Any]]:
     """The launched variants: (I - alpha S) X with and without its dot, S X, W Z, unit weights; float32 and 64."""
     kinds = [{"unit": False, "scale": True, "residual": True, "dot": True},
@@ -110,9 +111,8 @@ def variants(block_cs: list[int], tiles: list[tuple[int, int, int]]) -> list[dic
              {"unit": False, "scale": True, "residual": False, "dot": False},
              {"unit": False, "scale": False, "residual": False, "dot": False},
              {"unit": True, "scale": False, "residual": False, "dot": False}]
-    out = [{"dtype": dtype, **kind, "block_c": c, "block_y": y, "block_x": x, "num_warps": warps}
-           for dtype in DTYPES for kind in kinds for c in block_cs for y, x, warps in tiles]
-    return out
+    return [{"dtype": dtype, **kind, "block_c": c, "block_y": y, "block_x": x, "num_warps": warps}
+            for dtype in DTYPES for kind in kinds for c in block_cs for y, x, warps in tiles]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for variant in variants(args.block_c, tiles):
             row = {"arch": f"sm_{arch}", **variant, **resources(build(arch, **variant))}
             row["blocks_per_sm"] = blocks_per_sm(row["registers"], variant["num_warps"])
-            row["occupancy"] = row["blocks_per_sm"] * variant["num_warps"] * WARP / THREADS_PER_SM
+            row["occupancy"] = occupancy(row["registers"], variant["num_warps"])
             rows.append(row)
             print(f"sm_{arch} {variant['dtype']:<7} unit={variant['unit']:d} scale={variant['scale']:d} "
                   f"residual={variant['residual']:d} dot={variant['dot']:d} "
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for dtype in DTYPES:
                 row = {"arch": f"sm_{arch}", "kernel": name, "dtype": dtype, "num_warps": warps,
                        **resources(other(arch, dtype))}
-                row["occupancy"] = blocks_per_sm(row["registers"], warps) * warps * WARP / THREADS_PER_SM
+                row["occupancy"] = occupancy(row["registers"], warps)
                 rows.append(row)
                 print(f"sm_{arch} {dtype:<7} {name}: {row['registers']:>3} regs, spill {row['spill_bytes']} B, "
                       f"occupancy {row['occupancy']:.2f}")

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from .propagation import TorchSteps
+from .stencil_triton import accumulator
 
 # Untimed (no GPU yet); chosen from the sm_90 build (benchmarks.kernel_build): 40 registers, 75% occupancy,
 # where 512 x 4 needs 156 registers (19%).
@@ -54,7 +55,6 @@ def same_layout(*tensors: Tensor) -> bool:
 def update_(X: Tensor, R: Tensor, P: Tensor, Q: Tensor, step: Tensor) -> Tensor:
     """X += step * P and R -= step * Q in place (step [C] per column of the [N, C] tensors) -> sum(R^2, 0) [C]."""
     import triton
-    import triton.language as tl
 
     if not same_layout(X, R, P, Q):
         raise ValueError("X, R, P and Q must be [N, C] tensors of one shape, dtype, device and strides")
@@ -62,8 +62,7 @@ def update_(X: Tensor, R: Tensor, P: Tensor, Q: Tensor, step: Tensor) -> Tensor:
     grid = (triton.cdiv(n, BLOCK_N), triton.cdiv(c, BLOCK_C))
     partial = torch.empty((grid[0], c), dtype=X.dtype, device=X.device)  # [row blocks, C], all written
     _update_kernel()[grid](X, R, P, Q, step.contiguous(), partial, n, c, X.stride(0), X.stride(1),
-                           ACC=tl.float64 if X.dtype == torch.float64 else tl.float32,
-                           BLOCK_N=BLOCK_N, BLOCK_C=BLOCK_C, num_warps=NUM_WARPS)
+                           ACC=accumulator(X.dtype), BLOCK_N=BLOCK_N, BLOCK_C=BLOCK_C, num_warps=NUM_WARPS)
     return partial.sum(0)
 
 

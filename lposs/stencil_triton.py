@@ -20,12 +20,20 @@ K half-offsets (dy, dx) already multiplied by the dilation.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 import torch
 from torch import Tensor
 
 BLOCK_Y, BLOCK_X, MAX_BLOCK_C, NUM_WARPS = 8, 32, 8, 4  # untuned defaults (no GPU measured them yet)
 WEIGHTS_BLOCK = 1024  # weights per program of the colour-weights kernel
+
+
+def accumulator(dtype: torch.dtype) -> Any:
+    """The Triton type the kernels sum in for tensors of `dtype`: float64 for float64, float32 otherwise."""
+    import triton.language as tl
+
+    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 @lru_cache(maxsize=1)
@@ -128,7 +136,6 @@ def colour_weights(lab: Tensor, offsets: Tensor, pad: int, tau: float) -> Tensor
     computes them on the CPU (graphs.colour_weights), in one kernel: Lab read once per offset, every weight
     written once (padding included), no [3, K, H, W] temporaries."""
     import triton
-    import triton.language as tl
 
     lab = lab.contiguous()
     _, height, width = lab.shape
@@ -136,7 +143,7 @@ def colour_weights(lab: Tensor, offsets: Tensor, pad: int, tau: float) -> Tensor
     grid = (offsets.shape[0], triton.cdiv(out.shape[1] * out.shape[2], WEIGHTS_BLOCK))
     _weights_kernel()[grid](lab, offsets, out, height, width, pad, float(tau), torch.finfo(lab.dtype).tiny,
                             lab.stride(0), out.stride(0),
-                            ACC=tl.float64 if lab.dtype == torch.float64 else tl.float32, BLOCK=WEIGHTS_BLOCK)
+                            ACC=accumulator(lab.dtype), BLOCK=WEIGHTS_BLOCK)
     return out
 
 
@@ -163,7 +170,6 @@ def residual_and_dot(Z: Tensor, weights: Tensor, offsets: Tensor, pad: int, scal
 def _launch(Z: Tensor, weights: Tensor | None, offsets: Tensor, pad: int, scale: Tensor | None,
             residual_alpha: float | None, dot: bool) -> tuple[Tensor, Tensor | None]:
     import triton
-    import triton.language as tl
 
     channels, height, width = Z.shape
     if weights is not None and (tuple(weights.shape) != (offsets.shape[0], height + 2 * pad, width + 2 * pad)
@@ -179,7 +185,6 @@ def _launch(Z: Tensor, weights: Tensor | None, offsets: Tensor, pad: int, scale:
     partial = torch.empty((tiles, channels), dtype=Z.dtype, device=Z.device) if dot else None  # [tiles, C], all written
     if out.numel() == 0:
         return out, (partial.sum(0) if dot else None)
-    acc = tl.float64 if Z.dtype == torch.float64 else tl.float32
     block_c = min(MAX_BLOCK_C, triton.next_power_of_2(channels))
     grid = (tiles * triton.cdiv(channels, block_c),)
     w = Z if weights is None else weights  # placeholder pointers are never read (UNIT / SCALE / DOT off)
@@ -189,5 +194,5 @@ def _launch(Z: Tensor, weights: Tensor | None, offsets: Tensor, pad: int, scale:
                     0 if weights is None else w.stride(0), 0 if weights is None else w.stride(1),
                     out.stride(0), out.stride(1), 0.0 if residual_alpha is None else float(residual_alpha),
                     UNIT=weights is None, SCALE=scale is not None, RESIDUAL=residual_alpha is not None, DOT=dot,
-                    ACC=acc, BLOCK_C=block_c, BLOCK_Y=BLOCK_Y, BLOCK_X=BLOCK_X, num_warps=NUM_WARPS)
+                    ACC=accumulator(Z.dtype), BLOCK_C=block_c, BLOCK_Y=BLOCK_Y, BLOCK_X=BLOCK_X, num_warps=NUM_WARPS)
     return out, (partial.sum(0) if dot else None)
