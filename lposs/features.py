@@ -263,8 +263,8 @@ def extract_shard(image_id: str, image: Any, class_names: list[str], vlm: Any, v
     at once); a shard to be saved must be on the CPU (the default)."""
     start = time.perf_counter()
     first, *others = vms
-    graph = _OneForward(vms, keep_on_device) if others and _one_network(vms) else vms[first]
-    feats = extract_features(image, class_names, vlm, graph, text=text, keep_on_device=keep_on_device, **windows)
+    graph = _OneForward(vms) if others and _one_network(vms) else vms[first]
+    feats = extract_features(image, class_names, vlm, graph, text=text, keep_on_device=True, **windows)
     vm = {first: feats.vm_feats}
     if isinstance(graph, _OneForward):  # q, k, v, tokens of one network came from the same forward
         vm.update({name: graph.flat(name) for name in others})
@@ -273,12 +273,12 @@ def extract_shard(image_id: str, image: Any, class_names: list[str], vlm: Any, v
         for name in others:
             dense = vms[name].dense_features(batch)  # [B, g, g, D]
             vm[name] = dense.reshape(-1, dense.shape[-1]).float()
-            vm[name] = vm[name] if keep_on_device else vm[name].cpu()
+    place = (lambda t: t) if keep_on_device else (lambda t: t.cpu())  # the one place the shard leaves the device
     return {
         "id": image_id,
-        "seeds": feats.seeds.float().contiguous(),
+        "seeds": place(feats.seeds.float().contiguous()),
         "owner": feats.owner.long(),
-        "vm": {name: t.to(VM_DTYPES[vm_dtype]).contiguous() for name, t in vm.items()},
+        "vm": {name: place(t.to(VM_DTYPES[vm_dtype]).contiguous()) for name, t in vm.items()},
         "layout": [tuple(int(v) for v in w) for w in feats.layout],
         "resized_hw": tuple(int(v) for v in feats.resized_hw),
         "original_hw": tuple(int(v) for v in feats.original_hw),
@@ -300,8 +300,8 @@ def _one_network(vms: dict[str, Any]) -> bool:
 class _OneForward:
     """A graph model standing for all stored variants of one network: one forward, every feature kept."""
 
-    def __init__(self, vms: dict[str, Any], keep_on_device: bool = False) -> None:
-        self.model, self.names, self.keep_on_device = next(iter(vms.values())), list(vms), keep_on_device
+    def __init__(self, vms: dict[str, Any]) -> None:
+        self.model, self.names = next(iter(vms.values())), list(vms)
         self.out: dict[str, torch.Tensor] = {}
 
     def dense_features(self, windows: torch.Tensor) -> torch.Tensor:
@@ -309,8 +309,7 @@ class _OneForward:
         return self.out[self.names[0]]
 
     def flat(self, name: str) -> torch.Tensor:
-        flat = self.out[name].reshape(-1, self.out[name].shape[-1]).float()  # [N, D]
-        return flat if self.keep_on_device else flat.cpu()
+        return self.out[name].reshape(-1, self.out[name].shape[-1]).float()  # [N, D], where the forward ran
 
 
 def to_image_features(shard: dict[str, Any], vm_feature: str, image: Any = None) -> ImageFeatures:
