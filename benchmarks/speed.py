@@ -160,6 +160,17 @@ def memory_floor(height: int, width: int, classes: int, bandwidth: float) -> dic
     return floor
 
 
+def add_memory_floors(results: list[dict[str, Any]], cases: list[tuple[int, int, int]], bandwidth: float) -> None:
+    """Each case's stage floors (`memory_floor`) and the fraction of them its fast stages reach, printed."""
+    for result, (h, w, c) in zip(results, cases):
+        result["memory_floor_ms"] = memory_floor(h, w, c, bandwidth)
+        result["fraction_of_floor"] = {stage: floor_ms / max(result["fast_s"][stage] * 1e3, 1e-9)
+                                       for stage, floor_ms in result["memory_floor_ms"].items()}
+        print(f"{result['case']:<22}memory floor at {bandwidth / 1e9:.0f} GB/s (copy): "
+              + ", ".join(f"{stage} {ms:.2f} ms ({result['fraction_of_floor'][stage]:.0%} of it reached)"
+                          for stage, ms in result["memory_floor_ms"].items()))
+
+
 def backbone_times(device: str, repeats: int) -> dict[str, float]:
     """Two ViT-B/16 forwards over the 15 windows of a VOC-size image (random weights: same cost)."""
     from lposs.backbones import load_backbones
@@ -274,13 +285,8 @@ def main(argv: list[str] | None = None) -> dict:
     print_table(results)
     report_tiles = stencil_tiles(args.device, repeats) if args.device.startswith("cuda") else None
     bandwidth = copy_bandwidth(args.device, repeats) if args.device.startswith("cuda") else None
-    for result, (h, w, c) in zip(results, cases) if bandwidth else ():
-        result["memory_floor_ms"] = memory_floor(h, w, c, bandwidth)
-        result["fraction_of_floor"] = {stage: floor_ms / max(result["fast_s"][stage] * 1e3, 1e-9)
-                                       for stage, floor_ms in result["memory_floor_ms"].items()}
-        print(f"{result['case']:<22}memory floor at {bandwidth / 1e9:.0f} GB/s (copy): "
-              + ", ".join(f"{stage} {ms:.2f} ms ({result['fraction_of_floor'][stage]:.0%} of it reached)"
-                          for stage, ms in result["memory_floor_ms"].items()))
+    if bandwidth:
+        add_memory_floors(results, cases, bandwidth)
     for row in report_tiles or []:
         print(f"fused stencil tile {row['tile']}: {row['ms']:.3f} ms per product, "
               f"{row['one_pass_gb_per_s']:.0f} GB/s of one-pass traffic")
