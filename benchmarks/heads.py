@@ -18,10 +18,10 @@ import time
 import numpy as np
 import torch
 
-from lposs.backbones import load_backbones
-from lposs.features import extract_shard
-from lposs.heads import HEADS
-from lposs.pipeline import write_json
+from lposs.models.backbones import load_backbones
+from lposs.experiment.extraction import extract_shard
+from lposs.models.heads import HEADS
+from lposs.io import write_json
 
 CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
            "table", "dog", "horse", "motorbike", "person", "plant", "sheep", "sofa", "train", "monitor"]

@@ -31,7 +31,7 @@ def build(arch: int, dtype: str = "float32", unit: bool = False, scale: bool = T
           residual: bool = False, dot: bool = False) -> Any:
     """The compiled stencil kernel (triton's CompiledKernel, cubin included) for sm_<arch>; defaults: the
     module's tile."""
-    from lposs import stencil_triton as st
+    from lposs.kernels import stencil_triton as st
 
     constants = {"UNIT": unit, "SCALE": scale, "RESIDUAL": residual, "DOT": dot, "BLOCK_C": block_c or st.MAX_BLOCK_C, "BLOCK_Y": block_y or st.BLOCK_Y,
                  "BLOCK_X": block_x or st.BLOCK_X}
@@ -40,7 +40,7 @@ def build(arch: int, dtype: str = "float32", unit: bool = False, scale: bool = T
 
 def build_weights(arch: int, dtype: str = "float32") -> Any:
     """The compiled colour-weights kernel (`stencil_triton.colour_weights`) for sm_<arch>."""
-    from lposs import stencil_triton as st
+    from lposs.kernels import stencil_triton as st
 
     return _compile(st._weights_kernel(), arch, dtype, {"BLOCK": st.WEIGHTS_BLOCK}, floats=("tau", "tiny"),
                     num_warps=4)
@@ -48,7 +48,7 @@ def build_weights(arch: int, dtype: str = "float32") -> Any:
 
 def build_cg_update(arch: int, dtype: str = "float32") -> Any:
     """The compiled CG update kernel (`cg_triton.update_`) for sm_<arch>."""
-    from lposs import cg_triton as cg
+    from lposs.kernels import cg_triton as cg
 
     return _compile(cg._update_kernel(), arch, dtype, {"BLOCK_N": cg.BLOCK_N, "BLOCK_C": cg.BLOCK_C}, floats=(),
                     num_warps=cg.NUM_WARPS)
@@ -63,7 +63,7 @@ def _compile(kernel: Any, arch: int, dtype: str, constants: dict[str, Any], floa
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from lposs.stencil_triton import accumulator
+    from lposs.kernels.stencil_triton import accumulator
 
     constants = {**constants, "ACC": accumulator(getattr(torch, dtype))}
     signature = {name: ("constexpr" if name in constants else "*i32" if name == "off_ptr"
@@ -116,9 +116,9 @@ def variants(block_cs: list[int], tiles: list[tuple[int, int, int]]) -> list[dic
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from lposs import cg_triton as cg
-    from lposs import stencil_triton as st
-    from lposs.pipeline import write_json
+    from lposs.kernels import cg_triton as cg
+    from lposs.kernels import stencil_triton as st
+    from lposs.io import write_json
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.kernel_build", description=__doc__.split("\n\n")[0])
     parser.add_argument("--archs", nargs="+", type=int, default=[80, 90])

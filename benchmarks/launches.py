@@ -40,9 +40,10 @@ from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicO
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
-from lposs import cg_triton, stencil_triton
-from lposs.pipeline import write_json
-from lposs.protocols import labels_from_scores, resolve
+from lposs.kernels import cg_triton, stencil_triton
+from lposs.io import write_json
+from lposs.core.scoring import labels_from_scores
+from lposs.models.protocols import resolve
 
 segment = importlib.import_module("lposs.segment")  # the module (`lposs.segment` is also a function)
 

@@ -45,11 +45,11 @@ from torch import Tensor
 from tqdm import tqdm
 
 from lposs.datasets import get_dataset
-from lposs.metrics import SegmentationMetrics
-from lposs.refine import REFINERS, refine_pixels
-from lposs.features import atomic_write_bytes
-from lposs.pipeline import write_json
-from lposs.windows import resized_size
+from lposs.core.metrics import SegmentationMetrics
+from lposs.core.refine import REFINERS, refine_pixels
+from lposs.experiment.store import atomic_write_bytes
+from lposs.io import write_json
+from lposs.core.windows import resized_size
 
 from .robustness import TRANSFORMS, coarse_map, transform_seed, upsample
 

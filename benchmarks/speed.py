@@ -41,10 +41,10 @@ from typing import Any, Callable
 
 import torch
 
-from lposs.graphs import PixelGraph, patch_graph
-from lposs.pipeline import write_json
-from lposs.propagation import propagate
-from lposs.windows import merge_windows, patch_centers, window_layout
+from lposs.core.graphs import PixelGraph, patch_graph
+from lposs.io import write_json
+from lposs.core.propagation import propagate
+from lposs.core.windows import merge_windows, patch_centers, window_layout
 
 CASES = [(448, 597, 46), (448, 597, 171), (448, 896, 19)]
 ORIGINAL_SIZE = {(448, 597): (375, 500), (448, 896): (1024, 2048)}  # an image each case's size comes from
@@ -173,7 +173,7 @@ def add_memory_floors(results: list[dict[str, Any]], cases: list[tuple[int, int,
 
 def backbone_times(device: str, repeats: int) -> dict[str, float]:
     """Two ViT-B/16 forwards over the 15 windows of a VOC-size image (random weights: same cost)."""
-    from lposs.backbones import load_backbones
+    from lposs.models.backbones import load_backbones
 
     windows = torch.rand(15, 3, 224, 224, device=device)
     out = {}
@@ -192,7 +192,7 @@ def stencil_tiles(device: str, repeats: int, height: int = 448, width: int = 597
     milliseconds and the bandwidth of its one-pass traffic (scores in and out, the weights and the scaling
     once: the channel blocks of a tile run as neighbouring programs, so they re-read the weights from L2).
     None of these tiles spills registers on sm_80 / sm_90 (`python -m benchmarks.kernel_build`)."""
-    from lposs import stencil_triton
+    from lposs.kernels import stencil_triton
 
     graph = PixelGraph(torch.rand(3, height, width, device=device), r=13, tau=0.01, backend="triton")
     X = torch.randn(channels, height * width, device=device).T  # channel-first view
@@ -211,8 +211,8 @@ def stencil_tiles(device: str, repeats: int, height: int = 448, width: int = 597
 
 def end_to_end(height: int, width: int, classes: int, device: str, repeats: int) -> dict[str, Any]:
     """One image of the case's original size through both backbones (bf16 on CUDA), LPOSS+ and argmax."""
-    from lposs.backbones import load_backbones
-    from lposs.segment import extract_features, propagate_features
+    from lposs.models.backbones import load_backbones
+    from lposs.segmentation import extract_features, propagate_features
 
     cuda = device.startswith("cuda")
     vlm, vm = load_backbones(device=device, random_weights=True, bf16=cuda)

@@ -5,32 +5,52 @@
     F = lposs.propagate(S, Y, alpha=0.95)              # solve (I - alpha S) F = Y, batched CG
     scores = lposs.refine_pixels(image, scores)        # LPOSS+ pixel-level refinement
     labels = lposs.segment(image, ["cow", "grass", "sky"], mode="lposs+")
+
+The package, room by room (each imports only the rooms above it in this list):
+
+    io            files: atomic writes with the usual mode, JSON, md5, PNG label maps
+    kernels/      the Triton kernels of the CUDA path (stencil, CG update); the torch code is the reference
+    core/         the maths: propagation, graphs, windows, metrics, refiners (LPOSS+, best, PAMR), scoring
+    settings      the settings, declared once: graph, propagation, pixel refiner, windows
+    datasets/     the benchmarks: registry, loaders, fetch and convert, MESS
+    demo/         the embedded offline demo: generated scenes, stand-in backbones
+    models/       heads, backbones, weights, protocols, and the one backbone factory
+    segmentation  one image end to end: backbones -> seeds -> patch LP -> canvas -> pixel LP -> classes
+    experiment/   what the DVC stages run: parameters, staging, the feature store, the evaluation loop,
+                  ablations, streaming evaluation, executors and shards, results tables, the paper command
+    app/          the CLI and the web app, and what they share
+
+The public names below are imported on first use, so `import lposs.core.propagation` loads only the maths.
 """
 
-from .graphs import PixelGraph, patch_graph
-from .heads import dense_clip_features
-from .metrics import SegmentationMetrics, mean_iou
-from .propagation import normalize_adjacency, propagate
-from .refine import refine_pixels
-from .segment import ImageFeatures, extract_features, propagate_features, segment
-from .windows import merge_windows, resized_size, window_layout
+from importlib import import_module
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "PixelGraph",
-    "ImageFeatures",
-    "SegmentationMetrics",
-    "dense_clip_features",
-    "extract_features",
-    "mean_iou",
-    "merge_windows",
-    "normalize_adjacency",
-    "patch_graph",
-    "propagate",
-    "propagate_features",
-    "refine_pixels",
-    "resized_size",
-    "segment",
-    "window_layout",
-]
+_LAZY = {
+    "PixelGraph": "core.graphs", "patch_graph": "core.graphs",
+    "dense_clip_features": "models.heads",
+    "SegmentationMetrics": "core.metrics", "mean_iou": "core.metrics",
+    "normalize_adjacency": "core.propagation", "propagate": "core.propagation",
+    "refine_pixels": "core.refine",
+    "ImageFeatures": "segmentation", "extract_features": "segmentation", "propagate_features": "segmentation",
+    "segment": "segmentation",
+    "merge_windows": "core.windows", "resized_size": "core.windows", "window_layout": "core.windows",
+    "Setting": "settings", "WindowSettings": "settings",
+    "BackboneSpec": "models.factory", "create_backbones": "models.factory",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'lposs' has no attribute {name!r}")
+    value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -11,18 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lposs import backbones, loading
-from lposs.backbones import (
-    BackboneUnavailable,
-    ClipGraphFeatures,
-    DenseCLIP,
-    DinoFeatures,
-    MaskCLIP,
-    VisionFeatures,
-    load_backbones,
-    split_synonyms,
-)
-from lposs.heads import HEADS, dense_clip_features
+from lposs.models import backbones, loading
+from lposs.models.backbones import BackboneUnavailable, ClipGraphFeatures, DenseCLIP, DinoFeatures, MaskCLIP, VisionFeatures, load_backbones, split_synonyms
+from lposs.models.heads import HEADS, dense_clip_features
 
 CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
 CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lposs.cli import parse_classes, write_outputs
+from lposs.app.cli import parse_classes, write_outputs
 
 
 def test_parse_classes_semicolons_between_classes_commas_between_synonyms(tmp_path):

@@ -32,7 +32,7 @@ from lposs.datasets.convert import (
     convert_pascal_context,
     write_davis_every10,
 )
-from lposs.metrics import SegmentationMetrics
+from lposs.core.metrics import SegmentationMetrics
 
 SPEC_CLASSES = Path(__file__).resolve().parents[2] / "shared" / "spec" / "classes"
 PAPER = {"voc21": 21, "voc20": 20, "context60": 60, "context59": 59, "coco_object": 81, "coco_stuff": 171,

@@ -12,8 +12,8 @@ from PIL import Image
 
 from lposs import demo
 from lposs.datasets import get_dataset
-from lposs.metrics import SegmentationMetrics
-from lposs.segment import extract_features, propagate_features
+from lposs.core.metrics import SegmentationMetrics
+from lposs.segmentation import extract_features, propagate_features
 
 SIZE = (160, 224)
 WINDOWS = dict(short_side=160, long_side=2048)

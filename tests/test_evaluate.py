@@ -6,13 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from lposs import pipeline as pl
+from lposs.experiment import parameters as pl
 from lposs.datasets import get_dataset
 from lposs.datasets.mess import MESS_DATASETS
 from lposs.demo import DemoVLM, DemoVM, generate_demo
-from lposs.evaluate import DeviceMetrics, evaluate, interior, main, open_entry
-from lposs.features import FeatureStore, fill_dataset, make_manifest
-from lposs.metrics import SegmentationMetrics, interior_mask
+from lposs.core.metrics import DeviceMetrics
+from lposs.experiment.streaming import evaluate, interior, main, open_entry
+from lposs.experiment.store import FeatureStore
+from lposs.experiment.extraction import fill_dataset, make_manifest
+from lposs.core.metrics import SegmentationMetrics, interior_mask
 
 WINDOWS = {"crop": 64, "stride": 32, "short_side": 96, "long_side": 2048}  # small scenes, several windows
 BASE = {"k": 20, "gamma": 3.0, "sigma": 0.01, "p": 1.0, "vm_feature": "v", "alpha": 0.95, "maxiter": 10,
@@ -177,7 +179,7 @@ def test_cuda_evaluation_equals_cpu_reference(demo):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("refiner", ["reference", "best"])
 def test_lposs_plus_scores_on_cuda_equal_cpu_reference_mode(demo, refiner):
-    from lposs.segment import extract_features, propagate_features
+    from lposs.segmentation import extract_features, propagate_features
 
     params = {k: BASE[k] for k in ("k", "gamma", "sigma", "p", "alpha", "maxiter", "tol")}
     for i in range(len(demo)):

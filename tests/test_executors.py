@@ -14,11 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from lposs import demo, executors
-from lposs import pipeline as pl
-from lposs.features import FeatureStore, fill_dataset, make_manifest
-from lposs.metrics import SegmentationMetrics
-from lposs.sharded import DatasetFeatures, fill_store_sharded, run_settings_sharded
+from lposs import demo
+from lposs.experiment import executors
+from lposs.experiment import parameters as pl
+from lposs.experiment.store import FeatureStore
+from lposs.experiment.extraction import fill_dataset, make_manifest
+from lposs.core.metrics import SegmentationMetrics
+from lposs.experiment.sharded import DatasetFeatures, fill_store_sharded, run_settings_sharded
 
 TESTS = Path(__file__).resolve().parent
 WINDOWS = dict(crop=224, stride=112, short_side=224, long_side=2048)

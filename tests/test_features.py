@@ -9,11 +9,9 @@ import torch
 
 from lposs import demo
 from lposs.datasets import get_dataset
-from lposs.features import (
-    CorruptShard, FeatureStore, ManifestMismatch, fill_dataset, fill_store, make_manifest, safe_name,
-    to_image_features,
-)
-from lposs.segment import propagate_features
+from lposs.experiment.store import CorruptShard, FeatureStore, ManifestMismatch, safe_name
+from lposs.experiment.extraction import fill_dataset, fill_store, make_manifest, to_image_features
+from lposs.segmentation import propagate_features
 
 WINDOWS = dict(crop=224, stride=112, short_side=224, long_side=2048)
 
@@ -45,7 +43,7 @@ class CountingCompute:
     def __call__(self, image_id, image_path, class_names, md5):
         if self.stop_after is not None and len(self.calls) == self.stop_after:
             raise KeyboardInterrupt("simulated interruption")
-        from lposs.features import extract_shard
+        from lposs.experiment.extraction import extract_shard
 
         self.calls.append(image_id)
         index = [item.id for item in self.dataset.items].index(image_id)
@@ -177,9 +175,9 @@ def test_q_k_v_of_one_network_come_from_one_forward():
     """Stored variants of one timm model: one forward per image, the same features as one model per variant."""
     import numpy as np
 
-    from lposs.backbones import VisionFeatures
+    from lposs.models.backbones import VisionFeatures
     from lposs.demo import DemoVLM
-    from lposs.features import extract_shard
+    from lposs.experiment.extraction import extract_shard
 
     net = VisionFeatures("dino_vits16", pretrained=False, feature="v")
     vms = {f: net.with_feature(f) for f in ("v", "q", "tokens")}

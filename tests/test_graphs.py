@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lposs.color import rgb_to_lab
-from lposs.graphs import PixelGraph, patch_graph, stencil_offsets
-from lposs.propagation import propagate
+from lposs.core.color import rgb_to_lab
+from lposs.core.graphs import PixelGraph, patch_graph, stencil_offsets
+from lposs.core.propagation import propagate
 
 
 def direct_patch_graph(feats, centers, k, gamma, sigma, p):

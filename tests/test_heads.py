@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lposs import heads, loading
-from lposs.backbones import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, VisionFeatures, load_backbones
-from lposs.heads import HEADS, dense_clip_features, positional_embedding
+from lposs.models import heads, loading
+from lposs.models.backbones import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, VisionFeatures, load_backbones
+from lposs.models.heads import HEADS, dense_clip_features, positional_embedding
 
 ALL_HEADS = list(HEADS)
 ERRORS: dict[str, float] = {}  # max abs error of each hand check, printed at the end of the module (-s)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from benchmarks.launches import DeviceAudit, audit_image, fake_cuda, on_device
-from lposs.propagation import conjugate_gradient
-from lposs.protocols import resolve
+from lposs.core.propagation import conjugate_gradient
+from lposs.models.protocols import resolve
 
 VOC = (375, 500)  # resized to 448x597: 15 windows
 RULES = {"synonyms": None, "softmax": resolve("sclip", "voc21")}
@@ -78,8 +78,8 @@ def test_a_conjugate_gradient_iteration_is_a_few_fused_calls():
 def test_a_pixel_solve_iteration_on_cuda_is_eleven_launches():
     """The fused steps: stencil with residual and dot, the CG update kernel, and 9 calls on [C] vectors
     (two sums of per-block shares, step, beta, the stopping mask, P = R + beta P)."""
-    from lposs.graphs import PixelGraph
-    from lposs.propagation import propagate
+    from lposs.core.graphs import PixelGraph
+    from lposs.core.propagation import propagate
 
     def run(iterations):
         def work(mode):
@@ -97,8 +97,8 @@ def test_a_pixel_solve_iteration_on_cuda_is_eleven_launches():
 def test_a_streaming_shard_stays_on_the_gpu_and_a_stored_one_comes_to_the_host(keep_on_device):
     """The evaluator without a feature store keeps an image's features on the device (no copy, no wait)."""
     from benchmarks.launches import _StandInBackbone
-    from lposs.evaluate import WINDOWS
-    from lposs.features import extract_shard
+    from lposs.experiment.streaming import WINDOWS
+    from lposs.experiment.extraction import extract_shard
 
     owner = torch.arange(6) // 2
     with fake_cuda() as mode:
@@ -118,8 +118,8 @@ def test_a_streaming_shard_stays_on_the_gpu_and_a_stored_one_comes_to_the_host(k
 @pytest.mark.parametrize("refiner", ["reference", "best"])
 def test_lposs_plus_on_a_real_gpu_never_synchronises(refiner):
     """What the audit counts, checked by CUDA itself: torch raises on any synchronising call."""
-    from lposs.segment import ImageFeatures, propagate_features
-    from lposs.windows import window_layout
+    from lposs.segmentation import ImageFeatures, propagate_features
+    from lposs.core.windows import window_layout
 
     layout = window_layout(448, 597)
     n = len(layout) * 196

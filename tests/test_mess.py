@@ -17,10 +17,10 @@ from lposs.datasets import DATASETS, fetch, get_dataset, main_data
 from lposs.datasets.base import packaged_class_names
 from lposs.datasets.mess import DOMAINS, MESS, MESS_DATASETS, evaluation_runs, mess_datasets
 from lposs.datasets.mess_sources import MESS_SOURCES
-from lposs.mess_leaderboard import reference_datasets, reference_domains
-from lposs.mess_metrics import mess_scores
-from lposs.mess_results import binary_table, mess_summary, mess_table, write_mess_report
-from lposs.metrics import SegmentationMetrics
+from lposs.experiment.mess_leaderboard import reference_datasets, reference_domains
+from lposs.experiment.mess_metrics import mess_scores
+from lposs.experiment.mess_results import binary_table, mess_summary, mess_table, write_mess_report
+from lposs.core.metrics import SegmentationMetrics
 
 ALL_SPLITS = [(spec.name, split) for spec in MESS for split in spec.splits]
 # MESS's split names as registered: <name>_sem_seg_<split>
@@ -448,7 +448,7 @@ def tiny_random_clip(tmp_path_factory):
     """A tiny open_clip config (width 64) with seeded random weights, MaskCLIP head: runs offline in a second."""
     import open_clip
 
-    from lposs.backbones import ClipGraphFeatures, MaskCLIP
+    from lposs.models.backbones import ClipGraphFeatures, MaskCLIP
 
     cfg = {"embed_dim": 32,
            "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "head_width": 64, "patch_size": 16},
@@ -463,7 +463,7 @@ def tiny_random_clip(tmp_path_factory):
 def test_two_mess_fixtures_end_to_end_to_the_table(tmp_path, tiny_random_clip):
     """Prepared fixtures of two MESS datasets -> LPOSS (random weights) -> MESS scores -> per-dataset and
     per-domain rows beside the leaderboard's reference rows."""
-    from lposs.segment import extract_features, propagate_features
+    from lposs.segmentation import extract_features, propagate_features
 
     vlm, vm = tiny_random_clip
     runs, mious = {}, {}

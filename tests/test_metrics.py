@@ -6,13 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lposs.metrics import (
-    SegmentationMetrics,
-    boundary_dilation,
-    interior_mask,
-    mean_iou,
-    reduce_zero,
-)
+from lposs.core.metrics import SegmentationMetrics, boundary_dilation, interior_mask, mean_iou, reduce_zero
 
 
 # --------------------------------------------------------------------------- slow reference (spec section 7)
@@ -248,7 +242,7 @@ def coarse_oracle_scores(dataset):
     bilinearly, argmax; on the short-side-448 grid. Yields (pred, gt) pairs."""
     import torch.nn.functional as F
 
-    from lposs.windows import resized_size
+    from lposs.core.windows import resized_size
 
     for i in range(len(dataset)):
         label = torch.from_numpy(dataset[i].label)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lposs.pipeline import STAGE_PARAMETERS
+from lposs.experiment.parameters import STAGE_PARAMETERS
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 ALL = sorted(NOTEBOOKS.glob("*.ipynb"))
@@ -50,6 +50,6 @@ def test_parameters_cell_is_literals_matching_the_validator(stage):
         assert isinstance(target, ast.Name), ast.unparse(statement)
         values[target.id] = ast.literal_eval(statement.value)  # raises on anything but a literal
     assert set(values) == set(STAGE_PARAMETERS[stage])
-    from lposs.pipeline import check_parameters
+    from lposs.experiment.parameters import check_parameters
 
     check_parameters(stage, values)  # the defaults themselves pass validation

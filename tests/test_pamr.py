@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from lposs.pamr import clip_normalise, pamr, pamr_affinity
-from lposs.refine import REFINERS, refine_pixels
+from lposs.core.pamr import clip_normalise, pamr, pamr_affinity
+from lposs.core.refine import REFINERS, refine_pixels
 
 
 def pamr_by_loops(image: np.ndarray, scores: np.ndarray, iterations: int, dilations) -> np.ndarray:

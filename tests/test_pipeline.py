@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lposs import pipeline as pl
+from lposs.experiment import parameters as pl
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -302,8 +302,9 @@ def test_real_backbone_path_with_random_weights(tmp_path):
     """The non-demo branch of the features stage (open_clip MaskCLIP + timm DINO), offline: seeded random weights."""
     from lposs.demo import generate_demo
     from lposs.datasets import get_dataset
-    from lposs.features import FeatureStore, fill_dataset, make_manifest, to_image_features
-    from lposs.segment import propagate_features
+    from lposs.experiment.store import FeatureStore
+    from lposs.experiment.extraction import fill_dataset, make_manifest, to_image_features
+    from lposs.segmentation import propagate_features
 
     ds = get_dataset("demo", generate_demo(tmp_path / "demo", count=1, seed=2, size=(224, 240)))
     vlm, vms = pl.build_backbones("ViT-B-16", "random", "maskclip", "vit_base_patch16_224.dino", "random",

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lposs.propagation import conjugate_gradient, normalize_adjacency, propagate
+from lposs.core.propagation import conjugate_gradient, normalize_adjacency, propagate
 from conftest import DEVICES
 
 

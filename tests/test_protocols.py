@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lposs import protocols
-from lposs.segment import extract_features, predict_labels, propagate_features, to_graph_grid
+from lposs.models import protocols
+from lposs.segmentation import extract_features, predict_labels, propagate_features, to_graph_grid
 
 SOFTMAX = {"background": "softmax", "logit_scale": 10.0, "prob_thd": 0.0, "area_thd": None}
 

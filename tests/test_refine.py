@@ -9,20 +9,9 @@ import pytest
 import torch
 
 from benchmarks.refine import coarse_scores, patch_average, resize_pair
-from lposs.graphs import PixelGraph
-from lposs.propagation import propagate
-from lposs.refine import (
-    REFINERS,
-    _Rescaled,
-    class_probabilities,
-    colour_average,
-    colour_relaxation,
-    confidence_propagate,
-    margin_confidence,
-    SUPPORT_EPS,
-    refine_pixels,
-    tempered_probabilities,
-)
+from lposs.core.graphs import PixelGraph
+from lposs.core.propagation import propagate
+from lposs.core.refine import REFINERS, _Rescaled, class_probabilities, colour_average, colour_relaxation, confidence_propagate, margin_confidence, SUPPORT_EPS, refine_pixels, tempered_probabilities
 
 
 def explicit_weights(graph: PixelGraph) -> tuple[torch.Tensor, torch.Tensor]:

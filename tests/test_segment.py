@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lposs.segment import extract_features, pool_synonyms, propagate_features, segment
+from lposs.segmentation import extract_features, pool_synonyms, propagate_features, segment
 
 
 class ColourBackbone:

@@ -59,7 +59,7 @@ def explicit_matrices(graph) -> tuple[torch.Tensor, torch.Tensor]:
 
 def check_case(case: str, device: str, dtype: torch.dtype = torch.float64) -> dict[str, float]:
     """Largest relative differences of the fused products from the torch stencil and the sparse matrix."""
-    from lposs.graphs import PixelGraph
+    from lposs.core.graphs import PixelGraph
 
     size, r, d = case.split("-")
     height, width = (int(v) for v in size.split("x"))
@@ -108,7 +108,7 @@ def check_refiner(refiner: str, device: str) -> float:
 
     Fewer iterations than the refiners' defaults keep the interpreter quick; every kind of product runs.
     """
-    from lposs.refine import refine_pixels
+    from lposs.core.refine import refine_pixels
 
     g = torch.Generator().manual_seed(7)
     image = torch.rand(3, 13, 27, generator=g, dtype=torch.float64)
@@ -126,9 +126,9 @@ def check_refiner(refiner: str, device: str) -> float:
 
 def check_solver(device: str) -> dict[str, float]:
     """The fused CG steps against the torch ones: operator and dot, the update, and whole solves."""
-    from lposs import cg_triton
-    from lposs.graphs import PixelGraph
-    from lposs.propagation import propagate
+    from lposs.kernels import cg_triton
+    from lposs.core.graphs import PixelGraph
+    from lposs.core.propagation import propagate
 
     g = torch.Generator().manual_seed(11)
     image = torch.rand(3, 13, 27, generator=g, dtype=torch.float64)
@@ -153,7 +153,7 @@ def check_solver(device: str) -> dict[str, float]:
 
 
 def run_all(device: str) -> dict[str, dict[str, float]]:
-    from lposs import stencil_triton
+    from lposs.kernels import stencil_triton
 
     default_tile = stencil_triton.BLOCK_Y, stencil_triton.BLOCK_X
     try:
@@ -214,7 +214,7 @@ def test_refiners_through_the_fused_stencil_equal_the_torch_stencil(interpreted,
 
 
 def test_backend_choice_and_errors():
-    from lposs.graphs import PixelGraph
+    from lposs.core.graphs import PixelGraph
 
     image = torch.rand(3, 6, 7)
     assert not PixelGraph(image).fused  # CPU: the torch stencil
@@ -230,7 +230,7 @@ def test_every_launched_variant_builds_for_the_gpu_without_spilling(arch):
     tile, builds to a cubin whose registers do not spill."""
     pytest.importorskip("triton")
     from benchmarks.kernel_build import build, build_cg_update, build_weights, resources
-    from lposs import stencil_triton
+    from lposs.kernels import stencil_triton
 
     for dtype in ("float32", "float64"):
         for unit, scale, residual, dot in ((False, True, True, True), (False, True, True, False),

@@ -23,14 +23,14 @@ import pytest
 import torch
 from PIL import Image
 
-from lposs.demo import DEMO_CLASSES, DemoVLM, DemoVM, encode_png, render_scene
-from lposs import side_by_side
-from lposs.protocols import PROTOCOLS, resolve
-from lposs.segment import extract_features, propagate_features
-from lposs.side_by_side import labels_without_background, segment_side_by_side
-from lposs.webapp_backend import DemoConfig, SegmentService, page_classes, read_upload
-from lposs.webapp_models import (DEMO_CHOICE, PROTOCOL_DATASET, ModelChoice, head_choices, protocol_choices,
-                                 protocol_rule, refiner_choices, vision_model_choices)
+from lposs.demo import DEMO_CLASSES, DemoVLM, DemoVM
+from lposs.demo.scenes import encode_png, render_scene
+from lposs.app import side_by_side
+from lposs.models.protocols import PROTOCOLS, resolve
+from lposs.segmentation import extract_features, propagate_features
+from lposs.app.side_by_side import labels_without_background, segment_side_by_side
+from lposs.app.webapp_backend import DemoConfig, SegmentService, page_classes, read_upload
+from lposs.app.webapp_models import DEMO_CHOICE, PROTOCOL_DATASET, ModelChoice, head_choices, protocol_choices, protocol_rule, refiner_choices, vision_model_choices
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(os.environ.get("LPOSS_TEST_ARTIFACTS", REPO_ROOT / "tests" / "artifacts"))
@@ -189,9 +189,9 @@ def test_missing_weights_show_the_cli_message(tmp_path, scene_file, monkeypatch)
 
 
 def test_the_page_offers_what_the_registries_hold():
-    from lposs.backbones import DEFAULT_DINO_MODEL, VISION_MODELS
-    from lposs.heads import HEADS
-    from lposs.refine import REFINERS
+    from lposs.models.backbones import DEFAULT_DINO_MODEL, VISION_MODELS
+    from lposs.models.heads import HEADS
+    from lposs.core.refine import REFINERS
 
     names = refiner_choices()
     assert names[0] == "reference" and set(names) <= set(REFINERS)
@@ -283,7 +283,7 @@ def test_an_unknown_protocol_is_a_message_before_any_loading(tmp_path, scene_fil
 
 def test_the_page_sends_the_chosen_protocol_with_a_click(tmp_path, scene_file):
     """The page (built, not served): a protocol dropdown, lposs selected, that both triggers hand to the click."""
-    from lposs.webapp import build_app
+    from lposs.app.webapp import build_app
 
     app = build_app(demo_service(tmp_path))
     elem_ids = {c["id"]: c.get("props", {}).get("elem_id") for c in app.config["components"]}

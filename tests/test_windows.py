@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lposs.windows import crop_windows, merge_windows, patch_centers, resized_size, window_layout
+from lposs.core.windows import crop_windows, merge_windows, patch_centers, resized_size, window_layout
 
 
 @pytest.mark.parametrize(

@@ -7,27 +7,32 @@
 
 Names: voc21 voc20 context60 context59 coco_object coco_stuff cityscapes ade20k camvid davis2016 demo.
 ``python -m lposs data list`` / ``python -m lposs data fetch NAME --root DIR`` (see lposs/datasets/cli.py).
+
+Rooms: `base` (items, samples, reading), `layouts` and `mess` (the loaders), `registry` (names -> loaders),
+`archives`, `sources`, `fetch`, `convert` (downloading and converting), `mess_sources`, `mess_prepare`
+(MESS's datasets), `cli`. The names below are imported on first use, so reading a dataset does not load
+the downloaders.
 """
 
-from .base import Item, Sample, SegmentationDataset, read_class_file
-from .cli import main_data
-from .fetch import ChecksumError, DownloadError, download, fetch
-from .registry import DATASETS, DatasetSpec, available_datasets, dataset_spec, default_root, get_dataset
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "ChecksumError",
-    "DATASETS",
-    "DatasetSpec",
-    "DownloadError",
-    "Item",
-    "Sample",
-    "SegmentationDataset",
-    "available_datasets",
-    "dataset_spec",
-    "default_root",
-    "download",
-    "fetch",
-    "get_dataset",
-    "main_data",
-    "read_class_file",
-]
+_LAZY = {
+    "Item": "base", "Sample": "base", "SegmentationDataset": "base", "read_class_file": "base",
+    "main_data": "cli",
+    "ChecksumError": "fetch", "DownloadError": "fetch", "download": "fetch", "fetch": "fetch",
+    "DATASETS": "registry", "DatasetSpec": "registry", "available_datasets": "registry", "dataset_spec": "registry",
+    "default_root": "registry", "get_dataset": "registry",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'lposs.datasets' has no attribute {name!r}")
+    return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

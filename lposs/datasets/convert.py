@@ -16,13 +16,13 @@ interrupted conversion resumes where it stopped.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
+
+from ..io import atomic_write_bytes, save_image_png
 
 # ---------------------------------------------------------------------------------------------- tables
 COCO_UNUSED_IDS = (11, 25, 28, 29, 44, 65, 67, 68, 70, 82, 90)  # ids 0..181 absent from COCO-Stuff
@@ -73,24 +73,12 @@ def context_lut() -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------- writing
 def save_png_atomic(array: np.ndarray, path: Path) -> None:
-    """Write a uint8 [H, W] array as a mode-L PNG via a temp file in the same folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png.tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        Image.fromarray(array.astype(np.uint8), mode="L").save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write a uint8 [H, W] array as a mode-L PNG, atomically (lposs.io)."""
+    save_image_png(Image.fromarray(array.astype(np.uint8), mode="L"), path)
 
 
 def write_text_atomic(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, text.encode())
 
 
 def read_raw_mask(path: Path) -> np.ndarray:

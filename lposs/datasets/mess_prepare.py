@@ -19,6 +19,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from .archives import extract
 from .mess import mess_spec
 from .mess_sources import DRAM_STEPS, MESS_PREPARATION, MESS_SOURCES
 
@@ -61,8 +62,6 @@ def unpack_nested(name: str, archive: Path, dest: Path, progress: bool) -> None:
     if archive.suffix == ".rar":
         unrar(archive, dest)
     else:
-        from .fetch import extract  # fetch imports this module lazily
-
         extract(archive, dest, progress=progress)
     archive.unlink()
 

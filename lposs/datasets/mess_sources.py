@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .mess import MESS_DATASETS
-from .sources import Archive, Source
+from .archives import Archive, Source
 
 DRIVE = "https://drive.usercontent.google.com/download?export=download&confirm=t&id={}"
 DRIVE_FOLDER = "https://drive.google.com/drive/folders/{}"

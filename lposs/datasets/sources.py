@@ -10,42 +10,12 @@ mirror is configured (``LPOSS_DATA_MIRROR`` or ``--mirror``), which serves every
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from .archives import Archive, Source
+from .mess_sources import mess_source_table
 
 MIRROR_ENV = "LPOSS_DATA_MIRROR"
 
 CAMVID_COMMIT = "bb68b64e72cb004b3ed927fee0f5624dd8097498"
-
-
-@dataclass(frozen=True)
-class Archive:
-    """One downloadable file and how to unpack it under the dataset root.
-
-    ``extract_to``: folder (relative to the root) to unpack into; ``None`` = keep the file as it is.
-    ``strip``: only members under this prefix are extracted, with the prefix removed (a leading ``*/``
-    stands for any top folder, as in GitHub's ``<repo>-<ref>/`` zips).
-    ``creates``: a path (relative to the root) the unpacked archive provides; when it exists and the
-    archive file does not, the archive counts as unpacked by hand and is not downloaded.
-    """
-
-    filename: str
-    url: str | None
-    checksum: str | None
-    extract_to: str | None = "."
-    strip: str | None = None
-    size: str = ""
-    creates: str | None = None
-    password: str | None = None  # an encrypted (ZipCrypto) zip's published password
-
-
-@dataclass(frozen=True)
-class Source:
-    """How to obtain one dataset folder: archives, then an optional converter (lposs.datasets.convert)."""
-
-    archives: tuple[Archive, ...]
-    convert: str | None = None
-    manual: str | None = None
-    notes: str = ""
 
 
 CITYSCAPES_MANUAL = """\
@@ -146,7 +116,4 @@ SOURCES: dict[str, Source] = {
     ),
 }
 
-# MESS's 22 datasets (lposs/datasets/mess_sources.py; imported last: it builds on Archive and Source)
-from .mess_sources import mess_source_table  # noqa: E402
-
-SOURCES.update(mess_source_table())
+SOURCES.update(mess_source_table())  # MESS's 22 datasets (lposs/datasets/mess_sources.py)

@@ -1,0 +1,89 @@
+"""Command line: `python -m lposs segment IMAGE --classes "cow; grass; sky" --out seg.png`, and `data ...`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..settings import MODES
+from .label_maps import parse_classes, write_outputs
+
+
+def cmd_segment(args: argparse.Namespace) -> None:
+    import torch
+
+    from ..datasets.base import read_image
+    from ..models.factory import create_backbones, spec_from_clip_tag
+    from ..models.protocols import WINDOW_KEYS, resolve
+    from ..segmentation import segment
+
+    names = parse_classes(args.classes, args.classes_file)
+    image = read_image(Path(args.image))
+    warning = None
+    if args.random_weights:
+        warning = "RANDOM WEIGHTS: this segmentation is meaningless (smoke test only)"
+        print(f"WARNING: {warning}", file=sys.stderr)
+    spec = spec_from_clip_tag(args.clip_model, args.clip_pretrained, args.random_weights, head=args.head,
+                              vm=args.dino_model, clip_checkpoint=args.clip_checkpoint,
+                              vm_checkpoint=args.dino_checkpoint, bf16=args.bf16)
+    backbones = create_backbones(spec, device=args.device)
+    rule = resolve(args.protocol, "")  # no dataset: the protocol's defaults (windows, background rule)
+    windows = {key: rule[key] for key in WINDOW_KEYS}
+    with torch.no_grad():
+        labels = segment(image, names, mode=args.mode, vlm=backbones.vlm, vm=backbones.vm, device=args.device,
+                         background=rule, refiner=args.refiner, **windows).cpu().numpy()
+    overlay = write_outputs(image, labels, names, Path(args.out), warning)
+    print(f"wrote {args.out} (label map, palette index = class) and {overlay}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..core.refine import REFINERS
+    from ..models import backbones
+    from ..models.heads import HEADS
+    from ..models.protocols import PROTOCOLS
+
+    parser = argparse.ArgumentParser(prog="python -m lposs", description="LPOSS / LPOSS+ segmentation")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    seg = sub.add_parser("segment", help="segment one image with open-vocabulary class names")
+    seg.add_argument("image", help="an RGB image file (png, jpg, ...)")
+    seg.add_argument("--classes", help='class names: "cow; grass; sky" (";" between classes, "," between synonyms)')
+    seg.add_argument("--classes-file", help="a text file with one class per line (';' between synonyms)")
+    seg.add_argument("--out", required=True, help="label map PNG; an _overlay.png with a legend is written beside it")
+    seg.add_argument("--mode", choices=MODES, default="lposs+")
+    seg.add_argument("--device", default="cpu", help="cpu or cuda")
+    seg.add_argument("--bf16", action="store_true", help="bf16 autocast for the backbones (CUDA)")
+    seg.add_argument("--clip-model", default=backbones.DEFAULT_CLIP_MODEL)
+    seg.add_argument("--clip-pretrained", default=backbones.DEFAULT_CLIP_PRETRAINED, help="open_clip pretrained tag")
+    seg.add_argument("--clip-checkpoint", help="local open_clip weights file (offline use)")
+    seg.add_argument("--head", default="maskclip", choices=list(HEADS), help="dense CLIP head for the seeds")
+    seg.add_argument("--protocol", default="lposs", choices=list(PROTOCOLS),
+                     help="windows and background rule: lposs (synonym max) or a peer's (softmax + threshold)")
+    seg.add_argument("--refiner", default="reference", choices=list(REFINERS), help="pixel refiner of LPOSS+")
+    seg.add_argument("--dino-model", default=backbones.DEFAULT_DINO_MODEL,
+                     help="graph model: dino_vitb16 dino_vitb8 dino_vits16 dinov2_vitb14_reg, a timm name, or clip")
+    seg.add_argument("--dino-checkpoint", help="local timm DINO weights file (offline use)")
+    seg.add_argument("--random-weights", action="store_true", help="random backbones: smoke tests only, meaningless output")
+    seg.set_defaults(run=cmd_segment)
+
+    from .webapp import add_demo_arguments, run_demo
+
+    demo = sub.add_parser("demo", help="local web app: MaskCLIP, LPOSS and LPOSS+ side by side on any photo")
+    add_demo_arguments(demo)
+    demo.set_defaults(run=run_demo)
+
+    from ..datasets.cli import add_data_subcommands, run_data
+
+    data = sub.add_parser("data", help="datasets: list, fetch (download + convert), check")
+    add_data_subcommands(data)
+    data.set_defaults(run=lambda args: sys.exit(run_data(args)))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
+        raise SystemExit(f"error: {error}") from None

@@ -1,0 +1,264 @@
+"""Streaming evaluation of a dataset: decode -> backbones -> propagation -> metrics, without a feature store.
+
+    python -m lposs.experiment.streaming voc21|paxray:test_lungs [--data-dir data] [--device cuda] [--bf16] [--batch-images 4]
+        [--workers 4] [--modes maskclip,lposs,lposs+] [--store DIR] [--json OUT.json] [--limit N]
+
+The pipeline (stage -> features -> ablate) writes every image's features to disk first, which pays off
+when many settings are swept, and costs ~100 GB for the paper's 8 benchmarks. This evaluator runs the
+paper setting in one pass instead:
+- DataLoader workers decode the images and read, check and reduce the labels while the GPU works;
+- the windows of `batch_images` images go through each backbone as one batch (bf16 autocast lives in the
+  backbones, `--bf16`), then every image is read back through `extraction.extract_shard`, the pipeline's
+  own path, so the features are the ones the feature store would hold (they stay on the device unless
+  a store is written);
+- every setting runs through the evaluation loop the ablation uses (`evaluation.SettingsRun`), with no host wait
+  anywhere in the loop (`benchmarks.launches` counts them; per-setting times come from CUDA events);
+- confusion matrices and boundary counts accumulate on the device (`core.metrics.DeviceMetrics`) and
+  become `SegmentationMetrics` at the end (one transfer);
+- a progress bar shows images/s; with `store` the shards are also written (optional).
+The metrics equal the ablation's over a feature store of the same backbones (tests/test_evaluate.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from ..core.metrics import SegmentationMetrics
+from ..core.windows import crop_windows, resize_image, resized_size, window_layout
+from ..io import file_md5, write_json
+from ..models.factory import BackboneSpec, create_backbones
+from ..settings import Setting, WindowSettings
+from .ablation import sweep_points
+from .evaluation import SettingsRun, SweepPoint, records
+from .extraction import extract_shard, make_manifest
+from .parameters import background_rule, resolve_device
+from .staging import open_entry, prompts
+from .store import FeatureStore
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading: what the DataLoader workers do
+# --------------------------------------------------------------------------------------------------
+
+class DecodedImages(Dataset):
+    """A lposs dataset as decoded items: image uint8 [H, W, 3] tensor, label in the evaluation encoding.
+
+    The label is checked and reduced (`reduce_zero_label`) here, in the worker, by the metrics' own
+    `prepare`; with_md5 adds the image file's md5 (needed only to write a feature store).
+    """
+
+    def __init__(self, ds: Any, class_names: list[list[str]], with_md5: bool = False):
+        self.ds, self.class_names, self.with_md5 = ds, class_names, with_md5
+        self.checker = SegmentationMetrics(ds.num_classes, ds.ignore_index, ds.reduce_zero_label)
+
+    def __len__(self) -> int:
+        return len(self.class_names)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        sample = self.ds[i]
+        label = self.checker.prepare_label(sample.label)  # [H, W] int64
+        image = torch.from_numpy(np.array(sample.image))  # [H, W, 3] uint8, a writable copy
+        return {"index": i, "id": sample.id, "image": image,
+                "label": torch.from_numpy(label), "class_names": self.class_names[i],
+                "md5": file_md5(self.ds.items[i].image) if self.with_md5 else ""}
+
+
+def as_float_image(image: Tensor) -> Tensor:
+    """uint8 [H, W, 3] (on any device) -> float32 [3, H, W] in [0, 1], as `segment.as_image_tensor`."""
+    return image.permute(2, 0, 1).float() / 255.0
+
+
+def image_windows(image: Tensor, windows: WindowSettings) -> Tensor:
+    """The backbone windows of one float image [3, H, W] -> [B, 3, crop, crop], as `extract_features` cuts them."""
+    size = resized_size(*image.shape[1:], short_side=windows.short_side, long_side=windows.long_side)
+    layout = window_layout(*size, crop=windows.crop, stride=windows.stride)
+    return crop_windows(resize_image(image, size), layout, crop=windows.crop)
+
+
+# --------------------------------------------------------------------------------------------------
+# The backbones over the windows of several images at once
+# --------------------------------------------------------------------------------------------------
+
+class BatchedForward:
+    """Stands in for a backbone: `run` does one forward over the windows of several images, then each
+    `dense_features` call (one per image, from `extract_features`) hands back that image's share in order.
+    Any other attribute is the backbone's own (text embeddings, ids, ...)."""
+
+    def __init__(self, model: Any, vlm: "BatchedForward | None" = None):
+        self.model, self.pending = model, []
+        if vlm is not None and getattr(model, "vlm", None) is vlm.model:
+            self.vlm = vlm  # a graph model made of the VLM's own features: extract_features reuses its forward
+
+    def run(self, batches: list[Tensor]) -> None:
+        out = self.model.dense_features(torch.cat(batches))  # [sum B_i, g, g, D]
+        self.pending = list(out.split([b.shape[0] for b in batches]))
+
+    def dense_features(self, windows: Tensor) -> Tensor:
+        if not self.pending or self.pending[0].shape[0] != windows.shape[0]:
+            raise RuntimeError("BatchedForward asked for windows it did not run: call run() with every image's "
+                               "windows, in the order the images are read back")
+        return self.pending.pop(0)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["model"], name)
+
+
+# --------------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------------
+
+def evaluate(ds: Any, vlm: Any, vm: Any, points: list[SweepPoint], device: str = "cpu",
+             windows: WindowSettings | None = None, prompts: Any = None, background: dict[str, Any] | None = None,
+             batch_images: int = 4, workers: int = 2, store: FeatureStore | None = None,
+             progress: bool = True) -> dict[str, Any]:
+    """Every point on every image of `ds` in one streaming pass -> {"records", "images", "seconds", ...}.
+
+    points: as the ablation takes them (`ablation.sweep_points`; one graph feature for all, the one `vm`
+    computes). prompts(i): the class prompts of image i (default the dataset's); background: the protocol
+    rule (None = LPOSS's synonym max). store: also write every image's shard there. The records are those
+    of the ablation (`evaluation.records`), computed by the same loop (`evaluation.SettingsRun`).
+    """
+    features = {point.setting.graph.vm_feature for point in points}
+    if len(features) != 1:
+        raise ValueError(f"one vision feature per streaming pass, the settings ask for {sorted(features)}: "
+                         "evaluate them in separate runs, or fill a feature store (the pipeline) to sweep it")
+    feature, windows = features.pop(), windows or WindowSettings()
+    prompts = prompts or ds.class_names_for
+    names = [list(prompts(i)) for i in range(len(ds))]
+    texts: dict[tuple[str, ...], Any] = {}
+    run = SettingsRun(ds, points, device, background)
+    batched_vlm = BatchedForward(vlm)
+    batched_vm = BatchedForward(vm, batched_vlm)
+    loader = DataLoader(DecodedImages(ds, names, with_md5=store is not None), batch_size=batch_images,
+                        num_workers=workers, collate_fn=list, pin_memory=str(device).startswith("cuda"))
+    if str(device).startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    bar = tqdm(total=len(ds), desc=f"evaluate {ds.name}", unit="img", disable=not progress)
+    with torch.no_grad():
+        for batch in loader:
+            images = [as_float_image(item["image"].to(device, non_blocking=True)) for item in batch]  # [3, H, W]
+            cut = [image_windows(image, windows) for image in images]
+            batched_vlm.run(cut)
+            if "vlm" not in batched_vm.__dict__:
+                batched_vm.run(cut)
+            for item, image in zip(batch, images):
+                key = tuple(item["class_names"])
+                if key not in texts:
+                    texts[key] = vlm.text_embeddings(item["class_names"])
+                shard = extract_shard(item["id"], image, item["class_names"], batched_vlm, {feature: batched_vm},
+                                      windows, item["md5"], text=texts[key],
+                                      vm_dtype=store.manifest["vm_dtype"] if store else "float32",
+                                      keep_on_device=store is None)  # no trip through the CPU unless saved
+                if store is not None:
+                    store.save(shard)
+                run.add(shard, image, item["label"].to(device, non_blocking=True))
+            bar.update(len(batch))
+    seconds = run.seconds()  # on a GPU: waits for the last image
+    bar.close()
+    elapsed = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if str(device).startswith("cuda") else None
+    return {"dataset": ds.name, "split": ds.split, "images": len(ds), "seconds": elapsed,
+            "images_per_second": len(ds) / elapsed, "peak_gpu_gib": peak, "batch_images": batch_images,
+            "workers": workers, "windows": windows.as_dict(),
+            "records": records(points, run.metrics(), seconds, len(ds))}
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------
+
+def open_protocol_entry(entry: str, data_dir: str, protocol: str = "lposs",
+                        background: str = "protocol") -> tuple[Any, dict[str, Any], WindowSettings]:
+    """A dataset entry as the pipeline's `datasets` list names it ('voc21' for its default split,
+    'paxray:test_lungs' for a split) -> (dataset, background rule, windows) under `protocol`.
+
+    The protocol's settings are those of the registry name: a split changes the images, not the release's
+    settings. An unknown split raises `get_dataset`'s error: a MESS dataset names the splits it has, a listed
+    dataset (voc21, demo, ...) the split list it did not find.
+    """
+    rule = background_rule(protocol, entry, background)
+    windows = WindowSettings(**{key: rule[key] for key in WindowSettings.names()})
+    return open_entry(entry, data_dir), rule, windows
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m lposs.experiment.streaming", description=__doc__.split("\n\n")[0])
+    parser.add_argument("dataset", help="a dataset name (voc21, ..., demo), or name:split (paxray:test_bones)")
+    parser.add_argument("--data-dir", default="data", help="dataset roots: DATA_DIR/<folder> (default: data)")
+    parser.add_argument("--protocol", default="lposs", help="prompts, windows and background rule of a release")
+    parser.add_argument("--background", default="protocol", help="protocol | synonyms | softmax")
+    parser.add_argument("--vlm", default="ViT-B-16", help="open_clip model name, or demo")
+    parser.add_argument("--vlm-pretrained", default="protocol", help="weights tag; protocol = the release's")
+    parser.add_argument("--head", default="protocol", help="dense CLIP head; protocol = the release's")
+    parser.add_argument("--vm", default="dino_vitb16", help="graph model (lposs.models.loading.VISION_MODELS), "
+                                                            "clip, or demo")
+    parser.add_argument("--vm-pretrained", default="pretrained", help="pretrained | random")
+    parser.add_argument("--vm-feature", default="v", help="q | k | v | tokens")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast in the backbones (CUDA)")
+    parser.add_argument("--modes", default="maskclip,lposs,lposs+", help="comma-separated, evaluated together")
+    parser.add_argument("--refiner", default="reference", help="LPOSS+ pixel refiner (lposs.core.refine.REFINERS)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--batch-images", type=int, default=4, help="images whose windows share a forward")
+    parser.add_argument("--workers", type=int, default=4, help="DataLoader workers decoding images")
+    parser.add_argument("--store", help="also write the feature shards to this folder (optional)")
+    parser.add_argument("--limit", type=int, help="only the first N images (a quick check)")
+    parser.add_argument("--json", help="write the results here")
+    return parser
+
+
+def spec_from_args(args: argparse.Namespace, rule: dict[str, Any]) -> BackboneSpec:
+    """The backbones the options name ("protocol" = the release's head and CLIP weights)."""
+    if args.vlm == "demo":
+        return BackboneSpec(vlm="demo", vlm_weights="none", head="demo", vm="demo", vm_weights="none",
+                            vm_features=(args.vm_feature,))
+    return BackboneSpec(vlm=args.vlm, vlm_weights=protocol_value(args.vlm_pretrained, rule["clip"]),
+                        head=protocol_value(args.head, rule["head"]), vm=args.vm, vm_weights=args.vm_pretrained,
+                        vm_features=(args.vm_feature,), bf16=args.bf16)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    device = resolve_device(args.device)
+    ds, rule, windows = open_protocol_entry(args.dataset, args.data_dir, args.protocol, args.background)
+    if args.limit:
+        ds.items = ds.items[: args.limit]
+    backbones = create_backbones(spec_from_args(args, rule), device)
+    vm_feature = "clip" if args.vm == "clip" else args.vm_feature
+    base = Setting.from_flat(vm_feature=vm_feature, refiner=args.refiner)
+    points = sweep_points(base, "mode", args.modes.split(","), "lposs+")
+    store = None
+    if args.store:  # named by the entry, as the features stage names its stores
+        manifest = make_manifest(args.dataset, prompts(ds, 0, args.protocol), backbones.vlm.id,
+                                 {vm_feature: backbones.vm.id}, windows)
+        store = FeatureStore(args.store, manifest)
+    result = evaluate(ds, backbones.vlm, backbones.vm, points, device, windows,
+                      lambda i: prompts(ds, i, args.protocol),
+                      None if rule["background"] == "synonyms" else rule, args.batch_images, args.workers, store)
+    result.update({"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "bf16": args.bf16,
+                   "protocol": args.protocol})
+    for record in result["records"]:
+        scores = record["metrics"]
+        print(f"{record['label']:<16} mIoU {scores['miou']:.2f}  Boundary IoU {scores['biou']:.2f}")
+    print(f"{result['dataset']} (split {result['split']}): {result['images']} images in {result['seconds']:.1f} s "
+          f"({result['images_per_second']:.2f} img/s)")
+    if args.json:
+        write_json(args.json, result)
+    return result
+
+
+def protocol_value(given: str, protocol_value: str) -> str:
+    """A command-line value, or the protocol's where it says "protocol"."""
+    return protocol_value if given == "protocol" else given
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,339 @@
+"""Backbones: dense CLIP seeds from any training-free head (open_clip), vision-model graph features (timm).
+
+The classes follow the interface of the rest of the package (shared/spec/lposs.md, section 2):
+
+    .id: str                      stable identifier (used in feature-store paths)
+    .patch_size: int              pixels per output feature along each side (16 for ViT-B/16)
+    .embed_dim: int               feature size D
+    .dense_features(windows [B, 3, h, w] in [0, 1]) -> [B, h/p, w/p, D], L2-normalised per patch
+    .text_embeddings(class_names) -> (emb [C', D], owner [C'])      (DenseCLIP only)
+
+- `DenseCLIP` (alias `MaskCLIP`): an open_clip ViT whose last block is one of the heads of `lposs.heads`
+  (maskclip, sclip, clearclip, naclip, proxyclip), with a prompt-ensemble text classifier.
+- `VisionFeatures` (alias `DinoFeatures`): any timm ViT of `VISION_MODELS` (or a timm name); features are the
+  last block's attention q, k or v, or the final normalised tokens; several of them from one forward.
+- `ClipGraphFeatures`: the VLM's own dense features used as graph features (no second model).
+
+Weights (lposs.loading): open_clip / timm pretrained tags from the Hugging Face hub cache, or a local file
+(`checkpoint=PATH`); offline, construction fails within seconds with `BackboneUnavailable`. Random weights
+(`pretrained=None` / `pretrained=False`) are seeded, so they are the same in every run.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..core.color import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD  # noqa: F401 - re-exported
+from .heads import HEADS, dense_clip_features, head_settings, positional_embedding, tokens_before_last_block
+from .loading import (  # noqa: F401 - BackboneUnavailable, CLIP_WEIGHTS, VISION_MODELS, hf_cache_dir re-exported
+    CLIP_WEIGHTS,
+    VISION_MODELS,
+    BackboneUnavailable,
+    resolve_clip_weights,
+    hf_cache_dir,
+    load_open_clip,
+    load_timm,
+    open_clip_quick_gelu,
+    timm_name,
+    weights_label,
+)
+
+DEFAULT_CLIP_MODEL = "ViT-B-16"
+DEFAULT_CLIP_PRETRAINED = "laion2b_s34b_b88k"
+DEFAULT_DINO_MODEL = "vit_base_patch16_224.dino"
+DEFAULT_PROXY_MODEL = "dino_vitb8"
+VM_FEATURES = ("q", "k", "v", "tokens")
+TEXT_BATCH_SIZE = 256
+
+
+def _normalise_input(windows: Tensor, mean: Sequence[float], std: Sequence[float], patch: int) -> Tensor:
+    if windows.ndim != 4 or windows.shape[1] != 3:
+        raise ValueError(f"windows must be [B, 3, h, w] RGB in [0, 1], got shape {tuple(windows.shape)}")
+    if windows.shape[2] % patch or windows.shape[3] % patch:
+        raise ValueError(
+            f"window size {tuple(windows.shape[2:])} is not a multiple of the patch size {patch}: "
+            f"crop windows to multiples of {patch} (e.g. 224)"
+        )
+    mean_t = torch.tensor(mean, dtype=windows.dtype, device=windows.device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=windows.dtype, device=windows.device).view(1, 3, 1, 1)
+    return (windows - mean_t) / std_t
+
+
+def _autocast(device: torch.device, bf16: bool):
+    """bf16 autocast on CUDA; a no-op elsewhere (CPU runs in float32)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Text: class names -> synonyms -> prompt ensembles
+# ----------------------------------------------------------------------------------------------------
+
+
+def split_synonyms(class_names: Sequence[str]) -> tuple[list[str], list[int]]:
+    """'a; b' -> synonyms ['a', 'b'] both owned by that class. Raises ValueError on empty input."""
+    if isinstance(class_names, str) or len(class_names) == 0:
+        raise ValueError(
+            f"class_names must be a non-empty list of class names (got {class_names!r}); "
+            "write synonyms of one class as 'a; b; c'"
+        )
+    synonyms, owner = [], []
+    for index, name in enumerate(class_names):
+        parts = [part.strip() for part in str(name).split(";")]
+        if any(not part for part in parts):
+            raise ValueError(
+                f"class {index} ({name!r}) has an empty name or synonym: give every class a name, "
+                "and separate synonyms with ';' without empty entries"
+            )
+        synonyms += parts
+        owner += [index] * len(parts)
+    return synonyms, owner
+
+
+def imagenet_templates() -> list[Callable[[str], str]]:
+    """The 80 OpenAI ImageNet prompt templates, in open_clip's order."""
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+    return list(OPENAI_IMAGENET_TEMPLATES)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Dense CLIP (open_clip) with any head of lposs.heads
+# ----------------------------------------------------------------------------------------------------
+
+
+def head_label(head: str, head_params: dict[str, Any] | None) -> str:
+    """The head part of an id: the name, then every parameter that differs from the head's default."""
+    defaults, settings = HEADS[head], head_settings(head, head_params)
+    changed = sorted(name for name in settings if settings[name] != defaults[name])
+    return head + "".join(f"-{name}_{settings[name]:g}" if isinstance(settings[name], (int, float))
+                          else f"-{name}_{settings[name]}" for name in changed)
+
+
+class DenseCLIP:
+    """open_clip ViT with a training-free dense head (lposs.heads) and a prompt-ensemble text classifier.
+
+    pretrained: an open_clip tag ("laion2b_s34b_b88k", "openai"), or None for seeded random weights.
+    head, head_params: a name of `lposs.heads.HEADS` and overrides of its defaults (e.g. {"sigma": 3.0}).
+    proxy: proxyclip's vision model (e.g. VisionFeatures("dino_vitb8")); its final tokens give the affinity
+        and its grid the output grid, so `.patch_size` is then the proxy's.
+    quick_gelu: None = as the tag says (QuickGELU for "openai"); True builds random weights like OpenAI's.
+    checkpoint: a local weight file (.bin/.pt/.safetensors) used instead of downloading the tag.
+    bf16: bfloat16 autocast on CUDA only; on CPU the flag is ignored and everything runs in float32.
+    """
+
+    def __init__(
+        self,
+        model_name: str = DEFAULT_CLIP_MODEL,
+        pretrained: str | None = DEFAULT_CLIP_PRETRAINED,
+        device: str | torch.device = "cpu",
+        checkpoint: str | os.PathLike | None = None,
+        bf16: bool = False,
+        seed: int = 0,
+        *,
+        head: str = "maskclip",
+        head_params: dict[str, Any] | None = None,
+        proxy: Any = None,
+        quick_gelu: bool | None = None,
+    ) -> None:
+        import open_clip
+
+        self.head, self.head_params = head, dict(head_params or {})
+        self.settings = head_settings(head, head_params)
+        if (head == "proxyclip") != (proxy is not None):
+            raise ValueError("head 'proxyclip' needs proxy=a vision model (e.g. VisionFeatures('dino_vitb8')); "
+                             f"other heads take none (head={head!r}, proxy={getattr(proxy, 'id', proxy)!r})")
+        self.proxy = proxy
+        self.device = torch.device(device)
+        self.bf16 = bf16 and self.device.type == "cuda"
+        quick = open_clip_quick_gelu(model_name, pretrained, quick_gelu)
+        self.model = load_open_clip(model_name, pretrained, checkpoint, seed, quick).to(self.device).eval()
+        self.tokenizer = open_clip.get_tokenizer(model_name)
+        self._check_visual(model_name)
+        self.clip_patch_size = int(self.model.visual.patch_size[0])
+        self.patch_size = int(proxy.patch_size) if proxy is not None else self.clip_patch_size
+        self.embed_dim = int(self.model.visual.proj.shape[1])
+        gelu = "-quickgelu" if quick and "quickgelu" not in model_name else ""
+        weights = weights_label(pretrained, checkpoint, seed)
+        proxy_label = f"-proxy_{proxy.id}" if proxy is not None else ""
+        self.id = f"openclip-{model_name}{gelu}-{weights}-{head_label(head, head_params)}{proxy_label}"
+        self.id += "-bf16" if self.bf16 else ""
+        self._text_cache: dict[tuple[str, ...], tuple[Tensor, Tensor]] = {}
+
+    def _check_visual(self, model_name: str) -> None:
+        visual = self.model.visual
+        if visual.proj is None or visual.attn_pool is not None:
+            raise ValueError(f"open_clip model {model_name} has no plain projection head; dense heads need one")
+        if not isinstance(visual.transformer.resblocks[-1].attn, nn.MultiheadAttention):
+            raise ValueError(
+                f"open_clip model {model_name} uses a custom attention block; dense heads need nn.MultiheadAttention"
+            )
+
+    # --- image ---------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def dense_features(self, windows: Tensor) -> Tensor:
+        """windows [B, 3, h, w] in [0, 1] -> the head's patch features [B, h/p, w/p, D], unit norm."""
+        windows = windows.to(self.device, torch.float32)
+        x = _normalise_input(windows, CLIP_MEAN, CLIP_STD, self.clip_patch_size)
+        with _autocast(self.device, self.bf16):
+            proxy = None if self.proxy is None else self.proxy.dense_features_multi(windows, ("tokens",))["tokens"]
+            return dense_clip_features(self.model.visual, x, self.head, proxy, **self.head_params)
+
+    def tokens_before_last_block(self, x: Tensor) -> Tensor:
+        """Normalised images [B, 3, h, w] -> the token sequence entering the last block, [B, L, W]."""
+        return tokens_before_last_block(self.model.visual, x, self.settings["interpolation"])
+
+    def positional_embedding(self, grid_h: int, grid_w: int) -> Tensor:
+        """[1 + gh*gw, W], resized off the native grid by this head's rule."""
+        return positional_embedding(self.model.visual, (grid_h, grid_w), self.settings["interpolation"])
+
+    # --- text ----------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def text_embeddings(self, class_names: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """Class names -> (emb [C', D] unit norm, owner LongTensor [C']), one row per ';' synonym.
+
+        Each synonym: the 80 OpenAI ImageNet templates, each encoded and L2-normalised, averaged, and
+        L2-normalised again. Results are kept in memory per class list (returned as copies).
+        """
+        key = tuple(class_names) if not isinstance(class_names, str) else (class_names,)
+        if key not in self._text_cache:
+            synonyms, owner = split_synonyms(class_names)
+            emb = self._prompt_ensembles(synonyms)  # [C', D]
+            self._text_cache[key] = (emb, torch.tensor(owner, dtype=torch.long, device=self.device))
+        emb, owner = self._text_cache[key]
+        return emb.clone(), owner.clone()
+
+    def _prompt_ensembles(self, synonyms: list[str]) -> Tensor:
+        templates = imagenet_templates()
+        prompts = [template(name) for name in synonyms for template in templates]
+        batches = [prompts[i : i + TEXT_BATCH_SIZE] for i in range(0, len(prompts), TEXT_BATCH_SIZE)]
+        encoded = [self._encode_prompts(batch) for batch in batches]  # [n, D] each
+        per_prompt = torch.cat(encoded).reshape(len(synonyms), len(templates), -1)  # [C', T, D]
+        return F.normalize(per_prompt.mean(dim=1), dim=-1)  # [C', D]
+
+    def _encode_prompts(self, prompts: list[str]) -> Tensor:
+        tokens = self.tokenizer(prompts).to(self.device)  # [n, context]
+        with _autocast(self.device, self.bf16):
+            emb = self.model.encode_text(tokens)  # [n, D]
+        return F.normalize(emb.float(), dim=-1)
+
+
+MaskCLIP = DenseCLIP  # LPOSS's name; the head defaults to "maskclip"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Vision models for the graph (timm), and the VLM's own features
+# ----------------------------------------------------------------------------------------------------
+
+QKV_PARTS = {"q": 0, "k": 1, "v": 2}
+
+
+class VisionFeatures:
+    """timm ViT whose dense features are the last block's attention q, k or v (all heads), or "tokens" (the
+    final normalised tokens, `forward_features(x)`), with CLS and register tokens dropped.
+
+    model_name: a short name of `VISION_MODELS` ("dino_vitb8") or a timm name; the id uses the timm name.
+    pretrained: True for the timm tag's weights, False for seeded random weights.
+    checkpoint: a local weight file used instead of downloading (loaded through timm's own filter).
+    bf16: bfloat16 autocast on CUDA only; on CPU the flag is ignored and everything runs in float32.
+    """
+
+    def __init__(
+        self,
+        model_name: str = DEFAULT_DINO_MODEL,
+        pretrained: bool = True,
+        feature: str = "v",
+        device: str | torch.device = "cpu",
+        checkpoint: str | os.PathLike | None = None,
+        bf16: bool = False,
+        seed: int = 0,
+    ) -> None:
+        _check_features((feature,))
+        self.device = torch.device(device)
+        self.bf16 = bf16 and self.device.type == "cuda"
+        self.model_name = timm_name(model_name)
+        self.model = load_timm(self.model_name, pretrained, checkpoint, seed).to(self.device).eval()
+        attn = self.model.blocks[-1].attn
+        if getattr(attn, "qkv", None) is None:
+            raise ValueError(f"timm model {self.model_name} has no fused qkv projection in its last block")
+        self.patch_size = int(self.model.patch_embed.patch_size[0])
+        self.embed_dim = attn.qkv.out_features // 3
+        self.num_prefix_tokens = int(self.model.num_prefix_tokens)  # CLS + registers
+        self.weights = weights_label("pretrained" if pretrained else None, checkpoint, seed)
+        self.feature = feature
+        self.id = self.feature_id(feature)
+
+    def feature_id(self, feature: str) -> str:
+        """The id of this model's `feature` ("timm-<name>-<weights>-<feature>[-bf16]")."""
+        return f"timm-{self.model_name}-{self.weights}-{feature}" + ("-bf16" if self.bf16 else "")
+
+    def with_feature(self, feature: str) -> "VisionFeatures":
+        """The same model (shared, not copied) serving another feature."""
+        _check_features((feature,))
+        other = copy.copy(self)
+        other.feature, other.id = feature, self.feature_id(feature)
+        return other
+
+    @torch.no_grad()
+    def dense_features(self, windows: Tensor) -> Tensor:
+        """windows [B, 3, h, w] in [0, 1] -> this model's feature [B, h/p, w/p, D], unit norm."""
+        return self.dense_features_multi(windows, (self.feature,))[self.feature]
+
+    @torch.no_grad()
+    def dense_features_multi(self, windows: Tensor, features: Sequence[str] = ("q", "k", "v")) -> dict[str, Tensor]:
+        """windows [B, 3, h, w] in [0, 1] -> {feature: [B, h/p, w/p, D] unit norm}, all from one forward."""
+        _check_features(features)
+        x = _normalise_input(windows.to(self.device, torch.float32), IMAGENET_MEAN, IMAGENET_STD, self.patch_size)
+        captured: list[Tensor] = []
+        hook = self.model.blocks[-1].attn.qkv.register_forward_hook(lambda _m, _i, out: captured.append(out))
+        try:
+            with _autocast(self.device, self.bf16):
+                tokens = self.model.forward_features(x)  # [B, prefix + N, D], final norm applied
+        finally:
+            hook.remove()
+        qkv = captured[0].float()  # [B, prefix + N, 3*D], laid out (3, heads, head_dim) along the last axis
+        dim, grid = self.embed_dim, (x.shape[2] // self.patch_size, x.shape[3] // self.patch_size)
+        out = {}
+        for feature in features:
+            if feature == "tokens":
+                feats = tokens.float()
+            else:
+                feats = qkv[..., QKV_PARTS[feature] * dim : (QKV_PARTS[feature] + 1) * dim]
+            feats = F.normalize(feats[:, self.num_prefix_tokens :], dim=-1)  # [B, gh*gw, D]
+            out[feature] = feats.reshape(x.shape[0], grid[0], grid[1], -1)
+        return out
+
+
+DinoFeatures = VisionFeatures  # the earlier name (DINO ViT-B/16 v by default)
+
+
+def _check_features(features: Sequence[str]) -> None:
+    if isinstance(features, str) or not features or any(f not in VM_FEATURES for f in features):
+        raise ValueError(f"vision-model features must be among {VM_FEATURES} (got {features!r})")
+
+
+class ClipGraphFeatures:
+    """The VLM's own dense features as graph features (the talk's 38.3 setting: no second model)."""
+
+    feature = "clip"
+
+    def __init__(self, vlm: DenseCLIP) -> None:
+        self.vlm = vlm
+        self.id = f"clip:{vlm.id}"
+        self.patch_size, self.embed_dim, self.device = vlm.patch_size, vlm.embed_dim, vlm.device
+
+    def dense_features(self, windows: Tensor) -> Tensor:
+        """windows [B, 3, h, w] in [0, 1] -> the VLM's features [B, h/p, w/p, D]."""
+        return self.vlm.dense_features(windows)
+
+    def dense_features_multi(self, windows: Tensor, features: Sequence[str] = ("clip",)) -> dict[str, Tensor]:
+        if list(features) != ["clip"]:
+            raise ValueError(f"ClipGraphFeatures has the one feature 'clip' (got {features!r})")
+        return {"clip": self.dense_features(windows)}

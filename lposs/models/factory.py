@@ -1,0 +1,171 @@
+"""The one door to the backbones: a `BackboneSpec` names them, `create_backbones(spec, device)` builds them.
+
+    spec = BackboneSpec(vlm="ViT-B-16", vlm_weights="laion2b_s34b_b88k", head="sclip", vm="dino_vitb16")
+    backbones = create_backbones(spec, device="cuda")
+    backbones.vlm                 # the dense CLIP seed model (lposs.models.backbones.DenseCLIP)
+    backbones.graphs              # {feature: graph model}, one per stored graph feature (q / k / v / tokens)
+    backbones.vm                  # the first of them: the graph of a single run
+
+The spec covers every way the package gets backbones: the demo stand-ins (vlm, head and vm "demo"),
+seeded random weights (vlm_weights / vm_weights "random"), pretrained tags from the Hugging Face cache
+or the network, and local checkpoint files. The CLI, the web app, `segment`, the pipeline's notebooks and
+the streaming evaluator all build a spec from their inputs and come through here. Weights that cannot
+be had raise `BackboneUnavailable` within seconds, naming every missing file and the command that
+fetches it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, NamedTuple
+
+from ..demo import DemoVLM, DemoVM
+from .backbones import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, DEFAULT_PROXY_MODEL, VM_FEATURES, ClipGraphFeatures,
+                        DenseCLIP, VisionFeatures)
+from .heads import HEADS
+from .loading import BackboneUnavailable, open_clip_quick_gelu, resolve_clip_weights, timm_name
+
+DEFAULT_VM = "dino_vitb16"  # DINO ViT-B/16, LPOSS's graph (lposs.models.loading.VISION_MODELS)
+VLM_WEIGHTS_SPECIAL = ("random", "none")  # seeded random weights | no weights (the demo stand-ins)
+VM_WEIGHTS = ("pretrained", "random", "none")
+DEMO_FEATURES = ("q", "k", "v")
+
+# ProxyCLIP's release runs one crop per forward, so its "mean over the batch" is a mean over one window;
+# every caller here batches all windows of an image, so the head takes that mean per window.
+BATCHED_HEAD_PARAMS = {"proxyclip": {"affinity_mean": "window"}}
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Which backbones: the VLM and its dense head (the seeds), the graph model and its features.
+
+    vlm: an open_clip model name, or "demo"; vlm_weights: an open_clip pretrained tag, "random" (seeded
+    random weights) or "none" (demo). quick_gelu: None = as the tag's config says (QuickGELU for OpenAI's
+    weights); True builds random weights shaped like OpenAI's. head: a name of `lposs.models.heads.HEADS`
+    (or "demo"); head_params: overrides of its defaults, as (name, value) pairs.
+    vm: a `VISION_MODELS` short name, a timm name, "clip" (the VLM's own features, no second model) or
+    "demo"; vm_weights: pretrained | random | none; vm_features: the graph features to compute (q, k, v of
+    the last block or the final tokens; ("clip",) for vm "clip"). proxy: ProxyCLIP's vision model.
+    *_checkpoint: local weight files used instead of the tags (offline use).
+    """
+
+    vlm: str = DEFAULT_CLIP_MODEL
+    vlm_weights: str = DEFAULT_CLIP_PRETRAINED
+    head: str = "maskclip"
+    vm: str = DEFAULT_VM
+    vm_weights: str = "pretrained"
+    vm_features: tuple[str, ...] = ("v",)
+    proxy: str = DEFAULT_PROXY_MODEL
+    bf16: bool = False
+    quick_gelu: bool | None = None
+    head_params: tuple[tuple[str, Any], ...] = field(default=())
+    clip_checkpoint: str | None = None
+    vm_checkpoint: str | None = None
+    proxy_checkpoint: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "vm_features", tuple(self.vm_features))
+        object.__setattr__(self, "head_params", tuple(sorted(dict(self.head_params).items())))
+        if self.vm == "clip":
+            object.__setattr__(self, "vm_features", ("clip",))
+        self._check()
+
+    def _check(self) -> None:
+        demo = (self.vlm == "demo", self.head == "demo", self.vm == "demo")
+        if any(demo) and not all(demo):
+            raise ValueError("the demo backbones go together: vlm demo, head demo, vm demo "
+                             f"(got vlm {self.vlm!r}, head {self.head!r}, vm {self.vm!r})")
+        if not self.is_demo and self.head not in HEADS:
+            raise ValueError(f"unknown dense head {self.head!r}; choose one of {', '.join(HEADS)}")
+        if self.vm_weights not in VM_WEIGHTS:
+            raise ValueError(f"vm_weights={self.vm_weights!r}: use one of {', '.join(VM_WEIGHTS)}")
+        allowed = DEMO_FEATURES if self.is_demo else ("clip",) if self.vm == "clip" else VM_FEATURES
+        features = self.vm_features
+        if not features or len(set(features)) != len(features) or any(f not in allowed for f in features):
+            raise ValueError(f"vm_features={','.join(features)!r}: give distinct names among {', '.join(allowed)} "
+                             "separated by commas, e.g. 'v' or 'q,k,v'")
+
+    @property
+    def is_demo(self) -> bool:
+        return self.vlm == "demo"
+
+    def key(self) -> str:
+        """The feature store's folder name of these backbones, from the spec alone (no weights needed)."""
+        import re
+
+        weights = "none" if self.is_demo else self.vlm_weights
+        parts = [self.vlm if weights in ("none", "") else f"{self.vlm}.{weights}",
+                 f"proxyclip.{self.proxy}" if self.head == "proxyclip" else self.head,
+                 self.vm if self.vm_weights in ("none", "pretrained", "") or self.vm == "clip"
+                 else f"{self.vm}.{self.vm_weights}"]
+        return re.sub(r"[^A-Za-z0-9._+-]", "-", "+".join(parts) + ("+bf16" if self.bf16 else ""))
+
+
+def spec_from_clip_choice(clip_weights: str, random: bool = False, **fields: Any) -> BackboneSpec:
+    """A spec from a `CLIP_WEIGHTS` name ("openclip-laion2b", "openai"), as the web page and the CLI name
+    weights; random: seeded random weights shaped as those weights need (QuickGELU for OpenAI's)."""
+    model, tag = resolve_clip_weights(clip_weights)
+    return spec_from_clip_tag(model, tag, random, **fields)
+
+
+def spec_from_clip_tag(model: str, tag: str, random: bool = False, **fields: Any) -> BackboneSpec:
+    """A spec from an open_clip model name and pretrained tag; random: seeded random weights of that shape
+    (and random graph weights unless `vm_weights` says otherwise)."""
+    if not random:
+        return BackboneSpec(vlm=model, vlm_weights=tag, **fields)
+    fields.setdefault("vm_weights", "random")
+    return BackboneSpec(vlm=model, vlm_weights="random", quick_gelu=open_clip_quick_gelu(model, tag), **fields)
+
+
+class Backbones(NamedTuple):
+    vlm: Any
+    graphs: dict[str, Any]  # {feature: graph model}
+
+    @property
+    def vm(self) -> Any:
+        """The graph model of the first feature (what a single segmentation uses)."""
+        return next(iter(self.graphs.values()))
+
+
+def create_backbones(spec: BackboneSpec, device: str = "cpu") -> Backbones:
+    """Build the backbones a spec names, on `device`. Raises BackboneUnavailable naming every missing file."""
+    if spec.is_demo:
+        return Backbones(DemoVLM(device=device), {f: DemoVM(f, device=device) for f in spec.vm_features})
+    missing: list[str] = []  # every unavailable weight file is named at once, not one per attempt
+
+    def attempt(build: Callable[[], Any]) -> Any:
+        try:
+            return build()
+        except BackboneUnavailable as error:
+            missing.append(str(error))
+            return None
+
+    vm = None if spec.vm == "clip" else attempt(lambda: _vision_model(spec, spec.vm, spec.vm_features[0],
+                                                                       spec.vm_checkpoint, device))
+    proxy = None
+    if spec.head == "proxyclip":
+        same = vm is not None and vm.model_name == timm_name(spec.proxy) and spec.proxy_checkpoint == spec.vm_checkpoint
+        proxy = vm.with_feature("tokens") if same else attempt(
+            lambda: _vision_model(spec, spec.proxy, "tokens", spec.proxy_checkpoint, device))
+    vlm = attempt(lambda: _dense_clip(spec, proxy, device))
+    if missing:
+        raise BackboneUnavailable("\n\n".join(missing))
+    if vm is None:
+        return Backbones(vlm, {"clip": ClipGraphFeatures(vlm)})
+    return Backbones(vlm, {feature: vm.with_feature(feature) for feature in spec.vm_features})
+
+
+def _vision_model(spec: BackboneSpec, name: str, feature: str, checkpoint: str | None, device: str) -> VisionFeatures:
+    random = spec.vm_weights == "random"
+    return VisionFeatures(name, pretrained=not random, feature=feature, device=device,
+                          checkpoint=None if random else checkpoint, bf16=spec.bf16)
+
+
+def _dense_clip(spec: BackboneSpec, proxy: Any, device: str) -> DenseCLIP:
+    random = spec.vlm_weights in VLM_WEIGHTS_SPECIAL
+    pretrained = None if random else spec.vlm_weights
+    quick = open_clip_quick_gelu(spec.vlm, pretrained, spec.quick_gelu)
+    head_params = {**BATCHED_HEAD_PARAMS.get(spec.head, {}), **dict(spec.head_params)}
+    return DenseCLIP(spec.vlm, pretrained=pretrained, device=device, bf16=spec.bf16,
+                     checkpoint=None if random else spec.clip_checkpoint, head=spec.head,
+                     head_params=head_params or None, proxy=proxy, quick_gelu=quick)
