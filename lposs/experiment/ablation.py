@@ -35,7 +35,7 @@ def sweep_points(base: Setting, param: str, values: list, mode: str) -> list[Swe
         raise ValueError(f"sweep over {param!r} needs a non-empty list of values, got {values!r}")
     if mode not in MODES:
         raise ValueError(f"sweep mode {mode!r}: choose one of {', '.join(MODES)}")
-    points = [SweepPoint(f"{param}={value}", base.replace(mode=mode, **{param: value}), param) for value in values]
+    points = [SweepPoint(f"{param}={value}", base.replace(**{"mode": mode, param: value}), param) for value in values]
     if len({point.label for point in points}) != len(points):
         raise ValueError(f"sweep over {param!r} repeats a value: {values}")
     return points
