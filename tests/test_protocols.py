@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from lposs import protocols
 from lposs.segment import extract_features, predict_labels, propagate_features, to_graph_grid
+from lposs.windows import merge_windows
 
 SOFTMAX = {"background": "softmax", "logit_scale": 10.0, "prob_thd": 0.0, "area_thd": None}
 
@@ -103,6 +104,10 @@ def two_colour_image(h=180, w=240):
     return image
 
 
+def resize(x, size):
+    return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
 @pytest.mark.parametrize("vm_patch, grid", [(8, 28), (14, 16), (32, 7)])
 def test_seeds_are_resized_to_the_graph_grid(vm_patch, grid):
     vlm, vm = PatchColour(16), PatchColour(vm_patch)
@@ -121,11 +126,18 @@ def test_graph_grid_resize_is_bilinear_then_normalised():
 
 
 def test_softmax_protocol_in_propagate_features_matches_the_release_order():
-    """Seeds mode under SCLIP's rule: merge cosines over windows, resize to the image, x logit_scale, softmax."""
+    """Seeds mode under SCLIP's rule: merge cosines over windows, resize to the image, x logit_scale, softmax,
+    max per class; the other order (softmax, then resize) differs measurably on the same canvas."""
     vlm = PatchColour(16)
     feats = extract_features(two_colour_image(), ["red", "green;blue"], vlm, vlm, short_side=224)
     rule = protocols.resolve("sclip", "voc21")
     probs = propagate_features(feats, mode="maskclip", background=rule)
+    blocks = feats.seeds.reshape(len(feats.layout), feats.grid, feats.grid, -1).permute(0, 3, 1, 2)
+    canvas = merge_windows(blocks, feats.layout, *feats.resized_hw, crop=feats.crop)  # [C', 224, 299]
+    release = protocols.pool_synonyms((resize(canvas, (180, 240)) * rule["logit_scale"]).softmax(0), feats.owner)
+    swapped = resize(protocols.pool_synonyms((canvas * rule["logit_scale"]).softmax(0), feats.owner), (180, 240))
+    torch.testing.assert_close(probs, release, rtol=1e-5, atol=1e-5)
+    assert (swapped - release).abs().max() > 0.05  # the order shows: the check above can fail
     raw = propagate_features(feats, mode="maskclip")  # synonyms rule: pooled cosines, resized
     assert probs.shape == raw.shape == (2, 180, 240)
     assert torch.all(probs >= 0) and torch.all(probs.sum(0) <= 1 + 1e-5)
