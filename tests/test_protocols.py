@@ -5,6 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lposs.core import scoring
+from lposs.core.windows import merge_windows
 from lposs.models import protocols
 from lposs.segmentation import extract_features, predict_labels, propagate_features, to_graph_grid
 
@@ -45,18 +47,18 @@ def test_release_class_files_expand_person_and_tvmonitor():
 def test_synonym_rule_is_the_max_over_synonyms():
     scores = torch.tensor([[[0.1]], [[0.5]], [[0.3]], [[0.4]]])  # [C'=4, 1, 1]
     owner = torch.tensor([0, 0, 1, 1])
-    pooled = protocols.class_scores(scores, owner, {"background": "synonyms"})
+    pooled = scoring.class_scores(scores, owner, {"background": "synonyms"})
     assert pooled.flatten().tolist() == pytest.approx([0.5, 0.4])
-    assert protocols.labels_from_scores(pooled, {"background": "synonyms"}).item() == 0
+    assert scoring.labels_from_scores(pooled, {"background": "synonyms"}).item() == 0
 
 
 def test_softmax_rule_by_hand():
     scores = torch.tensor([[[0.1]], [[0.5]], [[0.3]]])  # [3, 1, 1]
     owner = torch.tensor([0, 1, 1])
-    probs = protocols.class_scores(scores, owner, SOFTMAX)
+    probs = scoring.class_scores(scores, owner, SOFTMAX)
     e = np.exp(10 * np.array([0.1, 0.5, 0.3]))
     assert probs.flatten().tolist() == pytest.approx([e[0] / e.sum(), e[1] / e.sum()], rel=1e-5)
-    half = protocols.class_scores(scores, owner, SOFTMAX, cosine_scale=0.5)  # = logit scale 5
+    half = scoring.class_scores(scores, owner, SOFTMAX, cosine_scale=0.5)  # = logit scale 5
     e5 = np.exp(5 * np.array([0.1, 0.5, 0.3]))
     assert half.flatten()[1].item() == pytest.approx(e5[1] / e5.sum(), rel=1e-5)
 
@@ -64,8 +66,8 @@ def test_softmax_rule_by_hand():
 def test_probability_threshold_sends_unsure_pixels_to_class_zero():
     probs = torch.tensor([[[0.2, 0.1]], [[0.45, 0.8]], [[0.35, 0.1]]])  # [K=3, 1, 2]
     rule = {**SOFTMAX, "prob_thd": 0.5}
-    assert protocols.labels_from_scores(probs, rule).tolist() == [[0, 1]]
-    assert protocols.labels_from_scores(probs, {**rule, "prob_thd": 0.4}).tolist() == [[1, 1]]
+    assert scoring.labels_from_scores(probs, rule).tolist() == [[0, 1]]
+    assert scoring.labels_from_scores(probs, {**rule, "prob_thd": 0.4}).tolist() == [[1, 1]]
 
 
 def test_area_threshold_drops_small_foreground_classes():
@@ -77,9 +79,9 @@ def test_area_threshold_drops_small_foreground_classes():
     probs[2, 0, 8], probs[0, 0, 8] = 0.7, 0.3
     probs[0, 0, 9] = 1.0
     rule = {**SOFTMAX, "area_thd": 0.2}
-    assert protocols.labels_from_scores(probs, {**SOFTMAX}).tolist() == [[1] * 8 + [2, 0]]
-    assert protocols.labels_from_scores(probs, rule).tolist() == [[1] * 8 + [0, 0]]
-    assert protocols.labels_from_scores(probs, {**rule, "area_thd": 0.1}).tolist() == [[1] * 8 + [2, 0]]
+    assert scoring.labels_from_scores(probs, {**SOFTMAX}).tolist() == [[1] * 8 + [2, 0]]
+    assert scoring.labels_from_scores(probs, rule).tolist() == [[1] * 8 + [0, 0]]
+    assert scoring.labels_from_scores(probs, {**rule, "area_thd": 0.1}).tolist() == [[1] * 8 + [2, 0]]
 
 
 class PatchColour:
@@ -103,6 +105,10 @@ def two_colour_image(h=180, w=240):
     return image
 
 
+def resize(x, size):
+    return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
 @pytest.mark.parametrize("vm_patch, grid", [(8, 28), (14, 16), (32, 7)])
 def test_seeds_are_resized_to_the_graph_grid(vm_patch, grid):
     vlm, vm = PatchColour(16), PatchColour(vm_patch)
@@ -121,11 +127,18 @@ def test_graph_grid_resize_is_bilinear_then_normalised():
 
 
 def test_softmax_protocol_in_propagate_features_matches_the_release_order():
-    """Seeds mode under SCLIP's rule: merge cosines over windows, resize to the image, x logit_scale, softmax."""
+    """Seeds mode under SCLIP's rule: merge cosines over windows, resize to the image, x logit_scale, softmax,
+    max per class; the other order (softmax, then resize) differs measurably on the same canvas."""
     vlm = PatchColour(16)
     feats = extract_features(two_colour_image(), ["red", "green;blue"], vlm, vlm, short_side=224)
     rule = protocols.resolve("sclip", "voc21")
     probs = propagate_features(feats, mode="maskclip", background=rule)
+    blocks = feats.seeds.reshape(len(feats.layout), feats.grid, feats.grid, -1).permute(0, 3, 1, 2)
+    canvas = merge_windows(blocks, feats.layout, *feats.resized_hw, crop=feats.crop)  # [C', 224, 299]
+    release = scoring.pool_synonyms((resize(canvas, (180, 240)) * rule["logit_scale"]).softmax(0), feats.owner)
+    swapped = resize(scoring.pool_synonyms((canvas * rule["logit_scale"]).softmax(0), feats.owner), (180, 240))
+    torch.testing.assert_close(probs, release, rtol=1e-5, atol=1e-5)
+    assert (swapped - release).abs().max() > 0.05  # the order shows: the check above can fail
     raw = propagate_features(feats, mode="maskclip")  # synonyms rule: pooled cosines, resized
     assert probs.shape == raw.shape == (2, 180, 240)
     assert torch.all(probs >= 0) and torch.all(probs.sum(0) <= 1 + 1e-5)

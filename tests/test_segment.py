@@ -51,11 +51,13 @@ def test_features_layout_and_shapes():
 
 
 def test_reference_solver_gives_the_same_scores():
+    """Batched CG against the released per-column CG: within 2e-6 of the score scale, the README's measure
+    (max |fast - ref| / max |ref|, benchmarks/speed.py); measured 3.7e-7 here (6.3e-7 elementwise)."""
     backbone = ColourBackbone()
     feats = extract_features(two_colour_image(), ["red", "green", "blue"], backbone, backbone)
     fast = propagate_features(feats, mode="lposs", k=40)
     ref = propagate_features(feats, mode="lposs", k=40, solver="cg_reference")
-    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(fast, ref, rtol=0, atol=2e-6 * ref.abs().max().item())
 
 
 def test_synonyms_are_max_pooled():
