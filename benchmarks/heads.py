@@ -18,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from lposs.models.backbones import load_backbones
+from lposs.models.factory import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, create_backbones, spec_from_clip_tag
 from lposs.experiment.extraction import extract_shard
 from lposs.models.heads import HEADS
 from lposs.io import write_json
@@ -29,7 +29,8 @@ CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus"
 
 def build(head: str, device: str) -> dict:
     """The head's backbones (random weights), its text classifier and that classifier's seconds."""
-    vlm, vm = load_backbones(device=device, random_weights=True, head=head)
+    vlm, graphs = create_backbones(spec_from_clip_tag(DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, True, head=head), device)
+    vm = next(iter(graphs.values()))
     start = time.perf_counter()
     text = vlm.text_embeddings(CLASSES)
     return {"vlm": vlm, "vms": {f: vm.with_feature(f) for f in ("v", "q", "k")}, "text": text,

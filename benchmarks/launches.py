@@ -29,7 +29,6 @@ path; what a launch or a wait costs in time stays for a GPU to measure (`benchma
 from __future__ import annotations
 
 import argparse
-import importlib
 import traceback
 from collections import Counter
 from contextlib import contextmanager
@@ -45,7 +44,7 @@ from lposs.io import write_json
 from lposs.core.scoring import labels_from_scores
 from lposs.models.protocols import resolve
 
-segment = importlib.import_module("lposs.segment")  # the module (`lposs.segment` is also a function)
+from lposs import segmentation as segment  # noqa: E402 - the module of one image end to end
 
 BANDWIDTH_GB_S = {"H100 SXM": 3350, "H200": 4800}  # HBM bandwidth from NVIDIA's data sheets
 LP_STAGES = ("patch_graph", "propagate", "refine_pixels")  # issue 9's "label propagation": graphs and solves

@@ -173,12 +173,14 @@ def add_memory_floors(results: list[dict[str, Any]], cases: list[tuple[int, int,
 
 def backbone_times(device: str, repeats: int) -> dict[str, float]:
     """Two ViT-B/16 forwards over the 15 windows of a VOC-size image (random weights: same cost)."""
-    from lposs.models.backbones import load_backbones
+    from lposs.models.factory import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, create_backbones, spec_from_clip_tag
 
     windows = torch.rand(15, 3, 224, 224, device=device)
     out = {}
     for bf16 in ([False, True] if device.startswith("cuda") else [False]):
-        vlm, vm = load_backbones(device=device, random_weights=True, bf16=bf16)
+        spec = spec_from_clip_tag(DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, True, bf16=bf16)
+        backbones = create_backbones(spec, device)
+        vlm, vm = backbones.vlm, backbones.vm
         seconds, _ = timed(lambda: (vlm.dense_features(windows), vm.dense_features(windows)), device, repeats)
         out["bf16" if bf16 else "fp32"] = seconds
     return out
@@ -211,11 +213,12 @@ def stencil_tiles(device: str, repeats: int, height: int = 448, width: int = 597
 
 def end_to_end(height: int, width: int, classes: int, device: str, repeats: int) -> dict[str, Any]:
     """One image of the case's original size through both backbones (bf16 on CUDA), LPOSS+ and argmax."""
-    from lposs.models.backbones import load_backbones
+    from lposs.models.factory import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, create_backbones, spec_from_clip_tag
     from lposs.segmentation import extract_features, propagate_features
 
     cuda = device.startswith("cuda")
-    vlm, vm = load_backbones(device=device, random_weights=True, bf16=cuda)
+    backbones = create_backbones(spec_from_clip_tag(DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, True, bf16=cuda), device)
+    vlm, vm = backbones.vlm, backbones.vm
     g = torch.Generator().manual_seed(1)
     image = torch.rand(3, *ORIGINAL_SIZE[(height, width)], generator=g).to(device)  # [3, H0, W0]
     dim = vlm.dense_features(torch.rand(1, 3, 224, 224, device=device)).shape[-1]

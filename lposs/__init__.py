@@ -15,6 +15,7 @@ The package, room by room (each imports only the rooms above it in this list):
     datasets/     the benchmarks: registry, loaders, fetch and convert, MESS
     demo/         the embedded offline demo: generated scenes, stand-in backbones
     models/       heads, backbones, weights, protocols, and the one backbone factory
+    image_features  one image's features: both backbones over its windows
     segmentation  one image end to end: backbones -> seeds -> patch LP -> canvas -> pixel LP -> classes
     experiment/   what the DVC stages run: parameters, staging, the feature store, the evaluation loop,
                   ablations, streaming evaluation, executors and shards, results tables, the paper command
@@ -34,8 +35,8 @@ _LAZY = {
     "SegmentationMetrics": "core.metrics", "mean_iou": "core.metrics",
     "normalize_adjacency": "core.propagation", "propagate": "core.propagation",
     "refine_pixels": "core.refine",
-    "ImageFeatures": "segmentation", "extract_features": "segmentation", "propagate_features": "segmentation",
-    "segment": "segmentation",
+    "ImageFeatures": "image_features", "extract_features": "image_features",
+    "propagate_features": "segmentation", "segment": "segmentation",
     "merge_windows": "core.windows", "resized_size": "core.windows", "window_layout": "core.windows",
     "Setting": "settings", "WindowSettings": "settings",
     "BackboneSpec": "models.factory", "create_backbones": "models.factory",

@@ -1,18 +1,16 @@
 """One image, end to end: backbones -> seeds -> patch LP -> canvas -> pixel LP -> classes.
 
 Split in two so the pipeline can cache the expensive half:
-- `extract_features` runs the backbones once over the windows (`settings.WindowSettings`): the head's
-  seeds, the vision model's graph features, the layout;
+- `extract_features` (`lposs.image_features`) runs the backbones once over the windows
+  (`settings.WindowSettings`): the head's seeds, the vision model's graph features, the layout;
 - `propagate_features` runs one propagation setting (`settings.Setting`) on those features.
 `segment` chains both and returns the label map. The settings' defaults live in `lposs.settings`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -21,104 +19,10 @@ from .core.graphs import patch_graph
 from .core.propagation import propagate
 from .core.refine import refine_pixels
 from .core.scoring import class_scores, labels_from_scores, pool_synonyms  # noqa: F401 - pool_synonyms re-exported
-from .core.windows import Window, crop_windows, merge_windows, patch_centers, resize_image, resized_size, window_layout
+from .core.windows import patch_centers
+from .image_features import (ImageFeatures, as_image_tensor, extract_features, merge_patches,  # noqa: F401 - re-exported
+                             to_graph_grid)
 from .settings import MODES, Setting, WindowSettings  # noqa: F401 - MODES re-exported
-
-
-@dataclass
-class ImageFeatures:
-    """What the backbones give for one image; enough to run any propagation setting."""
-
-    seeds: Tensor  # [N, C'] raw cosine similarities, N = windows * g * g, one column per synonym
-    vm_feats: Tensor  # [N, D] L2-normalised vision-model features (graph appearance)
-    owner: Tensor  # [C'] class index of each synonym column
-    layout: list[Window]  # windows (y1, y2, x1, x2) in resized-image pixels
-    resized_hw: tuple[int, int]
-    original_hw: tuple[int, int]
-    grid: int  # patches per window side (14 for 224 / 16)
-    crop: int = 224
-    image_resized: Tensor | None = field(default=None, repr=False)  # [3, H', W'] in [0, 1], for LPOSS+
-
-
-def as_image_tensor(image: Any) -> Tensor:
-    """uint8 [H, W, 3] array / PIL image, or float [3, H, W] in [0, 1] -> float32 [3, H, W] in [0, 1]."""
-    if isinstance(image, Tensor) and image.dim() == 3 and image.shape[0] == 3 and image.is_floating_point():
-        return image.float()
-    array = np.asarray(image)
-    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-        raise ValueError(
-            f"image must be an RGB uint8 array [H, W, 3] or a float tensor [3, H, W] in [0, 1], "
-            f"got {array.dtype} with shape {array.shape}"
-        )
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255.0
-
-
-@torch.no_grad()
-def extract_features(
-    image: Any,
-    class_names: list[str],
-    vlm: Any,
-    vm: Any,
-    windows: WindowSettings | None = None,
-    *,
-    text: tuple[Tensor, Tensor] | None = None,
-    keep_on_device: bool = False,
-    **window_values: int,
-) -> ImageFeatures:
-    """Run both backbones over all windows of one image as one batch.
-
-    windows: the window settings, or their values by name (crop=, stride=, short_side=, long_side=).
-    text: precomputed `vlm.text_embeddings(class_names)` to reuse over a dataset.
-    keep_on_device: leave seeds and graph features where the backbones ran (a GPU streaming pass that
-    propagates at once); by default they come to the CPU, as a feature store keeps them.
-    """
-    win = window_settings(windows, window_values)
-    image = as_image_tensor(image)
-    original_hw = tuple(image.shape[1:])
-    resized_hw = resized_size(*original_hw, short_side=win.short_side, long_side=win.long_side)
-    resized = resize_image(image, resized_hw)  # [3, H', W']
-    layout = window_layout(*resized_hw, crop=win.crop, stride=win.stride)
-    crops = crop_windows(resized, layout, crop=win.crop)  # [B, 3, crop, crop]
-    emb, owner = text if text is not None else vlm.text_embeddings(class_names)  # [C', D], [C']
-    dense = vlm.dense_features(crops)  # [B, g, g, D]
-    reuses_vlm = getattr(vm, "vlm", None) is vlm  # the VLM's own features as the graph (no second model)
-    graph = dense if reuses_vlm else vm.dense_features(crops)  # [B, g', g', Dv]
-    dense = to_graph_grid(dense, graph.shape[1:3])  # [B, g', g', D]
-    grid = graph.shape[1]
-    seeds = dense.reshape(-1, dense.shape[-1]).float() @ emb.float().to(dense.device).T  # [N, C']
-    vm_feats = graph.reshape(-1, graph.shape[-1]).float()  # [N, Dv]
-    if not keep_on_device:
-        seeds, vm_feats = seeds.cpu(), vm_feats.cpu()
-    return ImageFeatures(
-        seeds=seeds,
-        vm_feats=vm_feats,
-        owner=owner.cpu(),
-        layout=layout,
-        resized_hw=resized_hw,
-        original_hw=original_hw,
-        grid=grid,
-        crop=win.crop,
-        image_resized=resized,
-    )
-
-
-def window_settings(windows: WindowSettings | None, values: dict[str, Any]) -> WindowSettings:
-    """The window settings given as an object or by name (not both)."""
-    if windows is not None and values:
-        raise ValueError(f"give the windows as a WindowSettings or by name, not both (got {sorted(values)})")
-    return windows if windows is not None else WindowSettings.from_mapping(values, "the window settings")
-
-
-def to_graph_grid(dense: Tensor, grid: tuple[int, int]) -> Tensor:
-    """VLM patch features [B, g, g, D] at the vision model's grid [B, g', g', D], unit norm.
-
-    As the released LPOSS does when the two grids differ (e.g. CLIP /16 with DINO /8 or DINOv2 /14):
-    bilinear resize of the features (align_corners False), then L2 normalisation.
-    """
-    if tuple(dense.shape[1:3]) == tuple(grid):
-        return dense
-    resized = F.interpolate(dense.permute(0, 3, 1, 2).float(), size=tuple(grid), mode="bilinear", align_corners=False)
-    return F.normalize(resized.permute(0, 2, 3, 1), dim=-1)
 
 
 def propagate_features(
@@ -150,9 +54,7 @@ def propagate_features(
     else:
         patch_scores = propagate_patches(features, seeds, setting, device)  # [N, C']
         cosine_scale *= 1 - setting.lp.alpha
-    g, n_windows = features.grid, len(features.layout)
-    blocks = patch_scores.T.reshape(-1, n_windows, g, g).transpose(0, 1)  # [B, C', g, g]
-    canvas = merge_windows(blocks, features.layout, *features.resized_hw, crop=features.crop)  # [C', H', W']
+    canvas = merge_patches(features, patch_scores)  # [C', H', W']
     if setting.mode == "lposs+":
         if features.image_resized is None:
             raise ValueError("LPOSS+ needs the resized image: features.image_resized is None")

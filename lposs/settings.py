@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
-from .core.refine import REFINERS
+from .core.refiners import REFINERS
 
 MODES = ("maskclip", "lposs", "lposs+")  # seeds only | + patch LP | + patch LP, then pixel refinement
 SOLVERS = ("cg", "cg_reference")  # batched CG | one column at a time, as the released code
@@ -131,7 +131,7 @@ class PropagationSettings(_Validated):
 
 @dataclass(frozen=True)
 class PixelSettings(_Validated):
-    """LPOSS+'s pixel refiner (a name of `lposs.core.refine.REFINERS`); r, tau: the pixel graph's window and
+    """LPOSS+'s pixel refiner (a name of `lposs.core.refiners.REFINERS`); r, tau: the pixel graph's window and
     colour temperature, null = the refiner's own (reference: 13 and 0.01, as released)."""
 
     SECTION: ClassVar[str] = "pixel"

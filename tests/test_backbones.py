@@ -12,7 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from lposs.models import backbones, loading
-from lposs.models.backbones import BackboneUnavailable, ClipGraphFeatures, DenseCLIP, DinoFeatures, MaskCLIP, VisionFeatures, load_backbones, split_synonyms
+from lposs.models.backbones import (BackboneUnavailable, ClipGraphFeatures, DenseCLIP, DinoFeatures, MaskCLIP, VisionFeatures,
+                                    split_synonyms)
+from lposs.models.factory import BackboneSpec, create_backbones, spec_from_clip_choice
 from lposs.models.heads import HEADS, dense_clip_features
 
 CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
@@ -388,7 +390,7 @@ def test_openai_weights_offline_name_the_hub_repo(monkeypatch):
     _skip_if_cached("timm/vit_base_patch16_clip_224.openai")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(BackboneUnavailable) as info:
-        load_backbones(clip_weights="openai", dino_model="clip")
+        create_backbones(spec_from_clip_choice("openai", vm="clip"))
     for needed in ("ViT-B-16", "'openai'", "timm/vit_base_patch16_clip_224.openai", "--clip-checkpoint"):
         assert needed in str(info.value)
 
@@ -404,24 +406,30 @@ def test_missing_checkpoint_and_unknown_names_are_named():
         DinoFeatures("vit_nothing", pretrained=False)
 
 
-def test_load_backbones_random_weights():
-    vlm, vm = load_backbones(clip_model=TINY_CLIP, dino_model=SMALL_DINO, dino_feature="k", random_weights=True)
+def test_create_backbones_random_weights():
+    spec = BackboneSpec(vlm=TINY_CLIP, vlm_weights="random", vm=SMALL_DINO, vm_weights="random", vm_features=("k",))
+    backbones = create_backbones(spec)
+    vlm, vm = backbones.vlm, backbones.vm
     assert isinstance(vlm, MaskCLIP) and isinstance(vm, DinoFeatures)
     assert vlm.id == f"openclip-{TINY_CLIP}-random0-maskclip" and vm.id == f"timm-{SMALL_DINO}-random0-k"
     assert vlm.patch_size == vm.patch_size == 16
 
 
-def test_load_backbones_heads_proxy_and_graph_choices(tiny_clip_config):
-    vlm, vm = load_backbones(clip_model=TINY_CLIP, dino_model="clip", head="sclip",
-                             head_params={"interpolation": "lposs"}, random_weights=True)
+def test_create_backbones_heads_proxy_and_graph_choices(tiny_clip_config):
+    spec = BackboneSpec(vlm=TINY_CLIP, vlm_weights="random", vm="clip", head="sclip",
+                        head_params={"interpolation": "lposs"})
+    vlm, graphs = create_backbones(spec)
+    vm = graphs["clip"]
     assert isinstance(vm, ClipGraphFeatures) and vm.vlm is vlm
     assert vm.id == f"clip:openclip-{TINY_CLIP}-random0-sclip-interpolation_lposs"
-    vlm, vm = load_backbones(clip_model=TINY_CLIP, dino_model="vit_small_patch8_224.dino", dino_feature="k",
-                             head="proxyclip", proxy_model="vit_small_patch8_224.dino", random_weights=True)
+    spec = BackboneSpec(vlm=TINY_CLIP, vlm_weights="random", vm="vit_small_patch8_224.dino", vm_weights="random",
+                        vm_features=("k",), head="proxyclip", proxy="vit_small_patch8_224.dino")
+    vlm, graphs = create_backbones(spec)
+    vm = graphs["k"]
     assert vlm.proxy.model is vm.model and vlm.proxy.id.endswith("-tokens") and vm.id.endswith("-k")
     assert vlm.patch_size == vm.patch_size == 8
     with pytest.raises(ValueError, match="unknown CLIP weights 'openclip'"):
-        load_backbones(clip_weights="openclip", random_weights=True)
+        spec_from_clip_choice("openclip", random=True)
 
 
 @pytest.mark.gpu

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from lposs import demo
+from lposs.io import encode_png
 from lposs.datasets import get_dataset
 from lposs.core.metrics import SegmentationMetrics
 from lposs.segmentation import extract_features, propagate_features
@@ -55,10 +56,10 @@ def test_loader_reads_the_demo(demo_root):
 def test_png_encoder_round_trips():
     rng = np.random.RandomState(0)
     for array in (rng.randint(0, 256, (70, 50, 3)).astype(np.uint8), rng.randint(0, 256, (300, 250)).astype(np.uint8)):
-        decoded = np.array(Image.open(io.BytesIO(demo.encode_png(array))))
+        decoded = np.array(Image.open(io.BytesIO(encode_png(array))))
         assert np.array_equal(decoded, array)
     with pytest.raises(ValueError, match="uint8"):
-        demo.encode_png(np.zeros((4, 4), np.float32))
+        encode_png(np.zeros((4, 4), np.float32))
 
 
 def test_backbone_shapes_and_text():

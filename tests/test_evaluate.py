@@ -1,4 +1,4 @@
-"""The streaming evaluator gives exactly the pipeline's metrics (feature store + run_settings) on the demo."""
+"""The streaming evaluator gives exactly the ablation's metrics (feature store + run_settings) on the demo."""
 
 import json
 
@@ -6,19 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from lposs.experiment import parameters as pl
+from lposs.core.metrics import DeviceMetrics, SegmentationMetrics
 from lposs.datasets import get_dataset
 from lposs.datasets.mess import MESS_DATASETS
 from lposs.demo import DemoVLM, DemoVM, generate_demo
-from lposs.core.metrics import DeviceMetrics
-from lposs.experiment.streaming import evaluate, interior, main, open_entry
-from lposs.experiment.store import FeatureStore
+from lposs.experiment import ablation, evaluation, parameters
 from lposs.experiment.extraction import fill_dataset, make_manifest
-from lposs.core.metrics import SegmentationMetrics, interior_mask
+from lposs.experiment.store import FeatureStore
+from lposs.experiment.streaming import evaluate, main, open_protocol_entry
+from lposs.models.protocols import resolve
+from lposs.settings import Setting, WindowSettings
 
-WINDOWS = {"crop": 64, "stride": 32, "short_side": 96, "long_side": 2048}  # small scenes, several windows
-BASE = {"k": 20, "gamma": 3.0, "sigma": 0.01, "p": 1.0, "vm_feature": "v", "alpha": 0.95, "maxiter": 10,
-        "tol": 1e-6, "solver": "cg", "r": 5, "tau": 0.01, "refiner": "reference"}
+WINDOWS = WindowSettings(crop=64, stride=32, short_side=96, long_side=2048)  # small scenes, several windows
+BASE = Setting.from_flat(k=20, r=5)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,8 @@ def pipeline_records(ds, settings, folder):
     store = FeatureStore(folder, manifest)
     fill_dataset(store, ds, vlm, {"v": vm}, WINDOWS, progress=False)
     index = {"images": [{"image_md5": ""} for _ in range(len(ds))]}
-    return pl.run_settings(ds, index, _NoMd5Check(store), settings, progress=False), store
+    metrics, seconds = ablation.run_settings(ds, index, _NoMd5Check(store), settings, progress=False)
+    return evaluation.records(settings, metrics, seconds, len(ds)), store
 
 
 class _NoMd5Check:
@@ -49,7 +50,7 @@ class _NoMd5Check:
 
 @pytest.mark.parametrize("batch_images, workers", [(1, 0), (3, 2)])
 def test_metrics_equal_the_pipeline_per_image_path(demo, tmp_path, batch_images, workers):
-    settings = pl.sweep_settings(BASE, "mode", ["maskclip", "lposs", "lposs+"], "lposs+")
+    settings = ablation.sweep_points(BASE, "mode", ["maskclip", "lposs", "lposs+"], "lposs+")
     expected, _ = pipeline_records(demo, settings, tmp_path / "store")
     ours = evaluate(demo, DemoVLM(), DemoVM("v"), settings, windows=WINDOWS, batch_images=batch_images,
                     workers=workers, progress=False)
@@ -62,7 +63,7 @@ def test_metrics_equal_the_pipeline_per_image_path(demo, tmp_path, batch_images,
 
 
 def test_written_shards_equal_the_feature_stage(demo, tmp_path):
-    settings = pl.sweep_settings(BASE, "mode", ["lposs"], "lposs+")
+    settings = ablation.sweep_points(BASE, "mode", ["lposs"], "lposs+")
     _, reference = pipeline_records(demo, settings, tmp_path / "pipeline")
     vlm, vm = DemoVLM(), DemoVM("v")
     store = FeatureStore(tmp_path / "streamed", reference.manifest)
@@ -75,7 +76,7 @@ def test_written_shards_equal_the_feature_stage(demo, tmp_path):
 
 
 def test_one_vision_feature_per_pass(demo):
-    settings = pl.sweep_settings(BASE, "vm_feature", ["v", "k"], "lposs")
+    settings = ablation.sweep_points(BASE, "vm_feature", ["v", "k"], "lposs")
     with pytest.raises(ValueError, match="one vision feature"):
         evaluate(demo, DemoVLM(), DemoVM("v"), settings, windows=WINDOWS, progress=False)
 
@@ -91,18 +92,11 @@ def test_device_metrics_equal_segmentation_metrics(reduce_zero_label):
         label[rng.rand(height, width) < 0.05] = 255
         pred = np.kron(rng.randint(0, 5, size=blocks.shape), np.ones((4, 4), dtype=np.int64))[:height, :width]
         reference.update(pred, label)
-        _, prepared = reference.prepare(np.zeros_like(label), label)
+        prepared = reference.prepare_label(label)
         device.update(torch.from_numpy(pred), torch.from_numpy(prepared))
     summary = device.to_metrics().summary()
     assert summary == reference.summary() and summary["images"] == 3
     assert 0 < summary["biou"] < 100
-
-
-def test_interior_equals_the_numpy_erosion():
-    rng = np.random.RandomState(1)
-    label = np.kron(rng.randint(0, 3, size=(6, 7)), np.ones((5, 5), dtype=np.int64))[:27, :33]
-    for d in (1, 2, 4):
-        assert np.array_equal(interior(torch.from_numpy(label), d).numpy(), interior_mask(label, d))
 
 
 def test_command_line_on_the_demo(demo, tmp_path):
@@ -128,7 +122,7 @@ def paxray_data(tmp_path_factory):
 
 @pytest.mark.parametrize("entry, split, count", [("paxray:test_bones", "test_bones", 2), ("paxray", "test_lungs", 3)])
 def test_an_entry_opens_the_split_it_names(paxray_data, entry, split, count):
-    ds, _, _ = open_entry(entry, str(paxray_data))
+    ds, _, _ = open_protocol_entry(entry, str(paxray_data))
     assert (ds.name, ds.split, len(ds)) == ("paxray", split, count)
     other = "test_bones" if split == "test_lungs" else "test_lungs"
     assert ds.class_names == MESS_DATASETS["paxray"].class_names(split)  # the split's own binary task
@@ -145,10 +139,10 @@ def test_a_split_keeps_the_protocol_settings_of_its_dataset(tmp_path):
     from fixtures.dataset_layouts import write_voc
 
     write_voc(tmp_path / "voc")
-    ds, rule, windows = open_entry("voc21:val", str(tmp_path), "sclip")
+    ds, rule, windows = open_protocol_entry("voc21:val", str(tmp_path), "sclip")
     assert (ds.name, ds.split, len(ds)) == ("voc21", "val", 2)
-    assert rule == pl.background_rule("sclip", "voc21") and rule["prob_thd"] == 0.1  # voc21's, not the base 0.0
-    assert windows == pl.protocol_windows("sclip", "voc21", **{k: "protocol" for k in WINDOWS})
+    assert rule == parameters.background_rule("sclip", "voc21") and rule["prob_thd"] == 0.1  # voc21's, not 0.0
+    assert windows == WindowSettings(**{k: resolve("sclip", "voc21")[k] for k in WindowSettings.names()})
 
 
 def test_command_line_evaluates_the_split_an_entry_names(tmp_path):
@@ -166,8 +160,8 @@ def test_command_line_evaluates_the_split_an_entry_names(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_evaluation_equals_cpu_reference(demo):
     """LPOSS+ on CUDA (fused stencil, no-sync CG, device metrics) against CPU reference mode (cg_reference)."""
-    settings = pl.sweep_settings(BASE, "mode", ["lposs+"], "lposs+")
-    reference = pl.sweep_settings({**BASE, "solver": "cg_reference"}, "mode", ["lposs+"], "lposs+")
+    settings = ablation.sweep_points(BASE, "mode", ["lposs+"], "lposs+")
+    reference = ablation.sweep_points(BASE.replace(solver="cg_reference"), "mode", ["lposs+"], "lposs+")
     cpu = evaluate(demo, DemoVLM(), DemoVM("v"), reference, windows=WINDOWS, workers=0, progress=False)
     cuda = evaluate(demo, DemoVLM(device="cuda"), DemoVM("v", device="cuda"), settings, device="cuda",
                     windows=WINDOWS, workers=0, progress=False)
@@ -181,10 +175,9 @@ def test_cuda_evaluation_equals_cpu_reference(demo):
 def test_lposs_plus_scores_on_cuda_equal_cpu_reference_mode(demo, refiner):
     from lposs.segmentation import extract_features, propagate_features
 
-    params = {k: BASE[k] for k in ("k", "gamma", "sigma", "p", "alpha", "maxiter", "tol")}
     for i in range(len(demo)):
         sample = demo[i]
-        feats = extract_features(sample.image, demo.class_names, DemoVLM(), DemoVM("v"), **WINDOWS)
-        cpu = propagate_features(feats, mode="lposs+", solver="cg_reference", refiner=refiner, **params)
-        cuda = propagate_features(feats, mode="lposs+", device="cuda", refiner=refiner, **params).cpu()
+        feats = extract_features(sample.image, demo.class_names, DemoVLM(), DemoVM("v"), WINDOWS)
+        cpu = propagate_features(feats, setting=BASE.replace(mode="lposs+", solver="cg_reference", refiner=refiner))
+        cuda = propagate_features(feats, device="cuda", setting=BASE.replace(mode="lposs+", refiner=refiner)).cpu()
         assert float((cuda - cpu).abs().max() / cpu.abs().max()) <= 1e-4

@@ -15,19 +15,19 @@ import pytest
 import torch
 
 from lposs import demo
-from lposs.experiment import executors
-from lposs.experiment import parameters as pl
-from lposs.experiment.store import FeatureStore
-from lposs.experiment.extraction import fill_dataset, make_manifest
 from lposs.core.metrics import SegmentationMetrics
-from lposs.experiment.sharded import DatasetFeatures, fill_store_sharded, run_settings_sharded
+from lposs.experiment import ablation, evaluation, executors, records, staging
+from lposs.experiment.extraction import fill_dataset, make_manifest
+from lposs.experiment.ablation_shards import run_settings_sharded
+from lposs.experiment.sharded import DatasetFeatures, fill_store_sharded
+from lposs.experiment.store import FeatureStore
+from lposs.models.factory import BackboneSpec, create_backbones
+from lposs.settings import Setting, WindowSettings
 
 TESTS = Path(__file__).resolve().parent
-WINDOWS = dict(crop=224, stride=112, short_side=224, long_side=2048)
-BACKBONE = dict(vlm="demo", vlm_pretrained="none", head="demo", vm="demo", vm_pretrained="none", vm_features=["k", "v"],
-                bf16=False)
-BASE = {"k": 30, "gamma": 3.0, "sigma": 0.01, "p": 1.0, "vm_feature": "v", "alpha": 0.95, "maxiter": 10,
-        "tol": 1e-6, "solver": "cg", "r": 5, "tau": 0.01, "refiner": "reference"}
+WINDOWS = WindowSettings(crop=224, stride=112, short_side=224, long_side=2048)
+BACKBONE = BackboneSpec(vlm="demo", vlm_weights="none", head="demo", vm="demo", vm_weights="none", vm_features=("k", "v"))
+BASE = Setting.from_flat(k=30, r=5)
 
 
 @pytest.fixture(autouse=True)
@@ -44,13 +44,14 @@ def staged(tmp_path_factory):
     """A staged 6-image demo set: (staged_dir, dataset, index)."""
     root = tmp_path_factory.mktemp("lposs")
     demo.generate_demo(root / "data" / "demo", count=6, seed=3, size=(160, 224))
-    pl.write_json(root / "staged" / "demo" / "index.json", pl.stage_index("demo", str(root / "data"), progress=False))
-    ds, index = pl.open_staged(str(root / "staged"), "demo")
+    records.write_json(root / "staged" / "demo" / "index.json",
+                       staging.stage_index("demo", str(root / "data"), progress=False))
+    ds, index = staging.open_staged(str(root / "staged"), "demo")
     return str(root / "staged"), ds, index
 
 
 def open_store(folder, ds):
-    vlm, vms = pl.build_backbones(**BACKBONE, device="cpu")
+    vlm, vms = create_backbones(BACKBONE)
     manifest = make_manifest("demo", ds.class_names, vlm.id, {f: m.id for f, m in vms.items()}, WINDOWS)
     return FeatureStore(folder, manifest, reset=True), vlm, vms
 
@@ -228,15 +229,16 @@ def test_worker_traceback_names_its_shard(staged, tmp_path):
 # ------------------------------------------------------------------------------------------ ablation metrics
 
 def settings():
-    return (pl.sweep_settings(BASE, "mode", ["maskclip", "lposs", "lposs+"], "lposs+")
-            + pl.sweep_settings(BASE, "alpha", [0.5], "lposs"))
+    return (ablation.sweep_points(BASE, "mode", ["maskclip", "lposs", "lposs+"], "lposs+")
+            + ablation.sweep_points(BASE, "alpha", [0.5], "lposs"))
 
 
 @pytest.fixture(scope="module")
 def reference_records(staged, inline_store, tmp_path_factory):
     _, ds, index = staged
     out = tmp_path_factory.mktemp("reference")
-    return pl.run_settings(ds, index, inline_store, settings(), "cpu", 2, out, progress=False), out
+    metrics, seconds = ablation.run_settings(ds, index, inline_store, settings(), "cpu", 2, out, progress=False)
+    return evaluation.records(settings(), metrics, seconds, len(ds)), out
 
 
 def strip_seconds(records):
@@ -251,9 +253,9 @@ def pngs(folder):
 def test_sharded_metrics_equal_run_settings(staged, inline_store, reference_records, executor, tmp_path):
     _, ds, index = staged
     expected, expected_dir = reference_records
-    records = run_settings_sharded(ds, index, inline_store, settings(), "cpu", 2, tmp_path / "pred", progress=False,
+    rows = run_settings_sharded(ds, index, inline_store, settings(), "cpu", 2, tmp_path / "pred", progress=False,
                                    executor=executor, workers=2)
-    assert strip_seconds(records) == strip_seconds(expected)
+    assert strip_seconds(rows) == strip_seconds(expected)
     assert pngs(tmp_path / "pred") == pngs(expected_dir) and len(pngs(expected_dir)) == 2 * len(settings())
 
 
@@ -264,9 +266,9 @@ def test_slurm_path_through_submitit_local_executor(staged, inline_store, refere
     monkeypatch.setenv("LPOSS_SLURM_CLUSTER", "local")
     monkeypatch.setenv("LPOSS_SLURM_GPUS", "0")
     monkeypatch.setenv("LPOSS_SLURM_CPUS", "1")
-    records = run_settings_sharded(ds, index, inline_store, settings(), "cpu", 0, None, progress=False,
+    rows = run_settings_sharded(ds, index, inline_store, settings(), "cpu", 0, None, progress=False,
                                    executor="slurm", workers=2)
-    assert strip_seconds(records) == strip_seconds(reference_records[0])
+    assert strip_seconds(rows) == strip_seconds(reference_records[0])
 
 
 class RecordRank:
@@ -293,9 +295,9 @@ def test_torchrun_ranks_write_disjoint_shards_and_reduce_equals_inline(staged, i
     assert sorted(image for image, _, _ in logs) == sorted(item.id for item in ds.items)  # each image once
     assert {rank for _, rank, _ in logs} == {"0", "1"} and stats["computed"] == 6
     assert_same_shards(inline_store, store, ds)
-    records = run_settings_sharded(ds, index, store, settings(), "cpu", 0, None, progress=False,
+    rows = run_settings_sharded(ds, index, store, settings(), "cpu", 0, None, progress=False,
                                    executor="torchrun", workers=2)
-    assert strip_seconds(records) == strip_seconds(reference_records[0])
+    assert strip_seconds(rows) == strip_seconds(reference_records[0])
 
 
 @pytest.mark.slow
@@ -305,18 +307,18 @@ def test_inside_torchrun_every_rank_takes_its_shards(staged, inline_store, refer
     script = tmp_path / "ablate.py"
     script.write_text(
         "import json, sys\n"
-        "from lposs import executors, pipeline as pl\n"
-        "from lposs.features import FeatureStore\n"
-        "from lposs.sharded import run_settings_sharded\n"
+        "from lposs.experiment import executors, records, staging\n"
+        "from lposs.experiment.store import FeatureStore\n"
+        "from lposs.experiment.ablation_shards import run_settings_sharded\n"
         "from test_executors import settings\n"
-        "ds, index = pl.open_staged(sys.argv[1], 'demo')\n"
-        "store = FeatureStore(sys.argv[2], pl.read_json(sys.argv[2] + '/manifest.json'))\n"
-        "records = run_settings_sharded(ds, index, store, settings(), 'cpu', 0, None, progress=False)\n"
+        "ds, index = staging.open_staged(sys.argv[1], 'demo')\n"
+        "store = FeatureStore(sys.argv[2], records.read_json(sys.argv[2] + '/manifest.json'))\n"
+        "rows = run_settings_sharded(ds, index, store, settings(), 'cpu', 0, None, progress=False)\n"
         "if executors.is_main_process():\n"
-        "    pl.write_json(sys.argv[3], records)\n")
+        "    records.write_json(sys.argv[3], rows)\n")
     env = {**os.environ, "LPOSS_EXECUTOR": "torchrun", "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                            str(script), staged_dir, str(inline_store.folder), str(tmp_path / "records.json")],
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert strip_seconds(pl.read_json(tmp_path / "records.json")) == strip_seconds(reference_records[0])
+    assert strip_seconds(records.read_json(tmp_path / "records.json")) == strip_seconds(reference_records[0])

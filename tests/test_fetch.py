@@ -1,4 +1,4 @@
-"""Tests of lposs.datasets.fetch: real downloads from a local HTTP server of fixture archives in each
+"""Tests of lposs.datasets.fetching: real downloads from a local HTTP server of fixture archives in each
 benchmark's release layout -> checksum -> extract -> convert -> get_dataset; resume; bad checksums; offline."""
 
 import hashlib
@@ -25,7 +25,7 @@ from fixtures.dataset_layouts import (
 )
 
 from lposs.datasets import ChecksumError, DATASETS, DownloadError, fetch, get_dataset, main_data
-from lposs.datasets.fetch import download, extract
+from lposs.datasets.fetching import download, extract
 from lposs.datasets.sources import CAMVID_COMMIT, SOURCES
 
 

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lposs.models import heads, loading
-from lposs.models.backbones import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, VisionFeatures, load_backbones
+from lposs.models.backbones import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, VisionFeatures
+from lposs.models.factory import create_backbones, spec_from_clip_choice
 from lposs.models.heads import HEADS, dense_clip_features, positional_embedding
 
 ALL_HEADS = list(HEADS)
@@ -271,7 +272,7 @@ def test_bad_heads_and_inputs_are_named(visual):
 
 
 def test_openai_choice_builds_quick_gelu_and_it_changes_the_features(visual):
-    vlm, _ = load_backbones(clip_weights="openai", dino_model="clip", random_weights=True)
+    vlm = create_backbones(spec_from_clip_choice("openai", random=True, vm="clip")).vlm
     act = vlm.model.visual.transformer.resblocks[-1].mlp.gelu
     assert type(act).__name__ == "QuickGELU" and vlm.id.startswith("openclip-ViT-B-16-quickgelu-random0-")
     gelu_block = visual.transformer.resblocks[-1]

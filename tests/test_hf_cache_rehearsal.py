@@ -119,14 +119,16 @@ probes = json.load(open(sys.argv[1]))
 clip = open_clip.create_model("ViT-B-16", pretrained="laion2b_s34b_b88k")
 dino = timm.create_model("vit_base_patch16_224.dino", pretrained=True)
 # 2. lposs's loaders: the cache lookup, no checkpoint flags
-from lposs.backbones import load_backbones
-vlm, vm = load_backbones()
+from lposs.models.factory import BackboneSpec, create_backbones
+backbones = create_backbones(BackboneSpec())
+vlm, vm = backbones.vlm, backbones.vm
 got = {"clip": [float(m.visual.conv1.weight.flatten()[:100].sum()) for m in (clip, vlm.model)],
        "dino": [float(m.patch_embed.proj.weight.flatten()[:100].sum()) for m in (dino, vm.model)]}
 # 3. the features stage's extraction of one image with these backbones
 from lposs import demo
 from lposs.datasets import get_dataset
-from lposs.features import FeatureStore, fill_dataset, make_manifest
+from lposs.experiment.extraction import fill_dataset, make_manifest
+from lposs.experiment.store import FeatureStore
 ds = get_dataset("demo", demo.generate_demo(sys.argv[2] + "/demo", count=1, seed=0, size=(224, 224)))
 windows = dict(crop=224, stride=112, short_side=224, long_side=2048)
 store = FeatureStore(sys.argv[2] + "/store", make_manifest("demo", ds.class_names, vlm.id, {"v": vm.id}, windows))

@@ -97,8 +97,8 @@ def test_a_pixel_solve_iteration_on_cuda_is_eleven_launches():
 def test_a_streaming_shard_stays_on_the_gpu_and_a_stored_one_comes_to_the_host(keep_on_device):
     """The evaluator without a feature store keeps an image's features on the device (no copy, no wait)."""
     from benchmarks.launches import _StandInBackbone
-    from lposs.experiment.streaming import WINDOWS
     from lposs.experiment.extraction import extract_shard
+    from lposs.settings import WindowSettings
 
     owner = torch.arange(6) // 2
     with fake_cuda() as mode:
@@ -106,7 +106,7 @@ def test_a_streaming_shard_stays_on_the_gpu_and_a_stored_one_comes_to_the_host(k
         with counter:
             text = (on_device(mode, 6, 512), owner)
             shard = extract_shard("x", on_device(mode, 3, *VOC), ["a", "b", "c"], _StandInBackbone(mode, 512),
-                                  {"v": _StandInBackbone(mode, 768)}, WINDOWS, text=text,
+                                  {"v": _StandInBackbone(mode, 768)}, WindowSettings(), text=text,
                                   keep_on_device=keep_on_device)
     back = [c for c in counter.summary()["copies"] if c["direction"] == "device->host"]
     assert shard["seeds"].device.type == ("cuda" if keep_on_device else "cpu")

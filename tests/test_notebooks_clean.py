@@ -1,5 +1,5 @@
 """Source notebooks are committed without outputs (DVC hashes them: outputs would re-run stages), and the
-pipeline notebooks' parameters cells hold literals only and match what lposs.pipeline validates."""
+pipeline notebooks' parameters cells hold literals only and match what lposs.experiment.parameters validates."""
 
 from __future__ import annotations
 

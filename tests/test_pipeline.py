@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lposs.experiment import parameters as pl
+from lposs.experiment import ablation, parameters, records, results, store, tables
+from lposs.experiment.paper import PAPER_DATASETS, paper_overrides
+from lposs.models.factory import BackboneSpec, create_backbones
+from lposs.settings import MODES, Setting
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,117 +24,133 @@ REPO = Path(__file__).resolve().parents[1]
 # ----------------------------------------------------------------------------------------- helpers (fast)
 
 def test_unknown_parameter_is_refused_by_name():
-    values = {"dataset": "demo", "data_dir": "data", "out_dir": "staged", "timings_dir": "timings", "datset": "x"}
-    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['datset'\]"):
-        pl.check_parameters("stage", values)
+    values = {"params_file": "p", "dataset": "demo", "out_dir": "staged", "timings_dir": "timings", "datset": "x"}
+    with pytest.raises(ValueError, match=r"unknown setting 'datset' \(did you mean 'dataset'\?\)"):
+        parameters.check_parameters("stage", values)
 
 
-def test_wrong_types_and_choices_are_refused():
+def test_wrong_types_are_refused():
     good = {"params_file": "p", "staged_dir": "s", "ablations_dir": "a", "timings_dir": "t", "plots_dir": "p",
             "results_dir": "r"}
-    pl.check_parameters("plots", good)
+    parameters.check_parameters("plots", good)
     with pytest.raises(ValueError, match="should be str"):
-        pl.check_parameters("plots", {**good, "plots_dir": 3})
+        parameters.check_parameters("plots", {**good, "plots_dir": 3})
     with pytest.raises(ValueError, match="lacks"):
-        pl.check_parameters("plots", {k: v for k, v in good.items() if k != "plots_dir"})
-    with pytest.raises(ValueError, match="choose one of"):
-        pl.check_value("mode", "lposs++", str)
+        parameters.check_parameters("plots", {k: v for k, v in good.items() if k != "plots_dir"})
     with pytest.raises(ValueError, match="should be int"):
-        pl.check_value("k", True, int)
-    pl.check_value("gamma", 3, float)  # an int is a fine float
+        parameters.check_type("k", True, int)
+    parameters.check_type("gamma", 3, float)  # an int is a fine float
 
 
 def test_injected_parameters_are_the_new_public_names():
-    before = {"pl", "Path"}
-    namespace = {"pl": 1, "Path": 2, "dataset": "demo", "_hidden": 0}
-    assert pl.injected_parameters(namespace, before) == {"dataset": "demo"}
+    before = {"parameters", "Path"}
+    namespace = {"parameters": 1, "Path": 2, "dataset": "demo", "_hidden": 0}
+    assert parameters.injected_parameters(namespace, before) == {"dataset": "demo"}
 
 
-def test_sweep_settings_replace_one_parameter():
-    base = {"k": 400, "gamma": 3.0, "sigma": 0.01, "p": 1.0, "vm_feature": "v", "alpha": 0.95, "maxiter": 10,
-            "tol": 1e-6, "solver": "cg", "r": 13, "tau": 0.01, "refiner": "reference"}
-    settings = pl.sweep_settings(base, "k", [25, 400], "lposs")
-    assert [s["k"] for s in settings] == [25, 400] and [s["label"] for s in settings] == ["k=25", "k=400"]
-    assert all(s["mode"] == "lposs" and s["gamma"] == 3.0 for s in settings)
-    modes = pl.sweep_settings(base, "mode", ["maskclip", "lposs+"], "lposs")
-    assert [s["mode"] for s in modes] == ["maskclip", "lposs+"]
+def test_sweep_points_replace_one_setting():
+    base = Setting()
+    points = ablation.sweep_points(base, "k", [25, 400], "lposs")
+    assert [p.setting.graph.k for p in points] == [25, 400] and [p.label for p in points] == ["k=25", "k=400"]
+    assert all(p.setting.mode == "lposs" and p.setting.graph.gamma == 3.0 for p in points)
+    modes = ablation.sweep_points(base, "mode", ["maskclip", "lposs+"], "lposs")
+    assert [p.setting.mode for p in modes] == ["maskclip", "lposs+"]
     with pytest.raises(ValueError, match="cannot sweep"):
-        pl.sweep_settings(base, "beta", [1], "lposs")
+        ablation.sweep_points(base, "beta", [1], "lposs")
     with pytest.raises(ValueError, match="non-empty"):
-        pl.sweep_settings(base, "k", [], "lposs")
+        ablation.sweep_points(base, "k", [], "lposs")
     with pytest.raises(ValueError, match="repeats"):
-        pl.sweep_settings(base, "k", [5, 5], "lposs")
-    with pytest.raises(ValueError, match="should be int"):
-        pl.sweep_settings(base, "k", ["many"], "lposs")
+        ablation.sweep_points(base, "k", [5, 5], "lposs")
+    with pytest.raises(ValueError, match="should be an int"):
+        ablation.sweep_points(base, "k", ["many"], "lposs")
 
 
-def test_named_refiners_keep_their_own_pixel_settings():
-    base = {"k": 400, "gamma": 3.0, "sigma": 0.01, "p": 1.0, "vm_feature": "v", "alpha": 0.95, "maxiter": 10,
-            "tol": 1e-6, "solver": "cg", "r": 13, "tau": 0.01, "refiner": "reference"}
-    reference, other = pl.sweep_settings(base, "refiner", ["reference", "fast"], "lposs+")
-    assert pl.propagation_kwargs(reference)["r"] == 13 and pl.propagation_kwargs(reference)["tau"] == 0.01
-    assert "r" not in pl.propagation_kwargs(other) and pl.propagation_kwargs(other)["refiner"] == "fast"
-    swept = pl.sweep_settings({**base, "refiner": "fast"}, "r", [5], "lposs+")[0]
-    assert pl.propagation_kwargs(swept)["r"] == 5 and "tau" not in pl.propagation_kwargs(swept)
-    assert "refiner" not in pl.propagation_kwargs(pl.sweep_settings(base, "k", [5], "lposs")[0])
+def test_named_refiners_keep_their_own_pixel_settings_unless_given():
+    reference, other = ablation.sweep_points(Setting(), "refiner", ["reference", "best"], "lposs+")
+    assert reference.setting.pixel.refiner_overrides(reference.setting.lp) == {"alpha": 0.95, "maxiter": 10,
+                                                                               "tol": 1e-6}
+    assert other.setting.pixel.refiner_overrides(other.setting.lp) == {}  # best keeps its own r, tau, CG
+    assert (reference.setting.flat()["r"], reference.setting.flat()["tau"]) == (13, 0.01)  # recorded as run
+    assert (other.setting.flat()["r"], other.setting.flat()["tau"]) == (13, 0.015)
+    swept = ablation.sweep_points(Setting.from_flat(refiner="best"), "r", [5], "lposs+")[0].setting
+    assert swept.pixel.refiner_overrides(swept.lp) == {"r": 5}
 
 
-def test_backbone_key_and_feature_list():
-    assert pl.backbone_key("demo", "none", "demo", "demo", "none", False) == "demo+demo+demo"
-    key = pl.backbone_key("ViT-B-16", "laion2b_s34b_b88k", "maskclip", "dino_vitb16", "pretrained", True)
-    assert key == "ViT-B-16.laion2b_s34b_b88k+maskclip+dino_vitb16+bf16"
-    assert pl.backbone_key("ViT-B-16", "openai", "proxyclip", "clip", "random", False) == \
-        "ViT-B-16.openai+proxyclip.dino_vitb8+clip"
-    assert pl.store_folder("f", "voc21", "ViT-B-16", "openai", "sclip", "clip", "pretrained", False) == \
-        Path("f/voc21/sclip+clip/ViT-B-16.openai+sclip+clip")
-    assert pl.parse_features("q, k,v") == ["q", "k", "v"] and pl.parse_features("v,tokens") == ["v", "tokens"]
-    assert pl.parse_features("q,k,v", vm="clip") == ["clip"]
-    for bad in ("", "x", "v,v"):
+def test_backbone_spec_key_and_store_folder():
+    demo = BackboneSpec(vlm="demo", vlm_weights="none", head="demo", vm="demo", vm_weights="none")
+    assert demo.key() == "demo+demo+demo"
+    spec = BackboneSpec(vlm="ViT-B-16", vlm_weights="laion2b_s34b_b88k", vm="dino_vitb16", bf16=True)
+    assert spec.key() == "ViT-B-16.laion2b_s34b_b88k+maskclip+dino_vitb16+bf16"
+    proxy = BackboneSpec(vlm_weights="openai", head="proxyclip", vm="clip", vm_weights="random")
+    assert proxy.key() == "ViT-B-16.openai+proxyclip.dino_vitb8+clip" and proxy.vm_features == ("clip",)
+    sclip = BackboneSpec(vlm_weights="openai", head="sclip", vm="clip")
+    assert store.store_folder("f", "voc21", sclip) == Path("f/voc21/sclip+clip/ViT-B-16.openai+sclip+clip")
+    for bad in ((), ("x",), ("v", "v")):
         with pytest.raises(ValueError, match="vm_features"):
-            pl.parse_features(bad)
+            BackboneSpec(vm_features=bad)
 
 
-def test_protocol_settings_reach_the_stages():
-    assert pl.clip_weights("ViT-B-16", "protocol", "sclip") == "openai"
-    assert pl.clip_weights("ViT-B-16", "protocol", "lposs") == "laion2b_s34b_b88k"
-    assert pl.clip_weights("ViT-B-16", "random", "sclip") == "random" and pl.clip_weights("demo", "x", "sclip") == "none"
-    windows = pl.protocol_windows("sclip", "cityscapes", crop="protocol", stride=56, short_side="protocol",
-                                  long_side="protocol")
-    assert windows == {"crop": 224, "stride": 56, "short_side": 560, "long_side": 2048}
-    rule = pl.background_rule("lposs", "voc21", "softmax")  # the switch, with the protocol's other settings
-    assert rule["background"] == "softmax" and rule["short_side"] == 448
-    # a dataset entry with a split keeps its dataset's settings (the notebooks pass entries as written)
-    assert pl.background_rule("sclip", "voc21:val") == pl.background_rule("sclip", "voc21")
-    assert pl.background_rule("sclip", "voc21:val")["prob_thd"] != pl.background_rule("sclip", "base")["prob_thd"]
-    assert pl.protocol_windows("sclip", "cityscapes:val", crop="protocol", stride=56, short_side="protocol",
-                               long_side="protocol") == windows
+def write_params(tmp_path, **changes):
+    """The committed params.yaml with some sections changed (a dict updates the section's keys)."""
+    values = yaml.safe_load(committed_params())
+    for section, change in changes.items():
+        values[section] = {**values[section], **change} if isinstance(change, dict) else change
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(values, sort_keys=False))
+    return path
+
+
+def test_protocol_settings_reach_the_stages(tmp_path):
+    params = parameters.PipelineParams.load(write_params(tmp_path, protocol={"name": "sclip"},
+                                                         backbone={"vlm": "ViT-B-16", "vlm_pretrained": "protocol"},
+                                                         windows={"crop": "protocol", "stride": 56,
+                                                                  "short_side": "protocol"}))
+    assert params.clip_weights() == "openai"
+    assert params.windows("cityscapes").as_dict() == {"crop": 224, "stride": 56, "short_side": 560, "long_side": 2048}
+    assert params.windows("cityscapes:val") == params.windows("cityscapes")  # a split keeps its dataset's
+    assert params.rule("voc21")["prob_thd"] == 0.1 and params.rule("voc21:val") == params.rule("voc21")
+    assert params.rule("voc21")["short_side"] == 336  # the windows as run are what the record says
+    lposs = parameters.PipelineParams.load(write_params(tmp_path, protocol={"background": "softmax"}))
+    rule = lposs.rule("voc21")  # the switch, with the protocol's other settings and the windows as run
+    assert rule["background"] == "softmax" and rule["short_side"] == 256 and lposs.clip_weights() == "none"
+
+
+def test_a_mistyped_or_wrong_param_stops_with_its_name(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown setting 'alpah' \(did you mean 'alpha'\?\) in params.yaml `lp`"):
+        parameters.PipelineParams.load(write_params(tmp_path, lp={"alpah": 0.9}))
     with pytest.raises(ValueError, match="positive int or 'protocol'"):
-        pl.check_value("crop", "auto", pl.WindowSize)
-    with pytest.raises(ValueError, match="choose one of"):
-        pl.check_value("protocol", "sclip2", str)
+        parameters.PipelineParams.load(write_params(tmp_path, windows={"crop": "auto"}))
+    with pytest.raises(ValueError, match="protocol.name='sclip2': choose one of"):
+        parameters.PipelineParams.load(write_params(tmp_path, protocol={"name": "sclip2"}))
+    with pytest.raises(ValueError, match=r"lp.alpha=1.5: alpha must lie in \(0, 1\)"):
+        parameters.PipelineParams.load(write_params(tmp_path, lp={"alpha": 1.5}))
+    with pytest.raises(ValueError, match="unknown setting 'graf'"):
+        parameters.PipelineParams.load(write_params(tmp_path), overrides={"graf": {"k": 3}})
+    merged = parameters.PipelineParams.load(write_params(tmp_path), overrides={"lp": {"alpha": 0.9}})
+    assert merged.base_setting("demo").lp.alpha == 0.9 and merged.base_setting("demo").lp.maxiter == 10
 
 
 def test_paper_overrides_name_head_protocol_and_graph():
-    overrides = pl.paper_overrides("proxyclip", "proxyclip")
+    overrides = paper_overrides("proxyclip", "proxyclip")
     assert "backbone.heads=[proxyclip]" in overrides and "backbone.vms=[dino_vitb8]" in overrides
     assert "protocol.name=proxyclip" in overrides and "backbone.vlm_pretrained=protocol" in overrides
-    assert "backbone.vms=[dino_vitb16]" in pl.paper_overrides()
+    assert "backbone.vms=[dino_vitb16]" in paper_overrides()
     with pytest.raises(ValueError, match="unknown protocol"):
-        pl.paper_overrides("sclip", "nope")
+        paper_overrides("sclip", "nope")
 
 
 def test_demo_backbones_must_go_together():
     with pytest.raises(ValueError, match="go together"):
-        pl.build_backbones("demo", "none", "demo", "dino_vitb16", "pretrained", ["v"], "cpu")
+        BackboneSpec(vlm="demo", vlm_weights="none", head="demo", vm="dino_vitb16")
     with pytest.raises(ValueError, match="go together"):
-        pl.build_backbones("ViT-B-16", "random", "demo", "demo", "random", ["v"], "cpu")
+        BackboneSpec(vlm="ViT-B-16", vlm_weights="random", head="demo", vm="demo")
 
 
 def test_write_json_is_atomic_and_leaves_no_temp_files(tmp_path):
-    path = pl.write_json(tmp_path / "a" / "b.json", {"x": 1, "t": (1, 2)})
+    path = records.write_json(tmp_path / "a" / "b.json", {"x": 1, "t": (1, 2)})
     assert json.loads(path.read_text()) == {"x": 1, "t": [1, 2]}
     with pytest.raises(TypeError):
-        pl.write_json(path, {"bad": object()})
+        records.write_json(path, {"bad": object()})
     assert json.loads(path.read_text()) == {"x": 1, "t": [1, 2]}  # the old file survives a failed write
     assert [p.name for p in path.parent.iterdir()] == ["b.json"]
 
@@ -144,34 +163,34 @@ def test_default_point_comes_from_the_mode_sweep():
                 "records": [record("maskclip", 400, 10.0), record("lposs", 400, 20.0)]}
     run = {"sweep_param": "k", "base": base, "sweep_mode": "lposs",
            "records": [record("lposs", 25, 5.0), record("lposs", 1000, 7.0)]}
-    pl.add_default_point(run, mode_run)
+    results.add_default_point(run, mode_run)
     assert [r["setting"]["k"] for r in run["records"]] == [25, 400, 1000]
     assert run["records"][1]["metrics"]["miou"] == 20.0 and run["records"][1]["from"] == "mode sweep"
-    pl.add_default_point(run, mode_run)  # already there: nothing added
+    results.add_default_point(run, mode_run)  # already there: nothing added
     assert len(run["records"]) == 3
     other = {**run, "base": {**base, "alpha": 0.5}, "records": run["records"][:1]}
-    pl.add_default_point(other, mode_run)  # another base setting: not the same default, nothing borrowed
+    results.add_default_point(other, mode_run)  # another base setting: not the same default, nothing borrowed
     assert len(other["records"]) == 1
 
 
 def test_results_table_sets_ours_beside_the_published_numbers():
-    scores = {m: {"miou": v, "biou": v / 2} for m, v in zip(pl.MODES, (20.0, 30.0, 40.0))}
+    scores = {m: {"miou": v, "biou": v / 2} for m, v in zip(MODES, (20.0, 30.0, 40.0))}
     run = {"head": "sclip", "vm": "dino_vitb16", "protocol": "sclip", "modes": {"demo": scores, "voc21": scores},
            "deviations": ["voc21: something"]}
-    table = pl.results_table([run], ["demo", "voc21"])
+    table = tables.results_table([run], ["demo", "voc21"])
     assert "| sclip | dino_vitb16 | sclip | seeds | 20.0 (10.0) | 20.0 (10.0) |" in table
     assert "| sclip | dino_vitb16 | sclip | + LPOSS+ | 40.0 (20.0) | 40.0 (20.0) |" in table
     assert "| sclip | published | own | SCLIP |  | 59.1 |" in table  # no published number on the demo
     assert "avg of 8" not in table and "synthetic scenes" in table and "Deviation (sclip+dino_vitb16" in table
-    full = pl.results_table([{**run, "modes": {d: scores for d in pl.PAPER_DATASETS}}], pl.PAPER_DATASETS)
+    full = tables.results_table([{**run, "modes": {d: scores for d in PAPER_DATASETS}}], PAPER_DATASETS)
     assert "| + LPOSS | " + " | ".join(["30.0 (15.0)"] * 8) + " | 30.0 |" in full
     assert full.rstrip().splitlines()[1].count("---") == 4 + 9
     assert "| SCLIP | 59.1 | 30.4 | 30.5 | 80.4 | 34.2 | 22.4 | 32.2 | 16.1 | 38.2 |" in full  # pipeline order
 
 
 def test_paper_check_names_what_is_missing(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "lposs.pipeline", "paper", "--check", "--data-dir", str(tmp_path)],
-                            capture_output=True, text=True, timeout=120, cwd=REPO,
+    result = subprocess.run([sys.executable, "-m", "lposs.experiment", "paper", "--check", "--data-dir",
+                             str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=REPO,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if result.returncode == 0:
         pytest.skip("the paper's data and weights are all present here")
@@ -200,7 +219,7 @@ def copy_pipeline(root: Path) -> None:
     (root / "params.yaml").write_text(committed_params())
     shutil.copytree(REPO / "lposs", root / "lposs", ignore=shutil.ignore_patterns("__pycache__"))
     (root / "notebooks").mkdir()
-    for stage in pl.STAGE_PARAMETERS:
+    for stage in parameters.STAGE_PARAMETERS:
         shutil.copy(REPO / "notebooks" / f"{stage}.ipynb", root / "notebooks")
 
 
@@ -294,7 +313,7 @@ def test_a_typo_in_a_parameter_stops_the_notebook(pipeline_copy, tmp_path):
            "-r", "datset", "demo"]
     result = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
-    assert "unknown parameter(s) ['datset']" in result.stdout + result.stderr
+    assert "unknown setting 'datset' (did you mean 'dataset'?)" in result.stdout + result.stderr
 
 
 @pytest.mark.slow
@@ -307,8 +326,8 @@ def test_real_backbone_path_with_random_weights(tmp_path):
     from lposs.segmentation import propagate_features
 
     ds = get_dataset("demo", generate_demo(tmp_path / "demo", count=1, seed=2, size=(224, 240)))
-    vlm, vms = pl.build_backbones("ViT-B-16", "random", "maskclip", "vit_base_patch16_224.dino", "random",
-                                  ["k", "v"], "cpu")
+    vlm, vms = create_backbones(BackboneSpec(vlm_weights="random", vm="vit_base_patch16_224.dino", vm_weights="random",
+                                             vm_features=("k", "v")))
     assert vlm.id != vms["v"].id and vms["k"].id != vms["v"].id
     windows = dict(crop=224, stride=112, short_side=224, long_side=2048)
     store = FeatureStore(tmp_path / "f", make_manifest("demo", ds.class_names, vlm.id,

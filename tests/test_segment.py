@@ -72,5 +72,5 @@ def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match="RGB uint8"):
         segment(np.zeros((10, 10), dtype=np.uint8), ["red"], vlm=backbone, vm=backbone)
     feats = extract_features(two_colour_image(), ["red"], backbone, backbone)
-    with pytest.raises(ValueError, match="unknown mode"):
+    with pytest.raises(ValueError, match=r"mode=.lposs\+\+.: choose one of maskclip"):
         propagate_features(feats, mode="lposs++")

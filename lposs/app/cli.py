@@ -38,7 +38,7 @@ def cmd_segment(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..core.refine import REFINERS
+    from ..core.refiners import REFINERS
     from ..models import backbones
     from ..models.heads import HEADS
     from ..models.protocols import PROTOCOLS

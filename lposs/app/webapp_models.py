@@ -50,7 +50,7 @@ def vision_model_choices(weights: str) -> list[str]:
 
 def refiner_choices() -> list[str]:
     """Pixel refiners of lposs.refine.REFINERS ("reference" first), aliases (same settings, second name) left out."""
-    from ..core.refine import REFINERS
+    from ..core.refiners import REFINERS
 
     names: list[str] = []
     for name, settings in REFINERS.items():

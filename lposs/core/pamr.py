@@ -27,9 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .color import CLIP_MEAN, CLIP_STD
+from .refiners import PAMR_DILATIONS, PAMR_ITERATIONS
 
-PAMR_ITERATIONS = 10
-PAMR_DILATIONS = (8, 16)
 # the released kernel order: row by row over the 3x3 window, the centre left out
 _UNIT_OFFSETS = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]
 

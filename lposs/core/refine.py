@@ -47,21 +47,9 @@ import torch
 from torch import Tensor
 
 from .graphs import PixelGraph
-from .pamr import PAMR_DILATIONS, PAMR_ITERATIONS, pamr
+from .pamr import pamr
 from .propagation import propagate
-
-_LP = {"method": "lp", "r": 13, "alpha": 0.95, "tol": 1e-6}
-REFINERS: dict[str, dict[str, Any]] = {
-    "reference": {**_LP, "tau": 0.01, "maxiter": 10, "evidence": "scores", "temperature": 1.0,
-                  "smooth_steps": 0, "relax_steps": 0, "seed_confidence": 0.0},
-    "relaxed": {**_LP, "tau": 0.015, "maxiter": 5, "evidence": "clipped", "temperature": 1.0,
-                "smooth_steps": 0, "relax_steps": 4, "seed_confidence": 1.0},
-    "tempered": {**_LP, "tau": 0.015, "maxiter": 5, "evidence": "tempered", "temperature": 0.25,
-                 "smooth_steps": 2, "relax_steps": 3, "seed_confidence": 1.0},
-    "pamr": {"method": "pamr", "iterations": PAMR_ITERATIONS, "dilations": PAMR_DILATIONS},
-}
-REFINERS["best"] = REFINERS["tempered"]
-EVIDENCE = ("scores", "clipped", "tempered")  # how an LP refiner reads the scores (see `class_evidence`)
+from .refiners import EVIDENCE, REFINERS  # noqa: F401 - the refiners' names and settings
 
 SUPPORT_EPS = 1e-6  # damps the colour affinity of a class with (almost) no pixels in the window
 

@@ -9,7 +9,7 @@ Names: voc21 voc20 context60 context59 coco_object coco_stuff cityscapes ade20k 
 ``python -m lposs data list`` / ``python -m lposs data fetch NAME --root DIR`` (see lposs/datasets/cli.py).
 
 Rooms: `base` (items, samples, reading), `layouts` and `mess` (the loaders), `registry` (names -> loaders),
-`archives`, `sources`, `fetch`, `convert` (downloading and converting), `mess_sources`, `mess_prepare`
+`archives`, `sources`, `fetching`, `convert` (downloading and converting), `mess_sources`, `mess_prepare`
 (MESS's datasets), `cli`. The names below are imported on first use, so reading a dataset does not load
 the downloaders.
 """
@@ -20,7 +20,7 @@ from typing import Any
 _LAZY = {
     "Item": "base", "Sample": "base", "SegmentationDataset": "base", "read_class_file": "base",
     "main_data": "cli",
-    "ChecksumError": "fetch", "DownloadError": "fetch", "download": "fetch", "fetch": "fetch",
+    "ChecksumError": "fetching", "DownloadError": "fetching", "download": "fetching", "fetch": "fetching",
     "DATASETS": "registry", "DatasetSpec": "registry", "available_datasets": "registry", "dataset_spec": "registry",
     "default_root": "registry", "get_dataset": "registry",
 }

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .fetch import ChecksumError, DownloadError, fetch
+from .fetching import ChecksumError, DownloadError, fetch
 from .registry import DATASETS, default_root, get_dataset
 from .sources import MIRROR_ENV, SOURCES
 

@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..core.windows import crop_windows, resize_image
 from ..io import file_md5
-from ..segmentation import ImageFeatures, as_image_tensor, extract_features, propagate_features, to_graph_grid
+from ..core.scoring import pool_synonyms
+from ..image_features import ImageFeatures, as_image_tensor, extract_features, merge_patches
 from ..settings import WindowSettings
 from .store import FORMAT_VERSION, VM_DTYPES, CorruptShard, FeatureStore
 
@@ -48,15 +50,16 @@ def package_versions() -> dict[str, str]:
 
 
 def code_fingerprint() -> str:
-    """md5 of the source that turns an image into features: this extraction, the windows, the backbones,
-    their factory and loading, the heads, the demo stand-ins."""
+    """md5 of the source that turns an image into features: this extraction, `lposs.image_features`, the
+    windows, the backbones, their factory and loading, the heads, the demo stand-ins."""
+    from .. import image_features
     from ..core import windows
     from ..demo import backbones as demo_backbones
     from ..models import backbones, factory, heads, loading
 
-    functions = (extract_features, to_graph_grid, as_image_tensor, extract_shard, _OneForward)
-    sources = [inspect.getsource(f) for f in functions]
-    sources += [inspect.getsource(m) for m in (windows, backbones, factory, heads, loading, demo_backbones)]
+    sources = [inspect.getsource(f) for f in (extract_shard, _OneForward)]
+    modules = (image_features, windows, backbones, factory, heads, loading, demo_backbones)
+    sources += [inspect.getsource(m) for m in modules]
     return hashlib.md5("\n".join(sources).encode()).hexdigest()
 
 
@@ -159,8 +162,11 @@ def to_image_features(shard: dict[str, Any], vm_feature: str, image: Any = None)
 
 
 def seeds_label_map(shard: dict[str, Any], vm_feature: str) -> torch.Tensor:
-    """The head's own prediction [H, W]: the argmax of the raw seed scores merged over the windows."""
-    return propagate_features(to_image_features(shard, vm_feature), mode="maskclip").argmax(0)
+    """The head's own prediction [H, W]: the argmax of the raw seed scores merged over the windows, pooled over
+    synonyms and resized to the image (what `propagate_features(mode="maskclip")` labels)."""
+    features = to_image_features(shard, vm_feature)
+    scores = pool_synonyms(merge_patches(features, features.seeds), features.owner)  # [K, H', W']
+    return F.interpolate(scores[None], size=features.original_hw, mode="bilinear", align_corners=False)[0].argmax(0)
 
 
 def fill_store(store: FeatureStore, items: Iterable[tuple[str, Path, list[str]]],

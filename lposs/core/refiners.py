@@ -1,0 +1,25 @@
+"""The named pixel refiners of LPOSS+ and their settings, as data (`refine.refine_pixels` runs them).
+
+Kept apart from the code that runs them so that what only names a refiner (the settings, the CLI, the
+web page's choices) does not depend on how it runs. What each setting means: see `lposs.core.refine`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PAMR_ITERATIONS = 10  # NACLIP's PAMR: 10 iterations at dilations (8, 16)
+PAMR_DILATIONS = (8, 16)
+
+_LP = {"method": "lp", "r": 13, "alpha": 0.95, "tol": 1e-6}
+REFINERS: dict[str, dict[str, Any]] = {
+    "reference": {**_LP, "tau": 0.01, "maxiter": 10, "evidence": "scores", "temperature": 1.0,
+                  "smooth_steps": 0, "relax_steps": 0, "seed_confidence": 0.0},
+    "relaxed": {**_LP, "tau": 0.015, "maxiter": 5, "evidence": "clipped", "temperature": 1.0,
+                "smooth_steps": 0, "relax_steps": 4, "seed_confidence": 1.0},
+    "tempered": {**_LP, "tau": 0.015, "maxiter": 5, "evidence": "tempered", "temperature": 0.25,
+                 "smooth_steps": 2, "relax_steps": 3, "seed_confidence": 1.0},
+    "pamr": {"method": "pamr", "iterations": PAMR_ITERATIONS, "dilations": PAMR_DILATIONS},
+}
+REFINERS["best"] = REFINERS["tempered"]
+EVIDENCE = ("scores", "clipped", "tempered")  # how an LP refiner reads the scores (see `class_evidence`)

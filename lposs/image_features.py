@@ -1,0 +1,126 @@
+"""The features of one image: both backbones over all its windows -> seeds, graph features, layout.
+
+    features = extract_features(image, ["cow", "grass"], vlm, vm, WindowSettings(short_side=448))
+    features.seeds      [N, C']  raw cosines of the head's patch features against the class texts
+    features.vm_feats   [N, D]   the graph model's features (N = windows x g x g patches)
+
+This is the expensive half of `lposs.segmentation` (the backbones), kept apart from the propagation so
+that what the feature store holds depends on this module, not on the propagation code. `merge_patches`
+is the window -> canvas step both halves share.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .core.windows import Window, crop_windows, merge_windows, resize_image, resized_size, window_layout
+from .settings import WindowSettings
+
+
+@dataclass
+class ImageFeatures:
+    """What the backbones give for one image; enough to run any propagation setting."""
+
+    seeds: Tensor  # [N, C'] raw cosine similarities, N = windows * g * g, one column per synonym
+    vm_feats: Tensor  # [N, D] L2-normalised vision-model features (graph appearance)
+    owner: Tensor  # [C'] class index of each synonym column
+    layout: list[Window]  # windows (y1, y2, x1, x2) in resized-image pixels
+    resized_hw: tuple[int, int]
+    original_hw: tuple[int, int]
+    grid: int  # patches per window side (14 for 224 / 16)
+    crop: int = 224
+    image_resized: Tensor | None = field(default=None, repr=False)  # [3, H', W'] in [0, 1], for LPOSS+
+
+
+def as_image_tensor(image: Any) -> Tensor:
+    """uint8 [H, W, 3] array / PIL image, or float [3, H, W] in [0, 1] -> float32 [3, H, W] in [0, 1]."""
+    if isinstance(image, Tensor) and image.dim() == 3 and image.shape[0] == 3 and image.is_floating_point():
+        return image.float()
+    array = np.asarray(image)
+    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+        raise ValueError(
+            f"image must be an RGB uint8 array [H, W, 3] or a float tensor [3, H, W] in [0, 1], "
+            f"got {array.dtype} with shape {array.shape}"
+        )
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255.0
+
+
+@torch.no_grad()
+def extract_features(
+    image: Any,
+    class_names: list[str],
+    vlm: Any,
+    vm: Any,
+    windows: WindowSettings | None = None,
+    *,
+    text: tuple[Tensor, Tensor] | None = None,
+    keep_on_device: bool = False,
+    **window_values: int,
+) -> ImageFeatures:
+    """Run both backbones over all windows of one image as one batch.
+
+    windows: the window settings, or their values by name (crop=, stride=, short_side=, long_side=).
+    text: precomputed `vlm.text_embeddings(class_names)` to reuse over a dataset.
+    keep_on_device: leave seeds and graph features where the backbones ran (a GPU streaming pass that
+    propagates at once); by default they come to the CPU, as a feature store keeps them.
+    """
+    win = window_settings(windows, window_values)
+    image = as_image_tensor(image)
+    original_hw = tuple(image.shape[1:])
+    resized_hw = resized_size(*original_hw, short_side=win.short_side, long_side=win.long_side)
+    resized = resize_image(image, resized_hw)  # [3, H', W']
+    layout = window_layout(*resized_hw, crop=win.crop, stride=win.stride)
+    crops = crop_windows(resized, layout, crop=win.crop)  # [B, 3, crop, crop]
+    emb, owner = text if text is not None else vlm.text_embeddings(class_names)  # [C', D], [C']
+    dense = vlm.dense_features(crops)  # [B, g, g, D]
+    reuses_vlm = getattr(vm, "vlm", None) is vlm  # the VLM's own features as the graph (no second model)
+    graph = dense if reuses_vlm else vm.dense_features(crops)  # [B, g', g', Dv]
+    dense = to_graph_grid(dense, graph.shape[1:3])  # [B, g', g', D]
+    grid = graph.shape[1]
+    seeds = dense.reshape(-1, dense.shape[-1]).float() @ emb.float().to(dense.device).T  # [N, C']
+    vm_feats = graph.reshape(-1, graph.shape[-1]).float()  # [N, Dv]
+    if not keep_on_device:
+        seeds, vm_feats = seeds.cpu(), vm_feats.cpu()
+    return ImageFeatures(
+        seeds=seeds,
+        vm_feats=vm_feats,
+        owner=owner.cpu(),
+        layout=layout,
+        resized_hw=resized_hw,
+        original_hw=original_hw,
+        grid=grid,
+        crop=win.crop,
+        image_resized=resized,
+    )
+
+
+def window_settings(windows: WindowSettings | None, values: dict[str, Any]) -> WindowSettings:
+    """The window settings given as an object or by name (not both)."""
+    if windows is not None and values:
+        raise ValueError(f"give the windows as a WindowSettings or by name, not both (got {sorted(values)})")
+    return windows if windows is not None else WindowSettings.from_mapping(values, "the window settings")
+
+
+def to_graph_grid(dense: Tensor, grid: tuple[int, int]) -> Tensor:
+    """VLM patch features [B, g, g, D] at the vision model's grid [B, g', g', D], unit norm.
+
+    As the released LPOSS does when the two grids differ (e.g. CLIP /16 with DINO /8 or DINOv2 /14):
+    bilinear resize of the features (align_corners False), then L2 normalisation.
+    """
+    if tuple(dense.shape[1:3]) == tuple(grid):
+        return dense
+    resized = F.interpolate(dense.permute(0, 3, 1, 2).float(), size=tuple(grid), mode="bilinear", align_corners=False)
+    return F.normalize(resized.permute(0, 2, 3, 1), dim=-1)
+
+
+def merge_patches(features: ImageFeatures, patch_scores: Tensor) -> Tensor:
+    """Scores of every patch [N, C'] -> the canvas [C', H', W'] of the resized image (windows averaged)."""
+    g, n_windows = features.grid, len(features.layout)
+    blocks = patch_scores.T.reshape(-1, n_windows, g, g).transpose(0, 1)  # [B, C', g, g]
+    return merge_windows(blocks, features.layout, *features.resized_hw, crop=features.crop)  # [C', H', W']
