@@ -40,7 +40,7 @@ timeout 240 python3 -m benchmarks.speed --device cuda --backbones --json "$OUT/s
 # 3. The streaming evaluator end to end: 96 generated scenes (256x352, resized to 448x616 like VOC),
 #    random-weight OpenCLIP ViT-B/16 + DINO ViT-B/16 in bf16, LPOSS+ (C' = 8 here).
 python3 -m lposs.demo --out /tmp/data/demo --count 96 >/dev/null 2>&1
-timeout 90 python3 -m lposs.evaluate demo --data-dir /tmp/data --vlm ViT-B-16 --vlm-pretrained random \
+timeout 90 python3 -m lposs.experiment.streaming demo --data-dir /tmp/data --vlm ViT-B-16 --vlm-pretrained random \
   --vm dino_vitb16 --vm-pretrained random --bf16 --device cuda --modes lposs+ --workers 8 --batch-images 8 \
   --json "$OUT/evaluate_demo.json" 2>&1 | tail -5 | tee "$OUT/evaluate_demo.txt"
 

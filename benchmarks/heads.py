@@ -2,7 +2,7 @@
 
     python -m benchmarks.heads [--device cpu|cuda] [--images 2] [--short-side 448] [--json OUT.json]
 
-Random-weight OpenCLIP ViT-B/16 with each head of `lposs.heads.HEADS` (ProxyCLIP with a DINO ViT-B/8 proxy)
+Random-weight OpenCLIP ViT-B/16 with each head of `lposs.models.heads.HEADS` (ProxyCLIP with a DINO ViT-B/8 proxy)
 and a DINO ViT-B/16 graph (q, k, v from one forward), on random images of VOC's size (375 x 500, 15 windows
 at short side 448); the cost does not depend on the weights. Per head: seconds per image of
 `features.extract_shard` (both backbones over all windows, seeds, graph features), the text classifier
@@ -18,10 +18,10 @@ import time
 import numpy as np
 import torch
 
-from lposs.models.factory import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, create_backbones, spec_from_clip_tag
 from lposs.experiment.extraction import extract_shard
-from lposs.models.heads import HEADS
 from lposs.io import write_json
+from lposs.models.factory import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, create_backbones, spec_from_clip_tag
+from lposs.models.heads import HEADS
 
 CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
            "table", "dog", "horse", "motorbike", "person", "plant", "sheep", "sofa", "train", "monitor"]

@@ -116,9 +116,9 @@ def variants(block_cs: list[int], tiles: list[tuple[int, int, int]]) -> list[dic
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from lposs.io import write_json
     from lposs.kernels import cg_triton as cg
     from lposs.kernels import stencil_triton as st
-    from lposs.io import write_json
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.kernel_build", description=__doc__.split("\n\n")[0])
     parser.add_argument("--archs", nargs="+", type=int, default=[80, 90])

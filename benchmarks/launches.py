@@ -35,16 +35,19 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 import torch
-from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException, FakeTensor
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import (
+    DataDependentOutputException,
+    DynamicOutputShapeException,
+    FakeTensor,
+    FakeTensorMode,
+)
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
-from lposs.kernels import cg_triton, stencil_triton
-from lposs.io import write_json
-from lposs.core.scoring import labels_from_scores
-from lposs.models.protocols import resolve
-
 from lposs import segmentation as segment  # noqa: E402 - the module of one image end to end
+from lposs.core.scoring import labels_from_scores
+from lposs.io import write_json
+from lposs.kernels import cg_triton, stencil_triton
+from lposs.models.protocols import resolve
 
 BANDWIDTH_GB_S = {"H100 SXM": 3350, "H200": 4800}  # HBM bandwidth from NVIDIA's data sheets
 LP_STAGES = ("patch_graph", "propagate", "refine_pixels")  # issue 9's "label propagation": graphs and solves

@@ -1,7 +1,7 @@
 """Pixel refinement on real images (spec section 11): how much does LPOSS+ sharpen a perfect patch map?
 
 Coarse scores are what a perfect patch-level predictor would give: the ground truth one-hot averaged over
-16x16 patches and upsampled bilinearly. They are refined by `lposs.refine.refine_pixels`, and mIoU and
+16x16 patches and upsampled bilinearly. They are refined by `lposs.core.refine.refine_pixels`, and mIoU and
 Boundary IoU are measured before and after, on the resized grid, accumulated over the whole set.
 
     python -m benchmarks.refine --dataset camvid --root ../shared/data/camvid_segnet --split val \
@@ -9,7 +9,7 @@ Boundary IoU are measured before and after, on the resized grid, accumulated ove
     python -m benchmarks.refine --dataset davis2016 --root ../shared/data/davis2016_train_sub \
         --split train_every10 --refiner best --json results/refine_davis_best.json
 
-Options: --refiner reference|tempered|best|relaxed|pamr (see lposs/refine.py), --device cpu|cuda,
+Options: --refiner reference|tempered|best|relaxed|pamr (see lposs/core/refine.py), --device cpu|cuda,
 --limit N (first N images), --every K (every K-th image, before --limit), --threads N (CPU threads; 1 gives
 steadier timings on a shared machine). A run that writes JSON saves its totals every few images to
 OUT.json.partial and resumes from there when restarted.
@@ -44,12 +44,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from lposs.datasets import get_dataset
 from lposs.core.metrics import SegmentationMetrics
 from lposs.core.refine import REFINERS, refine_pixels
+from lposs.core.windows import resized_size
+from lposs.datasets import get_dataset
 from lposs.experiment.store import atomic_write_bytes
 from lposs.io import write_json
-from lposs.core.windows import resized_size
 
 from .robustness import TRANSFORMS, coarse_map, transform_seed, upsample
 
@@ -111,7 +111,7 @@ def run(dataset, refiner: str = "reference", device: str = "cpu", limit: int | N
     """Coarse and refined metrics over the dataset (every `every`-th image, the first `limit` of them),
     seconds per image.
 
-    overrides: single settings of the refiner (see lposs.refine.REFINERS). Seconds are wall-clock time
+    overrides: single settings of the refiner (see lposs.core.refine.REFINERS). Seconds are wall-clock time
     of the refinement alone; cpu_seconds the process CPU time it used (steadier on a shared machine).
     checkpoint: a file where the running totals are saved every few images; a run with the same settings
     continues from it (and deletes it when done).

@@ -12,7 +12,7 @@ real sizes; the label propagation cost does not depend on the values.
   stencil; the torch stencil's pixel solve is timed beside it as `pixel_solve_torch_stencil`).
 
 On CUDA the fused kernel's tile sizes (`TILES`) are also timed on one VOC-size product, with the
-bandwidth of its one-pass traffic, so the defaults of lposs/stencil_triton.py can be chosen from data;
+bandwidth of its one-pass traffic, so the defaults of lposs/kernels/stencil_triton.py can be chosen from data;
 and every fast stage is set against its memory floor: the traffic `benchmarks.launches` models for it
 divided by this GPU's measured copy bandwidth (`fraction_of_floor`: 1 = as fast as memory allows).
 
@@ -42,9 +42,9 @@ from typing import Any, Callable
 import torch
 
 from lposs.core.graphs import PixelGraph, patch_graph
-from lposs.io import write_json
 from lposs.core.propagation import propagate
 from lposs.core.windows import merge_windows, patch_centers, window_layout
+from lposs.io import write_json
 
 CASES = [(448, 597, 46), (448, 597, 171), (448, 896, 19)]
 ORIGINAL_SIZE = {(448, 597): (375, 500), (448, 896): (1024, 2048)}  # an image each case's size comes from
@@ -105,7 +105,7 @@ def run_path(case: dict[str, Any], reference: bool, device: str, repeats: int, c
 
     t["pixel_graph"], P = timed(pixel_graph, device, repeats)
     channels = canvas.shape[0] if columns is None else min(columns, canvas.shape[0])
-    Y = canvas[:channels].reshape(channels, -1).T  # [H*W, C], a channel-first view, as lposs.refine passes it
+    Y = canvas[:channels].reshape(channels, -1).T  # [H*W, C], a channel-first view, as lposs.core.refine passes it
     t["pixel_solve"], out = timed(lambda: propagate(P, Y, method=solver), device, repeats)
     if channels < canvas.shape[0]:
         t["pixel_solve"] *= canvas.shape[0] / channels

@@ -20,8 +20,7 @@ from .core.propagation import propagate
 from .core.refine import refine_pixels
 from .core.scoring import class_scores, labels_from_scores, pool_synonyms  # noqa: F401 - pool_synonyms re-exported
 from .core.windows import patch_centers
-from .image_features import (ImageFeatures, as_image_tensor, extract_features, merge_patches,  # noqa: F401 - re-exported
-                             to_graph_grid)
+from .image_features import ImageFeatures, as_image_tensor, extract_features, merge_patches, to_graph_grid  # noqa: F401 - re-exported
 from .settings import MODES, Setting, WindowSettings  # noqa: F401 - MODES re-exported
 
 

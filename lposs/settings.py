@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
+from .core import defaults
 from .core.refiners import REFINERS
 
 MODES = ("maskclip", "lposs", "lposs+")  # seeds only | + patch LP | + patch LP, then pixel refinement
@@ -111,10 +112,10 @@ class GraphSettings(_Validated):
     graph feature (q, k, v of the last block, final tokens, or clip = the VLM's own)."""
 
     SECTION: ClassVar[str] = "graph"
-    k: int = field(default=400, metadata=_check(_positive, "k must be a positive number of neighbours"))
-    gamma: float = field(default=3.0, metadata=_check(_non_negative, "gamma must be >= 0"))
-    sigma: float = field(default=0.01, metadata=_check(_non_negative, "sigma must be >= 0 (0: no spatial term)"))
-    p: float = field(default=1.0, metadata=_check(_non_negative, "p must be >= 0"))
+    k: int = field(default=defaults.K, metadata=_check(_positive, "k must be a positive number of neighbours"))
+    gamma: float = field(default=defaults.GAMMA, metadata=_check(_non_negative, "gamma must be >= 0"))
+    sigma: float = field(default=defaults.SIGMA, metadata=_check(_non_negative, "sigma must be >= 0 (0: no spatial term)"))
+    p: float = field(default=defaults.P, metadata=_check(_non_negative, "p must be >= 0"))
     vm_feature: str = field(default="v", metadata={"choices": GRAPH_FEATURES})
 
 
@@ -123,9 +124,9 @@ class PropagationSettings(_Validated):
     """Label propagation (I - alpha S) F = Y on both graphs: alpha, CG iterations and tolerance, solver."""
 
     SECTION: ClassVar[str] = "lp"
-    alpha: float = field(default=0.95, metadata=_check(_in_unit_interval, "alpha must lie in (0, 1)"))
-    maxiter: int = field(default=10, metadata=_check(_positive, "maxiter must be a positive iteration count"))
-    tol: float = field(default=1e-6, metadata=_check(_non_negative, "tol must be >= 0"))
+    alpha: float = field(default=defaults.ALPHA, metadata=_check(_in_unit_interval, "alpha must lie in (0, 1)"))
+    maxiter: int = field(default=defaults.MAXITER, metadata=_check(_positive, "maxiter must be a positive iteration count"))
+    tol: float = field(default=defaults.TOL, metadata=_check(_non_negative, "tol must be >= 0"))
     solver: str = field(default="cg", metadata={"choices": SOLVERS})
 
 
@@ -159,10 +160,10 @@ class WindowSettings(_Validated):
     into crop x crop windows every stride pixels (the last window of a row or column pushed inside)."""
 
     SECTION: ClassVar[str] = "windows"
-    crop: int = field(default=224, metadata=_check(_positive, "crop must be a positive window size"))
-    stride: int = field(default=112, metadata=_check(_positive, "stride must be positive"))
-    short_side: int = field(default=448, metadata=_check(_positive, "short_side must be positive"))
-    long_side: int = field(default=2048, metadata=_check(_positive, "long_side must be positive"))
+    crop: int = field(default=defaults.CROP, metadata=_check(_positive, "crop must be a positive window size"))
+    stride: int = field(default=defaults.STRIDE, metadata=_check(_positive, "stride must be positive"))
+    short_side: int = field(default=defaults.SHORT_SIDE, metadata=_check(_positive, "short_side must be positive"))
+    long_side: int = field(default=defaults.LONG_SIDE, metadata=_check(_positive, "long_side must be positive"))
 
 
 SECTIONS = {"graph": GraphSettings, "lp": PropagationSettings, "pixel": PixelSettings}

@@ -12,8 +12,15 @@ import torch
 import torch.nn.functional as F
 
 from lposs.models import backbones, loading
-from lposs.models.backbones import (BackboneUnavailable, ClipGraphFeatures, DenseCLIP, DinoFeatures, MaskCLIP, VisionFeatures,
-                                    split_synonyms)
+from lposs.models.backbones import (
+    BackboneUnavailable,
+    ClipGraphFeatures,
+    DenseCLIP,
+    DinoFeatures,
+    MaskCLIP,
+    VisionFeatures,
+    split_synonyms,
+)
 from lposs.models.factory import BackboneSpec, create_backbones, spec_from_clip_choice
 from lposs.models.heads import HEADS, dense_clip_features
 

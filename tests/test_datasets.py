@@ -23,16 +23,11 @@ from fixtures.dataset_layouts import (
 )
 from PIL import Image
 
+from lposs.core.metrics import SegmentationMetrics
 from lposs.datasets import DATASETS, available_datasets, get_dataset, read_class_file
 from lposs.datasets.base import packaged_class_names
+from lposs.datasets.convert import convert_cityscapes, convert_coco, convert_pascal_context, write_davis_every10
 from lposs.datasets.mess import mess_datasets
-from lposs.datasets.convert import (
-    convert_cityscapes,
-    convert_coco,
-    convert_pascal_context,
-    write_davis_every10,
-)
-from lposs.core.metrics import SegmentationMetrics
 
 SPEC_CLASSES = Path(__file__).resolve().parents[2] / "shared" / "spec" / "classes"
 PAPER = {"voc21": 21, "voc20": 20, "context60": 60, "context59": 59, "coco_object": 81, "coco_stuff": 171,

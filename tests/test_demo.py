@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from lposs import demo
-from lposs.io import encode_png
-from lposs.datasets import get_dataset
 from lposs.core.metrics import SegmentationMetrics
+from lposs.datasets import get_dataset
+from lposs.io import encode_png
 from lposs.segmentation import extract_features, propagate_features
 
 SIZE = (160, 224)

@@ -4,10 +4,9 @@ other modules; a folder counts), and no lposs dep it does not need: edit any mod
 
 from __future__ import annotations
 
+import import_graph as graph
 import pytest
 import yaml
-
-import import_graph as graph
 
 STAGES = yaml.safe_load((graph.REPO / "dvc.yaml").read_text())["stages"]
 

@@ -17,8 +17,8 @@ import torch
 from lposs import demo
 from lposs.core.metrics import SegmentationMetrics
 from lposs.experiment import ablation, evaluation, executors, records, staging
-from lposs.experiment.extraction import fill_dataset, make_manifest
 from lposs.experiment.ablation_shards import run_settings_sharded
+from lposs.experiment.extraction import fill_dataset, make_manifest
 from lposs.experiment.sharded import DatasetFeatures, fill_store_sharded
 from lposs.experiment.store import FeatureStore
 from lposs.models.factory import BackboneSpec, create_backbones

@@ -9,8 +9,8 @@ import torch
 
 from lposs import demo
 from lposs.datasets import get_dataset
-from lposs.experiment.store import CorruptShard, FeatureStore, ManifestMismatch, safe_name
 from lposs.experiment.extraction import fill_dataset, fill_store, make_manifest, to_image_features
+from lposs.experiment.store import CorruptShard, FeatureStore, ManifestMismatch, safe_name
 from lposs.segmentation import propagate_features
 
 WINDOWS = dict(crop=224, stride=112, short_side=224, long_side=2048)
@@ -175,9 +175,9 @@ def test_q_k_v_of_one_network_come_from_one_forward():
     """Stored variants of one timm model: one forward per image, the same features as one model per variant."""
     import numpy as np
 
-    from lposs.models.backbones import VisionFeatures
     from lposs.demo import DemoVLM
     from lposs.experiment.extraction import extract_shard
+    from lposs.models.backbones import VisionFeatures
 
     net = VisionFeatures("dino_vits16", pretrained=False, feature="v")
     vms = {f: net.with_feature(f) for f in ("v", "q", "tokens")}

@@ -24,7 +24,7 @@ from fixtures.dataset_layouts import (
     write_voc,
 )
 
-from lposs.datasets import ChecksumError, DATASETS, DownloadError, fetch, get_dataset, main_data
+from lposs.datasets import DATASETS, ChecksumError, DownloadError, fetch, get_dataset, main_data
 from lposs.datasets.fetching import download, extract
 from lposs.datasets.sources import CAMVID_COMMIT, SOURCES
 

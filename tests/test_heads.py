@@ -1,4 +1,4 @@
-"""The dense CLIP heads (lposs.heads) and the graph's vision models against hand recomputations.
+"""The dense CLIP heads (lposs.models.heads) and the graph's vision models against hand recomputations.
 
 Random weights on CPU. Every hand version below is written in the most literal form: one window and one
 attention head at a time, weights read off the blocks, on the tokens captured from the library's OWN forward

@@ -153,11 +153,12 @@ def test_default_tags_load_from_the_cache_offline(hf_home, tmp_path):
 
 @pytest.mark.slow
 def test_segment_cli_with_default_tags_offline(hf_home, tmp_path):
-    from lposs import demo
+    from lposs.demo.scenes import render_scene
+    from lposs.io import encode_png
 
     image = tmp_path / "scene.png"
-    scene, _ = demo.render_scene(__import__("numpy").random.RandomState(0), (224, 288))
-    image.write_bytes(demo.encode_png(scene))
+    scene, _ = render_scene(__import__("numpy").random.RandomState(0), (224, 288))
+    image.write_bytes(encode_png(scene))
     out = run(["-m", "lposs", "segment", str(image), "--classes", "sky; grass; cow", "--out", str(tmp_path / "seg.png"),
                "--mode", "lposs"], offline_env(hf_home), tmp_path)
     assert "RANDOM WEIGHTS" not in out and (tmp_path / "seg.png").is_file()

@@ -118,8 +118,8 @@ def test_a_streaming_shard_stays_on_the_gpu_and_a_stored_one_comes_to_the_host(k
 @pytest.mark.parametrize("refiner", ["reference", "best"])
 def test_lposs_plus_on_a_real_gpu_never_synchronises(refiner):
     """What the audit counts, checked by CUDA itself: torch raises on any synchronising call."""
-    from lposs.segmentation import ImageFeatures, propagate_features
     from lposs.core.windows import window_layout
+    from lposs.segmentation import ImageFeatures, propagate_features
 
     layout = window_layout(448, 597)
     n = len(layout) * 196

@@ -6,9 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
-
 import import_graph as graph
+import pytest
 
 # Rooms from the bottom up: a module may import its own room and the rooms of lower rank only.
 RANKS = {"lposs.io": 0, "lposs.kernels": 0, "lposs.core": 1, "lposs.settings": 2, "lposs.datasets": 2,

@@ -13,6 +13,7 @@ from fixtures import mess_layouts as raw
 from fixtures.dataset_layouts import SIZE, block_mask, make_tar, make_zip, save_mask
 from test_fetch import server  # noqa: F401  (the 127.0.0.1 file server fixture)
 
+from lposs.core.metrics import SegmentationMetrics
 from lposs.datasets import DATASETS, fetch, get_dataset, main_data
 from lposs.datasets.base import packaged_class_names
 from lposs.datasets.mess import DOMAINS, MESS, MESS_DATASETS, evaluation_runs, mess_datasets
@@ -20,7 +21,6 @@ from lposs.datasets.mess_sources import MESS_SOURCES
 from lposs.experiment.mess_leaderboard import reference_datasets, reference_domains
 from lposs.experiment.mess_metrics import mess_scores
 from lposs.experiment.mess_results import binary_table, mess_summary, mess_table, write_mess_report
-from lposs.core.metrics import SegmentationMetrics
 
 ALL_SPLITS = [(spec.name, split) for spec in MESS for split in spec.splits]
 # MESS's split names as registered: <name>_sem_seg_<split>

@@ -1,4 +1,4 @@
-"""Tests of lposs.metrics: hand-computed mIoU / Boundary IoU and a slow reference for Boundary IoU."""
+"""Tests of lposs.core.metrics: hand-computed mIoU / Boundary IoU and a slow reference for Boundary IoU."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""PAMR (lposs/pamr.py) against a direct per-pixel loop of the released algorithm, and its properties."""
+"""PAMR (lposs/core/pamr.py) against a direct per-pixel loop of the released algorithm, and its properties."""
 
 import math
 

@@ -319,10 +319,10 @@ def test_a_typo_in_a_parameter_stops_the_notebook(pipeline_copy, tmp_path):
 @pytest.mark.slow
 def test_real_backbone_path_with_random_weights(tmp_path):
     """The non-demo branch of the features stage (open_clip MaskCLIP + timm DINO), offline: seeded random weights."""
-    from lposs.demo import generate_demo
     from lposs.datasets import get_dataset
-    from lposs.experiment.store import FeatureStore
+    from lposs.demo import generate_demo
     from lposs.experiment.extraction import fill_dataset, make_manifest, to_image_features
+    from lposs.experiment.store import FeatureStore
     from lposs.segmentation import propagate_features
 
     ds = get_dataset("demo", generate_demo(tmp_path / "demo", count=1, seed=2, size=(224, 240)))
@@ -347,6 +347,7 @@ def grid_copy(tmp_path_factory):
     """Two dense heads x two graphs (DINOv2 /14 beside CLIP /16, and CLIP's own features), random weights,
     on two MESS datasets (2 and 3 classes: few prompts to encode) in their prepared layouts."""
     from fixtures.mess_layouts import write_prepared
+
     from lposs.datasets.mess import MESS_DATASETS
 
     root = tmp_path_factory.mktemp("grid")

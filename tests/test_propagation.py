@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from conftest import DEVICES
 
 from lposs.core.propagation import conjugate_gradient, normalize_adjacency, propagate
-from conftest import DEVICES
 
 
 def random_graph(n: int, seed: int = 0, dtype=torch.float64, device="cpu") -> torch.Tensor:

@@ -11,7 +11,18 @@ import torch
 from benchmarks.refine import coarse_scores, patch_average, resize_pair
 from lposs.core.graphs import PixelGraph
 from lposs.core.propagation import propagate
-from lposs.core.refine import REFINERS, _Rescaled, class_probabilities, colour_average, colour_relaxation, confidence_propagate, margin_confidence, SUPPORT_EPS, refine_pixels, tempered_probabilities
+from lposs.core.refine import (
+    REFINERS,
+    SUPPORT_EPS,
+    _Rescaled,
+    class_probabilities,
+    colour_average,
+    colour_relaxation,
+    confidence_propagate,
+    margin_confidence,
+    refine_pixels,
+    tempered_probabilities,
+)
 
 
 def explicit_weights(graph: PixelGraph) -> tuple[torch.Tensor, torch.Tensor]:

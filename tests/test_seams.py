@@ -1,4 +1,4 @@
-"""The seams of `lposs.segment`: the whole chain seeds -> patch graph -> LP -> window merge -> pixel LP ->
+"""The seams of `lposs.segmentation`: the whole chain seeds -> patch graph -> LP -> window merge -> pixel LP ->
 background rule, checked against class scores built by hand from the spec, not from `propagate_features`.
 
 The components have their own tests; these pin down what joins them: which features make the graph, the
@@ -17,9 +17,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lposs.models import protocols
 from lposs.core.color import scaled_lab
 from lposs.core.refine import refine_pixels
+from lposs.models import protocols
 from lposs.segmentation import extract_features, predict_labels, propagate_features
 
 CLASSES = ["sky", "road;street", "car", "tree"]  # C' = 5 synonym columns, K = 4 classes, 0 = background

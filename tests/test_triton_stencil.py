@@ -126,9 +126,9 @@ def check_refiner(refiner: str, device: str) -> float:
 
 def check_solver(device: str) -> dict[str, float]:
     """The fused CG steps against the torch ones: operator and dot, the update, and whole solves."""
-    from lposs.kernels import cg_triton
     from lposs.core.graphs import PixelGraph
     from lposs.core.propagation import propagate
+    from lposs.kernels import cg_triton
 
     g = torch.Generator().manual_seed(11)
     image = torch.rand(3, 13, 27, generator=g, dtype=torch.float64)

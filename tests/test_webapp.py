@@ -23,14 +23,23 @@ import pytest
 import torch
 from PIL import Image
 
-from lposs.demo import DEMO_CLASSES, DemoVLM, DemoVM
-from lposs.demo.scenes import encode_png, render_scene
 from lposs.app import side_by_side
-from lposs.models.protocols import PROTOCOLS, resolve
-from lposs.segmentation import extract_features, propagate_features
 from lposs.app.side_by_side import labels_without_background, segment_side_by_side
 from lposs.app.webapp_backend import DemoConfig, SegmentService, page_classes, read_upload
-from lposs.app.webapp_models import DEMO_CHOICE, PROTOCOL_DATASET, ModelChoice, head_choices, protocol_choices, protocol_rule, refiner_choices, vision_model_choices
+from lposs.app.webapp_models import (
+    DEMO_CHOICE,
+    PROTOCOL_DATASET,
+    ModelChoice,
+    head_choices,
+    protocol_choices,
+    protocol_rule,
+    refiner_choices,
+    vision_model_choices,
+)
+from lposs.demo import DEMO_CLASSES, DemoVLM, DemoVM
+from lposs.demo.scenes import encode_png, render_scene
+from lposs.models.protocols import PROTOCOLS, resolve
+from lposs.segmentation import extract_features, propagate_features
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(os.environ.get("LPOSS_TEST_ARTIFACTS", REPO_ROOT / "tests" / "artifacts"))
@@ -189,9 +198,9 @@ def test_missing_weights_show_the_cli_message(tmp_path, scene_file, monkeypatch)
 
 
 def test_the_page_offers_what_the_registries_hold():
+    from lposs.core.refine import REFINERS
     from lposs.models.backbones import DEFAULT_DINO_MODEL, VISION_MODELS
     from lposs.models.heads import HEADS
-    from lposs.core.refine import REFINERS
 
     names = refiner_choices()
     assert names[0] == "reference" and set(names) <= set(REFINERS)

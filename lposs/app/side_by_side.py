@@ -71,7 +71,7 @@ def segment_side_by_side(
     image: uint8 [H, W, 3] or float [3, H, W] in [0, 1]. on_stage(key) is called as each stage starts
     (key: "text", "features" or a mode), e.g. to show progress. short_side: the image is resized to it before
     the windows are cut (448 as in the paper; smaller is faster and coarser). background: a scoring rule of
-    `lposs.protocols` (None: LPOSS's max over synonyms); see `labels_without_background` for the labels.
+    `lposs.models.protocols` (None: LPOSS's max over synonyms); see `labels_without_background` for the labels.
     """
     device = torch.device(device)
     announce = on_stage or (lambda key: None)

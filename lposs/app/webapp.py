@@ -7,7 +7,7 @@
 The page shows MaskCLIP (or the chosen head's seeds), LPOSS and LPOSS+ side by side as overlays with a
 legend, the time of each stage and the label maps to download. The app never leaves this machine: it
 listens on 127.0.0.1, share links and Gradio's analytics are off, and the page loads no remote assets.
-What a click does lives in `lposs.webapp_backend`; this module is the page and the command line.
+What a click does lives in `lposs.app.webapp_backend`; this module is the page and the command line.
 """
 
 from __future__ import annotations
@@ -17,8 +17,17 @@ import os
 from typing import Any
 
 from .webapp_backend import MAX_SIDE, DemoConfig, SegmentService, example_rows
-from .webapp_models import (PROTOCOL_DATASET_TITLE, ModelChoice, clip_weight_choices, describe_rule, head_choices,
-                            protocol_choices, protocol_rule, refiner_choices, vision_model_choices)
+from .webapp_models import (
+    PROTOCOL_DATASET_TITLE,
+    ModelChoice,
+    clip_weight_choices,
+    describe_rule,
+    head_choices,
+    protocol_choices,
+    protocol_rule,
+    refiner_choices,
+    vision_model_choices,
+)
 
 DEFAULT_HOST = "127.0.0.1"
 MODES_SHOWN = ("maskclip", "lposs", "lposs+")

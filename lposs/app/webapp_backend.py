@@ -1,9 +1,9 @@
-"""What one click of the web app does, without Gradio: read the upload, get the backbones (lposs.webapp_models),
+"""What one click of the web app does, without Gradio: read the upload, get the backbones (lposs.app.webapp_models),
 run MaskCLIP / LPOSS / LPOSS+ side by side, and write the overlays and label maps the page shows.
 
 Every failure a user can cause or meet (no class names, an unreadable or odd image, missing weights,
 out of memory) comes back as a `PageResult` whose `status` says what happened and what to do, never as
-a traceback. `lposs.webapp` puts this on a page.
+a traceback. `lposs.app.webapp` puts this on a page.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from .label_maps import parse_classes, write_outputs
 from .side_by_side import can_leave_unlabelled, mode_titles, segment_side_by_side, stage_names
 from .webapp_models import ModelCache, ModelChoice, describe_rule, load_models, protocol_rule
 
-LOG = logging.getLogger("lposs.webapp")
+LOG = logging.getLogger("lposs.app.webapp")
 MAX_SIDE = 2048  # longer uploads are resized (the page says so); the CLI segments any size
 MAX_CLASSES = 255  # label maps are 8-bit palette PNGs (index MAX_CLASSES stays free for "unlabelled")
 KEEP_CLICKS = 20  # output folders of the most recent clicks kept on disk
@@ -98,7 +98,7 @@ class ClickSettings:
 
     choice: ModelChoice
     refiner: str
-    rule: dict[str, Any]  # lposs.webapp_models.protocol_rule
+    rule: dict[str, Any]  # lposs.app.webapp_models.protocol_rule
 
     def unlabelled_name(self) -> str | None:
         """The legend's name for pixels the rule leaves out (label K), None when it labels every pixel."""
@@ -214,7 +214,7 @@ class SegmentService:
     def run(self, image_path: str | None, classes_text: str | None, choice: ModelChoice,
             refiner: str = "reference", progress: Callable[..., Any] | None = None,
             protocol: str = "lposs") -> PageResult:
-        """Segment one upload with the three modes, scored by `protocol` (lposs.webapp_models.protocol_choices);
+        """Segment one upload with the three modes, scored by `protocol` (lposs.app.webapp_models.protocol_choices);
         any failure becomes a status message."""
         stage = "reading the inputs"
         try:
@@ -305,7 +305,7 @@ class SegmentService:
 def timings_table(seconds: dict[str, float], names: dict[str, str], loading: tuple[float, bool],
                   image_hw: tuple[int, int], classes: int, device: str, scoring: str = "") -> str:
     """Markdown: one row per stage (model loading, backbones, each mode, writing) and the total; `scoring`
-    (lposs.webapp_models.describe_rule) says how the scores became labels."""
+    (lposs.app.webapp_models.describe_rule) says how the scores became labels."""
     load_seconds, cached = loading
     rows = [("load the backbones" + (" (kept from an earlier click)" if cached else ""), load_seconds)]
     rows += [(names[key], seconds[key]) for key in names if key in seconds]

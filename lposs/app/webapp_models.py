@@ -15,13 +15,13 @@ DEMO_CHOICE = ("demo-weights", "demo-vlm", "demo-vm")  # the only choice with --
 class ModelChoice(NamedTuple):
     """What the page's dropdowns select: CLIP weights, dense head, graph vision model."""
 
-    clip_weights: str  # a name of lposs.backbones.CLIP_WEIGHTS
-    head: str  # a name of lposs.heads.HEADS
-    vision_model: str  # a short name of lposs.backbones.VISION_MODELS, or "clip" (the VLM's own features)
+    clip_weights: str  # a name of lposs.models.backbones.CLIP_WEIGHTS
+    head: str  # a name of lposs.models.heads.HEADS
+    vision_model: str  # a short name of lposs.models.backbones.VISION_MODELS, or "clip" (the VLM's own features)
 
 
 def clip_weight_choices(weights: str, first: str | None = None) -> list[str]:
-    """CLIP weights of lposs.backbones.CLIP_WEIGHTS, `first` (the command line's choice) first."""
+    """CLIP weights of lposs.models.backbones.CLIP_WEIGHTS, `first` (the command line's choice) first."""
     if weights == "demo":
         return [DEMO_CHOICE[0]]
     from ..models.loading import CLIP_WEIGHTS
@@ -30,7 +30,7 @@ def clip_weight_choices(weights: str, first: str | None = None) -> list[str]:
 
 
 def head_choices(weights: str) -> list[str]:
-    """Dense CLIP heads of lposs.heads.HEADS (MaskCLIP, LPOSS's, first)."""
+    """Dense CLIP heads of lposs.models.heads.HEADS (MaskCLIP, LPOSS's, first)."""
     if weights == "demo":
         return [DEMO_CHOICE[1]]
     from ..models.heads import HEADS
@@ -39,7 +39,7 @@ def head_choices(weights: str) -> list[str]:
 
 
 def vision_model_choices(weights: str) -> list[str]:
-    """Graph models: lposs.backbones.VISION_MODELS (the paper's DINO ViT-B/16 first), then "clip"."""
+    """Graph models: lposs.models.backbones.VISION_MODELS (the paper's DINO ViT-B/16 first), then "clip"."""
     if weights == "demo":
         return [DEMO_CHOICE[2]]
     from ..models.backbones import DEFAULT_DINO_MODEL, VISION_MODELS
@@ -49,7 +49,7 @@ def vision_model_choices(weights: str) -> list[str]:
 
 
 def refiner_choices() -> list[str]:
-    """Pixel refiners of lposs.refine.REFINERS ("reference" first), aliases (same settings, second name) left out."""
+    """Pixel refiners of lposs.core.refine.REFINERS ("reference" first), aliases (same settings, second name) left out."""
     from ..core.refiners import REFINERS
 
     names: list[str] = []
@@ -60,7 +60,7 @@ def refiner_choices() -> list[str]:
 
 
 # An upload has user-typed classes and no dataset, so a protocol's per-dataset values come from one dataset of
-# lposs.protocols.PROTOCOLS: COCO-Object (80 everyday things + background), where, as on an upload, the named
+# lposs.models.protocols.PROTOCOLS: COCO-Object (80 everyday things + background), where, as on an upload, the named
 # classes do not cover every pixel and the release's prob_thd decides what is left out. No release keeps a
 # dataset-free default besides its segmentor's base (prob_thd 0, which its configs use only for datasets
 # whose classes cover every pixel).
@@ -70,7 +70,7 @@ RULE_KEYS = ("background", "logit_scale", "prob_thd", "area_thd")  # what the pa
 
 
 def protocol_choices() -> list[str]:
-    """Scoring protocols of lposs.protocols.PROTOCOLS, LPOSS's own ("lposs": max over synonyms, argmax) first."""
+    """Scoring protocols of lposs.models.protocols.PROTOCOLS, LPOSS's own ("lposs": max over synonyms, argmax) first."""
     from ..models.protocols import PROTOCOLS
 
     return _first(list(PROTOCOLS), "lposs")

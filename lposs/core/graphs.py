@@ -14,6 +14,7 @@ from torch import Tensor
 
 from ..kernels import cg_triton, stencil_triton
 from .color import scaled_lab
+from .defaults import GAMMA, PIXEL_R, PIXEL_TAU, SIGMA, K, P
 from .propagation import TorchSteps, normalize_adjacency
 
 STENCIL_BACKENDS = ("auto", "torch", "triton")
@@ -22,10 +23,10 @@ STENCIL_BACKENDS = ("auto", "torch", "triton")
 def patch_graph(
     feats: Tensor,
     centers: Tensor,
-    k: int = 400,
-    gamma: float = 3.0,
-    sigma: float = 0.01,
-    p: float = 1.0,
+    k: int = K,
+    gamma: float = GAMMA,
+    sigma: float = SIGMA,
+    p: float = P,
     form: str = "auto",
 ) -> Tensor:
     """Normalised patch graph: w_ij = max(cos_ij, 0)^gamma * exp(-sigma * d_ij^p) on the kNN edges.
@@ -94,20 +95,20 @@ class PixelGraph:
     of rows small enough to stay in cache (`band_elements`).
 
     backend: "torch" (the stencil above, the CPU path and the fallback), "triton" (the weights and every
-    product are one kernel each of lposs/stencil_triton.py, and CG runs on lposs/cg_triton.py), or "auto"
+    product are one kernel each of lposs/kernels/stencil_triton.py, and CG runs on lposs/kernels/cg_triton.py), or "auto"
     (triton for an image on CUDA when triton imports, torch otherwise); None reads the environment
-    variable LPOSS_STENCIL (default "auto"), which reaches the graphs callers build (lposs/refine.py).
+    variable LPOSS_STENCIL (default "auto"), which reaches the graphs callers build (lposs/core/refine.py).
     The results agree to rounding.
 
     `matmul(X)` is the normalised S @ X, `residual(X, alpha)` = (I - alpha S) X and `cg_steps(alpha)` the
     fused CG steps that `propagate` uses; `with_node_scale(s)` the operator s * S(s * X) on the same weights;
     `weighted_sum(Z)` the unnormalised W Z and `neighbour_sum(Z)` the same stencil with unit weights, both
-    channel-first [C, H, W] (the colour relaxation of lposs/refine.py uses them).
+    channel-first [C, H, W] (the colour relaxation of lposs/core/refine.py uses them).
     """
 
     band_elements = 2**19  # CPU accumulator size (floats) per band of rows: 2 MB, stays in cache
 
-    def __init__(self, image: Tensor, r: int = 13, tau: float = 0.01, dilation: int = 1,
+    def __init__(self, image: Tensor, r: int = PIXEL_R, tau: float = PIXEL_TAU, dilation: int = 1,
                  backend: str | None = None):
         if image.dim() != 3 or image.shape[0] != 3:
             raise ValueError(f"image must be [3, H, W] RGB in [0, 1], got shape {tuple(image.shape)}")

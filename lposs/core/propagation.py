@@ -23,6 +23,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from .defaults import ALPHA, MAXITER, TOL
+
 METHODS = ("cg", "cg_reference", "closed_form", "fixed_point")
 
 
@@ -54,10 +56,10 @@ def normalize_adjacency(W: Tensor) -> Tensor:
 def propagate(
     S: Any,
     Y: Tensor,
-    alpha: float = 0.95,
+    alpha: float = ALPHA,
     method: str = "cg",
     maxiter: int = 10,
-    tol: float = 1e-6,
+    tol: float = TOL,
 ) -> Tensor:
     """Solve (I - alpha S) F = Y for F [N, C] given seeds Y [N, C] (a 1-D Y is one column)."""
     if method not in METHODS:
@@ -105,7 +107,7 @@ class TorchSteps:
         return (R * R).sum(0)
 
 
-def conjugate_gradient(A: Callable[[Tensor], Tensor], B: Tensor, maxiter: int = 10, tol: float = 1e-6,
+def conjugate_gradient(A: Callable[[Tensor], Tensor], B: Tensor, maxiter: int = MAXITER, tol: float = TOL,
                        check_every: int | None = None, steps: TorchSteps | None = None) -> Tensor:
     """Batched CG for A X = B (A symmetric positive definite), X0 = 0, one set of scalars per column.
 

@@ -22,7 +22,7 @@ keyword arguments override single settings.
 - "relaxed": the previous "best", the same two steps on the scores clipped at 0 and normalised per pixel.
   Fast and strong on clean non-negative maps, but it depends on exact zeros: a little per-pixel noise or a
   shift of the scores changes its evidence (issue 13, the robustness mode of benchmarks/refine.py).
-- "pamr": PAMR (lposs/pamr.py), NACLIP's refiner: 10 iterations at dilations (8, 16) on the
+- "pamr": PAMR (lposs/core/pamr.py), NACLIP's refiner: 10 iterations at dilations (8, 16) on the
   CLIP-normalised image; expects cosine logits (any scores work: it is linear and convex).
 
 The two steps of "tempered" and "relaxed", on the graph with tau = 0.015:

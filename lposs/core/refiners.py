@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from .defaults import ALPHA, MAXITER, PIXEL_R, PIXEL_TAU, TOL
+
 PAMR_ITERATIONS = 10  # NACLIP's PAMR: 10 iterations at dilations (8, 16)
 PAMR_DILATIONS = (8, 16)
 
-_LP = {"method": "lp", "r": 13, "alpha": 0.95, "tol": 1e-6}
+_LP = {"method": "lp", "r": PIXEL_R, "alpha": ALPHA, "tol": TOL}
 REFINERS: dict[str, dict[str, Any]] = {
-    "reference": {**_LP, "tau": 0.01, "maxiter": 10, "evidence": "scores", "temperature": 1.0,
+    "reference": {**_LP, "tau": PIXEL_TAU, "maxiter": MAXITER, "evidence": "scores", "temperature": 1.0,
                   "smooth_steps": 0, "relax_steps": 0, "seed_confidence": 0.0},
     "relaxed": {**_LP, "tau": 0.015, "maxiter": 5, "evidence": "clipped", "temperature": 1.0,
                 "smooth_steps": 0, "relax_steps": 4, "seed_confidence": 1.0},

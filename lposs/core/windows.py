@@ -6,15 +6,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .defaults import CROP, LONG_SIDE, SHORT_SIDE, STRIDE
+
 Window = tuple[int, int, int, int]  # (y1, y2, x1, x2) in resized-image pixels
 
 
-def resize_scale(height: int, width: int, short_side: int = 448, long_side: int = 2048) -> float:
+def resize_scale(height: int, width: int, short_side: int = SHORT_SIDE, long_side: int = LONG_SIDE) -> float:
     """s = min(short_side / short, long_side / long): VOC 375x500 -> 448x597, Cityscapes 1024x2048 -> 448x896."""
     return min(short_side / min(height, width), long_side / max(height, width))
 
 
-def resized_size(height: int, width: int, short_side: int = 448, long_side: int = 2048) -> tuple[int, int]:
+def resized_size(height: int, width: int, short_side: int = SHORT_SIDE, long_side: int = LONG_SIDE) -> tuple[int, int]:
     s = resize_scale(height, width, short_side, long_side)
     return int(height * s + 0.5), int(width * s + 0.5)
 
@@ -33,14 +35,14 @@ def _starts(length: int, crop: int, stride: int) -> list[tuple[int, int]]:
     return spans
 
 
-def window_layout(height: int, width: int, crop: int = 224, stride: int = 112) -> list[Window]:
+def window_layout(height: int, width: int, crop: int = CROP, stride: int = STRIDE) -> list[Window]:
     """Sliding windows over a resized image, row by row: 448x597 gives 3x5 = 15, 448x896 gives 3x7 = 21."""
     if height <= 0 or width <= 0:
         raise ValueError(f"image size must be positive, got {height}x{width}")
     return [(y1, y2, x1, x2) for y1, y2 in _starts(height, crop, stride) for x1, x2 in _starts(width, crop, stride)]
 
 
-def crop_windows(image: Tensor, layout: list[Window], crop: int = 224) -> Tensor:
+def crop_windows(image: Tensor, layout: list[Window], crop: int = CROP) -> Tensor:
     """[C, H, W] -> [B, C, crop, crop]; a window smaller than crop (tiny image) is zero-padded right/bottom."""
     out = []
     for y1, y2, x1, x2 in layout:
@@ -58,7 +60,7 @@ def patch_centers(layout: list[Window], grid: int = 14, patch: int = 16) -> Tens
     return (origins[:, None, :] + local[None]).reshape(-1, 2)
 
 
-def merge_windows(window_scores: Tensor, layout: list[Window], height: int, width: int, crop: int = 224) -> Tensor:
+def merge_windows(window_scores: Tensor, layout: list[Window], height: int, width: int, crop: int = CROP) -> Tensor:
     """Upsample each window's [C, g, g] block to the crop size, sum into a canvas, divide by coverage.
 
     window_scores [B, C, g, g] -> canvas [C, height, width].

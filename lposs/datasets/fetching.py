@@ -19,9 +19,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .archives import Archive, Source, extract
 from .convert import CONVERTERS
 from .registry import dataset_spec, default_root, get_dataset
-from .archives import Archive, Source, extract
 from .sources import MIRROR_ENV, SOURCES
 
 TIMEOUT_ENV = "LPOSS_DOWNLOAD_TIMEOUT"

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .mess import MESS_DATASETS
 from .archives import Archive, Source
+from .mess import MESS_DATASETS
 
 DRIVE = "https://drive.usercontent.google.com/download?export=download&confirm=t&id={}"
 DRIVE_FOLDER = "https://drive.google.com/drive/folders/{}"

@@ -1,7 +1,7 @@
 """The registry of benchmarks: name -> DatasetSpec, and ``get_dataset(name, root, split)``.
 
 Eight datasets of the paper (spec section 8, MMSegmentation layouts and encodings), two real sets that
-this project can test on (CamVid, DAVIS-2016) and ``demo`` (a generated folder, see lposs/demo.py).
+this project can test on (CamVid, DAVIS-2016) and ``demo`` (a generated folder, see lposs/demo/).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ DATASETS: dict[str, DatasetSpec] = {
                     classes="camvid", label_max=11),
         DatasetSpec("davis2016", "DAVIS-2016 480p, background vs the primary object", "davis2016",
                     "train_every10", 215, label_max=255),
-        DatasetSpec("demo", "generated demo scenes (lposs/demo.py), a plain image/label folder", "demo", "all"),
+        DatasetSpec("demo", "generated demo scenes (lposs/demo/), a plain image/label folder", "demo", "all"),
     ]
 }
 # MESS's 22 (lposs/datasets/mess.py); each lives in its MESS folder under $LPOSS_DATA/mess (a MESS dataset dir)

@@ -31,7 +31,6 @@ from .parameters import resolve_device
 from .store import FeatureStore
 
 
-
 def source_fingerprint() -> str:
     """md5 of the package's source: shard counts of a killed run are reused only by the same code."""
     import torch

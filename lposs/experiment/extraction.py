@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..core.windows import crop_windows, resize_image
-from ..io import file_md5
 from ..core.scoring import pool_synonyms
+from ..core.windows import crop_windows, resize_image
 from ..image_features import ImageFeatures, as_image_tensor, extract_features, merge_patches
+from ..io import file_md5
 from ..settings import WindowSettings
 from .store import FORMAT_VERSION, VM_DTYPES, CorruptShard, FeatureStore
 
@@ -178,7 +178,7 @@ def fill_store(store: FeatureStore, items: Iterable[tuple[str, Path, list[str]]]
     (readable, right keys and shapes, same class names and image file); corrupt or stale ones are
     recomputed. Returns counts, this run's seconds, and backbone_seconds: the backbone time of every shard
     (whenever it was computed), i.e. what the features of this dataset cost.
-    items may be any subset of a dataset (a worker's shard, lposs.sharded): the store is never reset here,
+    items may be any subset of a dataset (a worker's shard, lposs.experiment.sharded): the store is never reset here,
     only its shards for these items are written. advance(1) is called after each item (workers' progress).
     """
     items = list(items)

@@ -31,7 +31,7 @@ def _percent(values: np.ndarray) -> list[float | None]:
 def mess_scores(result: Any, name: str, split: str | None = None) -> dict[str, Any]:
     """MESS's scores of one evaluated split of MESS dataset ``name``.
 
-    ``result``: a ``lposs.metrics.SegmentationMetrics`` (or anything with ``.confusion``), a confusion
+    ``result``: a ``lposs.core.metrics.SegmentationMetrics`` (or anything with ``.confusion``), a confusion
     matrix [C, C] (rows = ground truth, columns = prediction, ignored pixels left out), or a metrics summary
     dict: with a ``"confusion"`` entry it is used, otherwise only ``per_class_iou`` is (mIoU and CoI-mIoU).
     """

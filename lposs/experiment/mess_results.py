@@ -4,7 +4,7 @@ Markdown table that sets our rows beside MESS's leaderboard reference rows.
 Aggregation follows mess/evaluation/mess_evaluation.py (mess-benchmark 0.2): PAXRay's four binary splits
 are averaged into PAXRay-4 (``combine_paxray``), a domain's score is the mean over its datasets, and the
 overall score the mean over the 22 datasets (means skip datasets without a result, as pandas does there;
-``missing`` names them). The reference rows come from lposs.mess_leaderboard (cited there).
+``missing`` names them). The reference rows come from lposs.experiment.mess_leaderboard (cited there).
 
     runs = {"chase_db1": mess_scores(metrics, "chase_db1"), "paxray": {"test_lungs": ..., ...}, ...}
     summary = mess_summary(runs)
@@ -50,7 +50,7 @@ def dataset_scores(name: str, result: Mapping[str, Any]) -> dict[str, Any] | Non
 def mess_summary(runs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """{"datasets": {name: scores}, "domains": {domain: {metric: mean}}, "mean": {metric: mean}, "missing": [...]}.
 
-    ``runs`` maps registry names of MESS datasets to ``lposs.mess_metrics.mess_scores`` results (or to
+    ``runs`` maps registry names of MESS datasets to ``lposs.experiment.mess_metrics.mess_scores`` results (or to
     {split: scores}). Domain and overall means are taken for mIoU and CoI-mIoU.
     """
     unknown = [name for name in runs if name not in {spec.name for spec in MESS}]

@@ -17,7 +17,6 @@ from ..models.protocols import PROTOCOLS, resolve
 from .results import mess_entries
 from .staging import dataset_root, open_entry
 
-
 PAPER_DATASETS = ["voc21", "context60", "coco_object", "voc20", "context59", "coco_stuff", "cityscapes", "ade20k"]
 PAPER_VMS = {"proxyclip": "dino_vitb8"}  # the graph a head's paper row uses by default (else DINO B/16)
 

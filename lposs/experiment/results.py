@@ -106,7 +106,7 @@ def table_runs(results: dict[str, dict[str, dict]]) -> list[dict[str, Any]]:
 
 
 def mess_tables(results: dict[str, dict[str, dict]]) -> str:
-    """Markdown: MESS's tables (lposs.mess_results) for the MESS datasets among the results, one column per
+    """Markdown: MESS's tables (lposs.experiment.mess_results) for the MESS datasets among the results, one column per
     combination x method, beside MESS's leaderboard rows; empty when no MESS dataset was run."""
     from ..datasets.mess import MESS_DATASETS
     from .mess_metrics import mess_scores

@@ -1,4 +1,4 @@
-"""The features stage and the ablation cells as shard tasks for `lposs.executors` (several GPUs / nodes).
+"""The features stage and the ablation cells as shard tasks for `lposs.experiment.executors` (several GPUs / nodes).
 
     fill_store_sharded(store, items, compute)            features: per-image store shards, as fill_store
     run_settings_sharded(ds, index, store, points)       ablate: the records of ablation.run_settings
@@ -18,7 +18,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
-
 
 from ..io import file_md5
 from ..models.factory import BackboneSpec, create_backbones

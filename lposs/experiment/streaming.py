@@ -43,7 +43,6 @@ from .parameters import background_rule, resolve_device
 from .staging import open_entry, prompts
 from .store import FeatureStore
 
-
 # --------------------------------------------------------------------------------------------------
 # Reading: what the DataLoader workers do
 # --------------------------------------------------------------------------------------------------

@@ -8,13 +8,13 @@ The classes follow the interface of the rest of the package (shared/spec/lposs.m
     .dense_features(windows [B, 3, h, w] in [0, 1]) -> [B, h/p, w/p, D], L2-normalised per patch
     .text_embeddings(class_names) -> (emb [C', D], owner [C'])      (DenseCLIP only)
 
-- `DenseCLIP` (alias `MaskCLIP`): an open_clip ViT whose last block is one of the heads of `lposs.heads`
+- `DenseCLIP` (alias `MaskCLIP`): an open_clip ViT whose last block is one of the heads of `lposs.models.heads`
   (maskclip, sclip, clearclip, naclip, proxyclip), with a prompt-ensemble text classifier.
 - `VisionFeatures` (alias `DinoFeatures`): any timm ViT of `VISION_MODELS` (or a timm name); features are the
   last block's attention q, k or v, or the final normalised tokens; several of them from one forward.
 - `ClipGraphFeatures`: the VLM's own dense features used as graph features (no second model).
 
-Weights (lposs.loading): open_clip / timm pretrained tags from the Hugging Face hub cache, or a local file
+Weights (lposs.models.loading): open_clip / timm pretrained tags from the Hugging Face hub cache, or a local file
 (`checkpoint=PATH`); offline, construction fails within seconds with `BackboneUnavailable`. Random weights
 (`pretrained=None` / `pretrained=False`) are seeded, so they are the same in every run.
 """
@@ -35,11 +35,11 @@ from .loading import (  # noqa: F401 - BackboneUnavailable, CLIP_WEIGHTS, VISION
     CLIP_WEIGHTS,
     VISION_MODELS,
     BackboneUnavailable,
-    resolve_clip_weights,
     hf_cache_dir,
     load_open_clip,
     load_timm,
     open_clip_quick_gelu,
+    resolve_clip_weights,
     timm_name,
     weights_label,
 )
@@ -103,7 +103,7 @@ def imagenet_templates() -> list[Callable[[str], str]]:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Dense CLIP (open_clip) with any head of lposs.heads
+# Dense CLIP (open_clip) with any head of lposs.models.heads
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -116,10 +116,10 @@ def head_label(head: str, head_params: dict[str, Any] | None) -> str:
 
 
 class DenseCLIP:
-    """open_clip ViT with a training-free dense head (lposs.heads) and a prompt-ensemble text classifier.
+    """open_clip ViT with a training-free dense head (lposs.models.heads) and a prompt-ensemble text classifier.
 
     pretrained: an open_clip tag ("laion2b_s34b_b88k", "openai"), or None for seeded random weights.
-    head, head_params: a name of `lposs.heads.HEADS` and overrides of its defaults (e.g. {"sigma": 3.0}).
+    head, head_params: a name of `lposs.models.heads.HEADS` and overrides of its defaults (e.g. {"sigma": 3.0}).
     proxy: proxyclip's vision model (e.g. VisionFeatures("dino_vitb8")); its final tokens give the affinity
         and its grid the output grid, so `.patch_size` is then the proxy's.
     quick_gelu: None = as the tag says (QuickGELU for "openai"); True builds random weights like OpenAI's.

@@ -20,8 +20,15 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
 from ..demo import DemoVLM, DemoVM
-from .backbones import (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, DEFAULT_PROXY_MODEL, VM_FEATURES, ClipGraphFeatures,
-                        DenseCLIP, VisionFeatures)
+from .backbones import (
+    DEFAULT_CLIP_MODEL,
+    DEFAULT_CLIP_PRETRAINED,
+    DEFAULT_PROXY_MODEL,
+    VM_FEATURES,
+    ClipGraphFeatures,
+    DenseCLIP,
+    VisionFeatures,
+)
 from .heads import HEADS
 from .loading import BackboneUnavailable, open_clip_quick_gelu, resolve_clip_weights, timm_name
 

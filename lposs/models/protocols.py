@@ -15,6 +15,7 @@ from __future__ import annotations
 from importlib import resources
 from typing import Any
 
+from ..core.defaults import CROP, LONG_SIDE, SHORT_SIDE, STRIDE
 from ..core.scoring import BACKGROUND_RULES, check_rule  # noqa: F401 - part of a protocol's interface
 
 # Defaults of every protocol, then per-dataset overrides. Sources: each release's configs/cfg_*.py (lines
@@ -24,8 +25,8 @@ _SOFTMAX = {"background": "softmax", "prob_thd": 0.0, "area_thd": None, "long_si
 PROTOCOLS: dict[str, dict[str, Any]] = {
     "lposs": {
         # logit_scale is LPOSS's "none": it is used only when the background switch says softmax (SCLIP's 40)
-        "base": {"background": "synonyms", "logit_scale": 40.0, "prob_thd": 0.0, "area_thd": None, "crop": 224,
-                 "stride": 112, "short_side": 448, "long_side": 2048, "classes": "lposs",
+        "base": {"background": "synonyms", "logit_scale": 40.0, "prob_thd": 0.0, "area_thd": None, "crop": CROP,
+                 "stride": STRIDE, "short_side": SHORT_SIDE, "long_side": LONG_SIDE, "classes": "lposs",
                  "clip": "laion2b_s34b_b88k", "head": "maskclip", "post": "lposs+",
                  "source": "vladan-stojnic/LPOSS e489a74 configs/*.yaml"},
         "datasets": {},
