@@ -143,6 +143,14 @@ def test_manifest_mismatch_names_the_difference_or_resets(dataset, backbones, tm
     FeatureStore(tmp_path / "s", other)  # the same manifest opens without complaint
 
 
+def test_a_store_of_older_extraction_code_says_why_it_is_recomputed(dataset, backbones, tmp_path):
+    stored = {**manifest_for(dataset, backbones), "code": "0" * 32}  # as a store made before a code change
+    FeatureStore(tmp_path / "s", stored)
+    with pytest.raises(ManifestMismatch, match=r"code: stored 0{32} != requested [0-9a-f]{32} \(the code that "
+                                               r"computes features changed"):
+        FeatureStore(tmp_path / "s", manifest_for(dataset, backbones))
+
+
 def test_unreadable_manifest_is_a_mismatch(dataset, backbones, tmp_path):
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "manifest.json").write_text("{truncated")

@@ -46,6 +46,14 @@ class CorruptShard(ValueError):
     """A shard is unreadable, truncated, or does not hold what the manifest promises."""
 
 
+WHY = {  # what a difference in a manifest key means, said beside it
+    "code": "the code that computes features changed (lposs.image_features, the backbones and heads, their "
+            "loading and factory, the windows, the demo stand-ins, the extraction): its features may differ",
+    "versions": "a package the features depend on changed version",
+    "format": "the shard format changed",
+}
+
+
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     out = []
     for key in sorted(set(old) | set(new)):
@@ -54,7 +62,8 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
             out += _differences(a, b, f"{prefix}{key}.")
         elif a != b:
             shown = [str(v) if len(str(v)) < 80 else str(v)[:77] + "..." for v in (a, b)]
-            out.append(f"{prefix}{key}: stored {shown[0]} != requested {shown[1]}")
+            why = WHY.get(prefix.split(".")[0] or key)
+            out.append(f"{prefix}{key}: stored {shown[0]} != requested {shown[1]}" + (f" ({why})" if why else ""))
     return out
 
 

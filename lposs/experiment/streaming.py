@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -114,6 +114,38 @@ class BatchedForward:
 # The loop
 # --------------------------------------------------------------------------------------------------
 
+class StreamedShards:
+    """Shards straight from the backbones: the windows of a batch of images through each backbone at once,
+    then every image read back through `extract_shard` (the feature store's own path), the class texts
+    encoded once per class list, each shard also saved when there is a store."""
+
+    def __init__(self, vlm: Any, vm: Any, feature: str, windows: WindowSettings, device: str,
+                 store: FeatureStore | None = None):
+        self.vlm, self.feature, self.windows, self.device, self.store = vlm, feature, windows, device, store
+        self.batched_vlm = BatchedForward(vlm)
+        self.batched_vm = BatchedForward(vm, self.batched_vlm)
+        self.texts: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, batch: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], Tensor, Tensor]]:
+        """(shard, image [3, H, W], label [H, W]) of each item of a DataLoader batch, on the device."""
+        images = [as_float_image(item["image"].to(self.device, non_blocking=True)) for item in batch]  # [3, H, W]
+        cut = [image_windows(image, self.windows) for image in images]
+        self.batched_vlm.run(cut)
+        if "vlm" not in self.batched_vm.__dict__:
+            self.batched_vm.run(cut)
+        for item, image in zip(batch, images):
+            key = tuple(item["class_names"])
+            if key not in self.texts:
+                self.texts[key] = self.vlm.text_embeddings(item["class_names"])
+            shard = extract_shard(item["id"], image, item["class_names"], self.batched_vlm,
+                                  {self.feature: self.batched_vm}, self.windows, item["md5"], text=self.texts[key],
+                                  vm_dtype=self.store.manifest["vm_dtype"] if self.store else "float32",
+                                  keep_on_device=self.store is None)  # no trip through the CPU unless saved
+            if self.store is not None:
+                self.store.save(shard)
+            yield shard, image, item["label"].to(self.device, non_blocking=True)
+
+
 def evaluate(ds: Any, vlm: Any, vm: Any, points: list[SweepPoint], device: str = "cpu",
              windows: WindowSettings | None = None, prompts: Any = None, background: dict[str, Any] | None = None,
              batch_images: int = 4, workers: int = 2, store: FeatureStore | None = None,
@@ -129,13 +161,10 @@ def evaluate(ds: Any, vlm: Any, vm: Any, points: list[SweepPoint], device: str =
     if len(features) != 1:
         raise ValueError(f"one vision feature per streaming pass, the settings ask for {sorted(features)}: "
                          "evaluate them in separate runs, or fill a feature store (the pipeline) to sweep it")
-    feature, windows = features.pop(), windows or WindowSettings()
-    prompts = prompts or ds.class_names_for
-    names = [list(prompts(i)) for i in range(len(ds))]
-    texts: dict[tuple[str, ...], Any] = {}
+    windows, prompts = windows or WindowSettings(), prompts or ds.class_names_for
+    shards = StreamedShards(vlm, vm, features.pop(), windows, device, store)
     run = SettingsRun(ds, points, device, background)
-    batched_vlm = BatchedForward(vlm)
-    batched_vm = BatchedForward(vm, batched_vlm)
+    names = [list(prompts(i)) for i in range(len(ds))]
     loader = DataLoader(DecodedImages(ds, names, with_md5=store is not None), batch_size=batch_images,
                         num_workers=workers, collate_fn=list, pin_memory=str(device).startswith("cuda"))
     if str(device).startswith("cuda"):
@@ -144,22 +173,8 @@ def evaluate(ds: Any, vlm: Any, vm: Any, points: list[SweepPoint], device: str =
     bar = tqdm(total=len(ds), desc=f"evaluate {ds.name}", unit="img", disable=not progress)
     with torch.no_grad():
         for batch in loader:
-            images = [as_float_image(item["image"].to(device, non_blocking=True)) for item in batch]  # [3, H, W]
-            cut = [image_windows(image, windows) for image in images]
-            batched_vlm.run(cut)
-            if "vlm" not in batched_vm.__dict__:
-                batched_vm.run(cut)
-            for item, image in zip(batch, images):
-                key = tuple(item["class_names"])
-                if key not in texts:
-                    texts[key] = vlm.text_embeddings(item["class_names"])
-                shard = extract_shard(item["id"], image, item["class_names"], batched_vlm, {feature: batched_vm},
-                                      windows, item["md5"], text=texts[key],
-                                      vm_dtype=store.manifest["vm_dtype"] if store else "float32",
-                                      keep_on_device=store is None)  # no trip through the CPU unless saved
-                if store is not None:
-                    store.save(shard)
-                run.add(shard, image, item["label"].to(device, non_blocking=True))
+            for shard, image, label in shards(batch):
+                run.add(shard, image, label)
             bar.update(len(batch))
     seconds = run.seconds()  # on a GPU: waits for the last image
     bar.close()
