@@ -26,7 +26,7 @@ PUBLISHED: dict[str, list[tuple[str, list[float], float]]] = {  # head -> [(row 
 TALK_AVERAGES = {"maskclip": 27.0, "lposs": 38.3, "lposs+": 41.3}  # the talk: MaskCLIP -> LPOSS -> LPOSS+
 METHODS = {"maskclip": "seeds", "lposs": "+ LPOSS", "lposs+": "+ LPOSS+"}
 DEMO_NOTE = ("demo = synthetic scenes + stand-in backbones (colour-prototype 'CLIP', appearance-kernel 'DINO'; "
-             "lposs/demo/): shows what label propagation does to noisy seeds, says nothing about CLIP/DINO")
+             "lposs/demo.py): shows what label propagation does to noisy seeds, says nothing about CLIP/DINO")
 
 
 def published(head: str, dataset: str) -> list[tuple[str, float]]:
