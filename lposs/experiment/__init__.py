@@ -10,6 +10,7 @@
     executors, sharded    the same work on local processes, SLURM or torchrun, in resumable shards
     records      the JSON records and timings the stages write
     results, tables, mess_*    stage 4: collected results, the results table, MESS's tables
+    captions     the demo note and figure titles that carry it
     paper        python -m lposs.experiment paper | mess: the paper's or MESS's setting as a DVC experiment
 
 Submodules are imported one by one (nothing here imports them), so a stage depends only on what it uses.

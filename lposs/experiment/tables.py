@@ -7,10 +7,11 @@ measured under its own release's protocol (heads.md section 5); each of our rows
 
 from __future__ import annotations
 
-import textwrap
 from typing import Any
 
 import numpy as np
+
+from .captions import DEMO_NOTE
 
 # the 8 benchmarks in the order of the published lists below
 PUBLISHED_ORDER = ["voc21", "context60", "coco_object", "voc20", "cityscapes", "context59", "ade20k", "coco_stuff"]
@@ -25,9 +26,6 @@ PUBLISHED: dict[str, list[tuple[str, list[float], float]]] = {  # head -> [(row 
 }
 TALK_AVERAGES = {"maskclip": 27.0, "lposs": 38.3, "lposs+": 41.3}  # the talk: MaskCLIP -> LPOSS -> LPOSS+
 METHODS = {"maskclip": "seeds", "lposs": "+ LPOSS", "lposs+": "+ LPOSS+"}
-DEMO_NOTE = ("demo = synthetic scenes + stand-in backbones (colour-prototype 'CLIP', appearance-kernel 'DINO'; "
-             "lposs/demo.py): shows what label propagation does to noisy seeds, says nothing about CLIP/DINO")
-
 
 def published(head: str, dataset: str) -> list[tuple[str, float]]:
     """[(row name, mIoU)] published for `head` on `dataset` (empty when none)."""
@@ -71,8 +69,3 @@ def results_table(runs: list[dict[str, Any]], datasets: list[str]) -> str:
 
 def _cell(scores: dict | None) -> str:
     return "-" if not scores else f"{scores['miou']:.1f} ({scores['biou']:.1f})"
-
-
-def caption(title: str, datasets: list[str], width: int = 110) -> str:
-    """A figure title, with the demo note (wrapped) when the demo is among the datasets."""
-    return title + ("\n" + textwrap.fill(DEMO_NOTE, width) if "demo" in datasets else "")
