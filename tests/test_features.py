@@ -201,3 +201,30 @@ def test_q_k_v_of_one_network_come_from_one_forward():
     for name in ("v", "q", "tokens"):
         alone = extract_shard("x", image, ["sky", "grass"], DemoVLM(), {name: vms[name]}, windows)
         torch.testing.assert_close(shard["vm"][name], alone["vm"][name])
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_shards_manifest_and_label_maps_get_the_umasks_mode(dataset, backbones, tmp_path, umask):
+    """Files a lab shares (a run folder, a DVC remote) get the mode a plain open() gives: 0o666 & ~umask,
+    not the 0o600 of the temp file they are written through."""
+    import os
+    import stat
+
+    import numpy as np
+
+    from lposs.app.label_maps import write_outputs
+    from lposs.io import current_umask
+
+    before = os.umask(umask)
+    try:
+        assert current_umask() == umask
+        store = FeatureStore(tmp_path / "s", manifest_for(dataset, backbones))
+        fill_store(store, items_of(dataset)[:1], CountingCompute(dataset, backbones), progress=False)
+        overlay = write_outputs(dataset[0].image, np.zeros(dataset[0].label.shape, np.int64), ["a", "b"],
+                                tmp_path / "out" / "seg.png", warning=None)
+    finally:
+        os.umask(before)
+    written = [store.folder / f"{dataset.items[0].id}.pt", store.folder / "manifest.json", tmp_path / "out" / "seg.png",
+               overlay]
+    assert {path.name: oct(stat.S_IMODE(path.stat().st_mode)) for path in written} == {
+        path.name: oct(0o666 & ~umask) for path in written}

@@ -281,6 +281,14 @@ def test_repro_runs_every_stage_and_writes_meaningful_outputs(pipeline_copy):
     alpha = json.loads((root / "ablations/demo/demo+demo/alpha/results.json").read_text())
     assert [r["setting"]["alpha"] for r in alpha["records"]] == [0.5]
     assert alpha["protocol"]["protocol"] == "lposs" and alpha["protocol"]["background"] == "synonyms"
+    # the record tells the settings that ran: params.yaml's short side (256), not the protocol's 448
+    used = yaml.safe_load((root / "params.yaml").read_text())["windows"]["short_side"]
+    manifest = json.loads(next((root / "features/demo/demo+demo").glob("*/manifest.json")).read_text())
+    assert used == 256 and manifest["windows"]["short_side"] == used
+    assert alpha["protocol"]["short_side"] == alpha["windows"]["short_side"] == used
+    printed = json.loads((root / "executed/ablate/demo-demo+demo-alpha.ipynb").read_text())
+    assert "'short_side': 256" in "".join("".join(o.get("text", "")) for c in printed["cells"]
+                                          for o in c.get("outputs", []))
     assert len(list((root / "ablations/demo/demo+demo/mode/predictions/mode=lposs+").glob("*.png"))) == 2
     for executed in ("stage/demo", "features/demo-demo+demo", "ablate/demo-demo+demo-mode",
                      "ablate/demo-demo+demo-alpha"):
