@@ -14,7 +14,10 @@ from ..io import palette, save_image_png
 def parse_classes(text: str | None, path: str | None) -> list[str]:
     """Classes from --classes ("a; b, c": ';' between classes, ',' between synonyms) or a file (one per line)."""
     if path:
-        names = read_class_file(Path(path))
+        try:
+            names = read_class_file(Path(path))
+        except (FileNotFoundError, ValueError) as error:
+            raise type(error)(f"--classes-file: {error}") from None
     elif text:
         names = [";".join(s.strip() for s in c.split(",") if s.strip()) for c in text.split(";")]
         names = [n for n in names if n]

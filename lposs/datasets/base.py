@@ -39,7 +39,16 @@ class Item:
 
 def read_class_file(path) -> list[str]:
     """One class per line, kept exactly as written (trailing spaces included); no empty lines."""
-    text = Path(path).read_text(encoding="utf-8")
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"class list {path} is a folder: pass a text file with one class name per line")
+    if not path.is_file():
+        raise FileNotFoundError(f"class list {path} does not exist: pass a text file with one class name per line")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"class list {path} is not UTF-8 text ({err.reason} at byte {err.start}): "
+                         "pass a text file with one class name per line") from None
     names = text.split("\n")
     if names and names[-1] == "":
         names = names[:-1]
@@ -59,17 +68,27 @@ def packaged_class_names(stem: str) -> list[str]:
         return read_class_file(path)
 
 
-def read_image(path: Path) -> np.ndarray:
-    """An RGB image as uint8 [H, W, 3]; a file PIL cannot decode raises ValueError naming it."""
+DATASET_IMAGE_ADVICE = "The file is corrupt or truncated: re-download it (or delete it and re-run the fetch)"
+USER_IMAGE_ADVICE = ("Pass a photo PIL can open (PNG, JPEG, WebP, BMP, TIFF, ...); if this one is, it is corrupt "
+                     "or truncated: open it in an image viewer or save it again")
+
+
+def read_image(path: Path, advice: str = USER_IMAGE_ADVICE) -> np.ndarray:
+    """An RGB image as uint8 [H, W, 3]. A missing file, a folder or a file PIL cannot decode raises an error
+    naming it, with `advice` (what to do about an undecodable file: a dataset's loader says re-fetch)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"image {path} is a folder, not an image file: pass the path of one image (png, jpg, ...)")
     try:
         with Image.open(path) as img:
             img.load()
             rgb = img.convert("RGB")
     except FileNotFoundError:
         raise FileNotFoundError(f"image file {path} is missing") from None
+    except Image.UnidentifiedImageError:
+        raise ValueError(f"cannot read image {path}: it is not in an image format PIL knows. {advice}") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise ValueError(f"cannot read image {path}: {err}. The file is corrupt or truncated: "
-                         "re-download it (or delete it and re-run the fetch)") from err
+        raise ValueError(f"cannot read image {path}: {err}. {advice}") from err
     return np.asarray(rgb, dtype=np.uint8)
 
 
@@ -184,7 +203,7 @@ class SegmentationDataset:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {self.name!r} with {len(self)} images")
         item = self.items[index]
-        image = read_image(item.image)
+        image = read_image(item.image, DATASET_IMAGE_ADVICE)
         label = self.encode_label(self.read_label(item.label), item.label)
         if image.shape[:2] != label.shape:
             raise ValueError(
