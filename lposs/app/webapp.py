@@ -32,7 +32,7 @@ from .webapp_models import (
 DEFAULT_HOST = "127.0.0.1"
 MODES_SHOWN = ("maskclip", "lposs", "lposs+")
 INTRO = """# LPOSS / LPOSS+: segment any photo with any class names
-Training-free open-vocabulary segmentation (Stojnić, Kalantidis, Tolias, CVPR 2025). Upload a photo or pick an
+Training-free open-vocabulary segmentation (Stojnić, Kalantidis, Matas, Tolias, CVPR 2025). Upload a photo or pick an
 example, type class names (`;` between classes, `,` between synonyms of one class) and press **Segment**: the
 dense CLIP head's seeds, LPOSS (label propagation over patches) and LPOSS+ (then over pixels) appear side by side."""
 PROTOCOL_INFO = (f"How scores become labels. lposs: max over synonyms, argmax. The others: their release's softmax "
@@ -160,9 +160,9 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_demo(args: argparse.Namespace) -> None:
     """`python -m lposs demo`: build the config from the options and serve the page."""
-    import torch
+    from ..models.factory import resolve_device
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = resolve_device(args.device, "--device", "--device cpu (or auto)")  # before any weights load
     weights = "demo" if args.demo_backbones else "random" if args.random_weights else "real"
     config = DemoConfig(weights=weights, device=device, bf16=args.bf16, clip_weights=args.clip_weights,
                         clip_checkpoint=args.clip_checkpoint, dino_checkpoint=args.dino_checkpoint,

@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 from ..models.factory import BackboneSpec, create_backbones
+from ..models.loading import BackboneUnavailable
 from ..models.protocols import PROTOCOLS, resolve
 from .results import mess_entries
 from .staging import dataset_root, open_entry
@@ -52,7 +53,9 @@ def paper_problems(data_dir: str, head: str = "maskclip", protocol: str = "lposs
     vm = vm or PAPER_VMS.get(head, "dino_vitb16")
     try:
         create_backbones(BackboneSpec(vlm="ViT-B-16", vlm_weights=weights, head=head, vm=vm), "cpu")
-    except Exception as error:  # noqa: BLE001 - BackboneUnavailable and friends: report them
+    except BackboneUnavailable as error:  # this command takes no weight files: name the commands that cache them
+        problems.append(f"weights ({head} head on ViT-B-16 {weights}, graph {vm}): {error.without_files()}")
+    except Exception as error:  # noqa: BLE001 - anything else that stops the backbones: report it
         problems.append(f"weights ({head} head on ViT-B-16 {weights}, graph {vm}): {error}")
     return problems
 

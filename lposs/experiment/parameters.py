@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-import torch
 import yaml
 
 from ..core.scoring import BACKGROUND_RULES
 from ..models.factory import BackboneSpec
+from ..models.factory import resolve_device as factory_resolve_device
 from ..models.protocols import PROTOCOLS, WINDOW_KEYS, resolve
 from ..settings import SECTIONS, Setting, WindowSettings, refuse_unknown
 from .staging import split_entry
@@ -99,14 +99,12 @@ def check_type(name: str, value: Any, kind: Any) -> None:
 
 
 def resolve_device(device: str) -> str:
-    """auto -> cuda when torch sees a GPU, else cpu; cuda without a GPU is refused with the fix."""
+    """backbone.device of params.yaml: auto -> cuda when torch sees a GPU, else cpu; cuda without a GPU is
+    refused with the fix (`lposs.models.factory.resolve_device`)."""
     if device not in DEVICES:
         raise ValueError(f"device {device!r}: choose one of {', '.join(DEVICES)}")
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but torch sees no GPU; use device auto or cpu")
-    return device
+    return factory_resolve_device(device, "backbone.device", "backbone.device: auto or cpu in params.yaml "
+                                  "(or dvc exp run -S backbone.device=cpu)")
 
 
 # --------------------------------------------------------------------------------------------------

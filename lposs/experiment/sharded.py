@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 
 from ..io import file_md5
 from ..models.factory import BackboneSpec, create_backbones
+from ..models.loading import BackboneUnavailable
 from ..settings import WindowSettings
 from . import executors
 from .executors import Shard
@@ -72,7 +73,10 @@ class DatasetFeatures:
     def load(self) -> "DatasetFeatures":
         """Build the backbones now (missing weights raise `BackboneUnavailable` within seconds)."""
         if self._computer is None:
-            backbones = create_backbones(self.spec, device=resolve_device(self.device))
+            try:
+                backbones = create_backbones(self.spec, device=resolve_device(self.device))
+            except BackboneUnavailable as error:  # the pipeline takes no weight files: only the fetch commands
+                raise BackboneUnavailable(error.without_files(), error.missing) from None
             self.use(backbones.vlm, backbones.graphs)
         return self
 

@@ -34,12 +34,12 @@ from tqdm import tqdm
 from ..core.metrics import SegmentationMetrics
 from ..core.windows import crop_windows, resize_image, resized_size, window_layout
 from ..io import file_md5, write_json
-from ..models.factory import BackboneSpec, create_backbones
+from ..models.factory import BackboneSpec, create_backbones, resolve_device
 from ..settings import Setting, WindowSettings
 from .ablation import sweep_points
 from .evaluation import SettingsRun, SweepPoint, records
 from .extraction import extract_shard, make_manifest
-from .parameters import background_rule, resolve_device
+from .parameters import background_rule
 from .staging import open_entry, prompts
 from .store import FeatureStore
 
@@ -241,7 +241,7 @@ def spec_from_args(args: argparse.Namespace, rule: dict[str, Any]) -> BackboneSp
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "--device", "--device cpu")
     ds, rule, windows = open_protocol_entry(args.dataset, args.data_dir, args.protocol, args.background)
     if args.limit:
         ds.items = ds.items[: args.limit]

@@ -124,6 +124,25 @@ def spec_from_clip_tag(model: str, tag: str, random: bool = False, **fields: Any
     return BackboneSpec(vlm=model, vlm_weights="random", quick_gelu=open_clip_quick_gelu(model, tag), **fields)
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(device: str, name: str = "device", fix: str = "device 'cpu'") -> str:
+    """auto -> cuda when torch sees a GPU, else cpu. cuda (or cuda:N) without a GPU is refused at once, before
+    any weights load, naming `name` (how the caller spells the option) and `fix` (what to pass instead)."""
+    import torch
+
+    if device != "auto" and device.split(":")[0] not in DEVICES[1:]:
+        raise ValueError(f"{name} {device!r}: choose one of {', '.join(DEVICES)} (cuda:N for the N-th GPU)")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise ValueError(f"{name} {device!r} was asked for but torch sees no GPU (torch {torch.__version__}, "
+                         f"{build}): use {fix}")
+    return device
+
+
 class Backbones(NamedTuple):
     vlm: Any
     graphs: dict[str, Any]  # {feature: graph model}
@@ -138,13 +157,13 @@ def create_backbones(spec: BackboneSpec, device: str = "cpu") -> Backbones:
     """Build the backbones a spec names, on `device`. Raises BackboneUnavailable naming every missing file."""
     if spec.is_demo:
         return Backbones(DemoVLM(device=device), {f: DemoVM(f, device=device) for f in spec.vm_features})
-    missing: list[str] = []  # every unavailable weight file is named at once, not one per attempt
+    missing: list[BackboneUnavailable] = []  # every unavailable weight file is named at once, not one per attempt
 
     def attempt(build: Callable[[], Any]) -> Any:
         try:
             return build()
         except BackboneUnavailable as error:
-            missing.append(str(error))
+            missing.append(error)
             return None
 
     vm = None if spec.vm == "clip" else attempt(lambda: _vision_model(spec, spec.vm, spec.vm_features[0],
@@ -156,7 +175,7 @@ def create_backbones(spec: BackboneSpec, device: str = "cpu") -> Backbones:
             lambda: _vision_model(spec, spec.proxy, "tokens", spec.proxy_checkpoint, device))
     vlm = attempt(lambda: _dense_clip(spec, proxy, device))
     if missing:
-        raise BackboneUnavailable("\n\n".join(missing))
+        raise BackboneUnavailable("\n\n".join(map(str, missing)), [m for error in missing for m in error.missing])
     if vm is None:
         return Backbones(vlm, {"clip": ClipGraphFeatures(vlm)})
     return Backbones(vlm, {feature: vm.with_feature(feature) for feature in spec.vm_features})

@@ -42,7 +42,22 @@ VISION_MODELS: dict[str, str] = {
 
 
 class BackboneUnavailable(RuntimeError):
-    """Backbone weights cannot be loaded (not cached and no network, or a bad checkpoint file)."""
+    """Backbone weights cannot be loaded (not cached and no network, or a bad checkpoint file).
+
+    str(error) gives every fix, a local weight file among them (the API's `checkpoint=PATH`, the CLI's
+    `--clip-checkpoint` / `--dino-checkpoint`); `without_files()` gives only the ones that work where no
+    weight file can be passed (the pipeline, `make paper`): what is missing, and the command that caches it.
+    """
+
+    def __init__(self, message: str, missing: Sequence[tuple[str, str]] = ()):
+        super().__init__(message)
+        self.missing = list(missing)  # [(what cannot be loaded and why, the command that caches it)]
+
+    def without_files(self) -> str:
+        if not self.missing:
+            return str(self)
+        return "\n".join(f"{what}.\n  Fix: run once with network access to cache them:\n       {fetch}"
+                         for what, fetch in self.missing)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -154,7 +169,10 @@ def _resolve_download(
         raise BackboneUnavailable(f"{what}: no download source is known; pass checkpoint=PATH ({cli_flag}).")
     if reason is None:
         return None
-    raise BackboneUnavailable(_unavailable_message(what, where, reason, fetch_cmd, files, cli_flag))
+    summary = (f"Cannot load the weights of {what}: they are not in the local cache ({where}) and cannot be "
+               f"downloaded ({reason})")
+    raise BackboneUnavailable(_unavailable_message(what, where, reason, fetch_cmd, files, cli_flag),
+                              [(summary, fetch_cmd)])
 
 
 def _check_checkpoint(checkpoint: str | os.PathLike, what: str, cli_flag: str) -> str:
