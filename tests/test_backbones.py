@@ -402,6 +402,21 @@ def test_openai_weights_offline_name_the_hub_repo(monkeypatch):
         assert needed in str(info.value)
 
 
+def test_without_weight_files_the_fix_is_the_fetch_command(monkeypatch):
+    """Where no weight file can be passed (the pipeline, `make paper`), the message offers no --*-checkpoint
+    flag: it names what is missing (every backbone at once) and the commands that cache it."""
+    _skip_if_cached("timm/vit_base_patch16_224.dino")
+    _skip_if_cached("laion/CLIP-ViT-B-16-laion2B-s34B-b88K")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(BackboneUnavailable) as info:
+        create_backbones(BackboneSpec(vlm="ViT-B-16", vlm_weights="laion2b_s34b_b88k", vm="dino_vitb16"))
+    full, pipeline = str(info.value), info.value.without_files()
+    assert "--dino-checkpoint" in full and "--clip-checkpoint" in full
+    assert "checkpoint" not in pipeline and "HF_HUB_OFFLINE is set" in pipeline
+    assert "timm.create_model('vit_base_patch16_224.dino', pretrained=True)" in pipeline
+    assert "open_clip.create_model('ViT-B-16', pretrained='laion2b_s34b_b88k')" in pipeline
+
+
 def test_missing_checkpoint_and_unknown_names_are_named():
     with pytest.raises(BackboneUnavailable, match="nowhere.pt"):
         MaskCLIP(TINY_CLIP, pretrained=None, checkpoint="/nowhere.pt")

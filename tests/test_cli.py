@@ -62,3 +62,100 @@ def test_without_weights_it_stops_naming_what_is_missing(tmp_path, monkeypatch):
     if result.returncode == 0:
         pytest.skip("the pretrained weights are cached on this machine")
     assert "--clip-checkpoint" in result.stderr and "laion2b_s34b_b88k" in result.stderr
+
+
+# ------------------------------------------------------------ messages that name the input and the fix (fast)
+
+def segment_error(tmp_path, *args) -> str:
+    """The one-line error `python -m lposs segment ...` stops with (run in-process: it fails before any model)."""
+    from lposs.app.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["segment", *args, "--out", str(tmp_path / "o.png")])
+    return str(info.value.code)
+
+
+def test_a_users_bad_image_is_named_with_advice_for_a_photo(tmp_path):
+    photo = tmp_path / "holiday.png"
+    Image.fromarray(np.zeros((40, 40, 3), dtype=np.uint8)).save(photo)
+    (tmp_path / "broken.png").write_bytes(photo.read_bytes()[:60])
+    (tmp_path / "notes.txt").write_text("not a picture\n")
+    for name, says in (("broken.png", "truncated"), ("notes.txt", "not in an image format")):
+        message = segment_error(tmp_path, str(tmp_path / name), "--classes", "cow")
+        assert str(tmp_path / name) in message and says in message and "PNG, JPEG" in message
+        assert "re-run the fetch" not in message  # dataset advice is for dataset files only
+    message = segment_error(tmp_path, str(tmp_path), "--classes", "cow")
+    assert f"image {tmp_path} is a folder" in message and "pass the path of one image" in message
+
+
+def test_a_dataset_image_that_cannot_be_read_gets_the_fetch_advice(tmp_path):
+    from lposs.datasets import get_dataset
+    from lposs.demo import generate_demo
+
+    ds = get_dataset("demo", generate_demo(tmp_path / "demo", count=1, seed=0, size=(64, 64)))
+    ds.items[0].image.write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="re-download it"):
+        ds[0]
+
+
+def test_a_missing_or_unreadable_classes_file_is_named(tmp_path):
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((40, 40, 3), dtype=np.uint8)).save(photo)
+    message = segment_error(tmp_path, str(photo), "--classes-file", str(tmp_path / "classes.txt"))
+    assert message == f"error: --classes-file: class list {tmp_path / 'classes.txt'} does not exist: pass a text " \
+                      "file with one class name per line"
+    assert "is a folder" in segment_error(tmp_path, str(photo), "--classes-file", str(tmp_path))
+    (tmp_path / "binary.txt").write_bytes(b"\xff\xfe\x00cow")
+    assert "not UTF-8 text" in segment_error(tmp_path, str(photo), "--classes-file", str(tmp_path / "binary.txt"))
+
+
+def test_cuda_without_a_gpu_stops_at_once_suggesting_cpu(tmp_path):
+    import time
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((40, 40, 3), dtype=np.uint8)).save(photo)
+    start = time.perf_counter()
+    message = segment_error(tmp_path, str(photo), "--classes", "cow", "--device", "cuda")
+    assert "--device 'cuda'" in message and "no GPU" in message and "use --device cpu" in message
+    assert time.perf_counter() - start < 2.0  # before any weights load
+    assert "choose one of auto, cpu, cuda" in segment_error(tmp_path, str(photo), "--classes", "cow",
+                                                            "--device", "gpu")
+
+
+def test_an_unknown_dataset_name_suggests_the_closest(capsys):
+    from lposs.datasets.cli import main_data
+
+    assert main_data(["check", "ade20"]) == 1
+    err = capsys.readouterr().err
+    assert "unknown dataset 'ade20' (did you mean 'ade20k'?)" in err and "python -m lposs data list" in err
+
+
+def test_every_option_of_segment_and_data_check_has_a_help_text():
+    from lposs.app.cli import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    check = commands["data"]._subparsers._group_actions[0].choices["check"]
+    for sub in (commands["segment"], check):
+        undocumented = [action.dest for action in sub._actions if not action.help]
+        assert undocumented == [], f"{sub.prog}: no help for {undocumented}"
+
+
+@pytest.mark.slow
+def test_demo_backbones_segment_offline(tmp_path):
+    """`segment --demo-backbones`: the embedded stand-ins, no download, on a generated demo scene."""
+    from lposs.demo import generate_demo
+
+    root = generate_demo(tmp_path / "demo", count=1, seed=0, size=(224, 256))
+    image = next((root / "images").iterdir())
+    out = tmp_path / "seg.png"
+    result = run_cli("segment", str(image), "--classes", "sky; tree; grass, lawn; water; road; building; cow; sand",
+                     "--demo-backbones", "--short-side", "224", "--out", str(out), timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "DEMO STAND-INS" in result.stderr
+    labels = np.asarray(Image.open(out))
+    assert labels.shape == (224, 256) and labels.max() < 8 and len(np.unique(labels)) > 1

@@ -14,24 +14,34 @@ def cmd_segment(args: argparse.Namespace) -> None:
     import torch
 
     from ..datasets.base import read_image
-    from ..models.factory import create_backbones, spec_from_clip_tag
+    from ..models.factory import BackboneSpec, create_backbones, resolve_device, spec_from_clip_tag
     from ..models.protocols import WINDOW_KEYS, resolve
     from ..segmentation import segment
 
+    device = resolve_device(args.device, "--device", "--device cpu")  # before any weights load
     names = parse_classes(args.classes, args.classes_file)
     image = read_image(Path(args.image))
     warning = None
     if args.random_weights:
         warning = "RANDOM WEIGHTS: this segmentation is meaningless (smoke test only)"
+    elif args.demo_backbones:
+        warning = ("DEMO STAND-INS, not CLIP or DINO: colour-prototype seeds and an appearance graph; "
+                   "they know only the demo's classes")
+    if warning:
         print(f"WARNING: {warning}", file=sys.stderr)
-    spec = spec_from_clip_tag(args.clip_model, args.clip_pretrained, args.random_weights, head=args.head,
-                              vm=args.dino_model, clip_checkpoint=args.clip_checkpoint,
-                              vm_checkpoint=args.dino_checkpoint, bf16=args.bf16)
-    backbones = create_backbones(spec, device=args.device)
+    if args.demo_backbones:
+        spec = BackboneSpec(vlm="demo", vlm_weights="none", head="demo", vm="demo", vm_weights="none")
+    else:
+        spec = spec_from_clip_tag(args.clip_model, args.clip_pretrained, args.random_weights, head=args.head,
+                                  vm=args.dino_model, clip_checkpoint=args.clip_checkpoint,
+                                  vm_checkpoint=args.dino_checkpoint, bf16=args.bf16)
+    backbones = create_backbones(spec, device=device)
     rule = resolve(args.protocol, "")  # no dataset: the protocol's defaults (windows, background rule)
     windows = {key: rule[key] for key in WINDOW_KEYS}
+    if args.short_side is not None:
+        windows["short_side"] = args.short_side
     with torch.no_grad():
-        labels = segment(image, names, mode=args.mode, vlm=backbones.vlm, vm=backbones.vm, device=args.device,
+        labels = segment(image, names, mode=args.mode, vlm=backbones.vlm, vm=backbones.vm, device=device,
                          background=rule, refiner=args.refiner, **windows).cpu().numpy()
     overlay = write_outputs(image, labels, names, Path(args.out), warning)
     print(f"wrote {args.out} (label map, palette index = class) and {overlay}")
@@ -51,10 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--classes", help='class names: "cow; grass; sky" (";" between classes, "," between synonyms)')
     seg.add_argument("--classes-file", help="a text file with one class per line (';' between synonyms)")
     seg.add_argument("--out", required=True, help="label map PNG; an _overlay.png with a legend is written beside it")
-    seg.add_argument("--mode", choices=MODES, default="lposs+")
-    seg.add_argument("--device", default="cpu", help="cpu or cuda")
+    seg.add_argument("--mode", choices=MODES, default="lposs+",
+                     help="maskclip: the dense head's seeds alone; lposs: + label propagation over patches; "
+                          "lposs+: + propagation over pixels (default)")
+    seg.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto (cuda when torch sees a GPU)")
+    seg.add_argument("--short-side", type=int,
+                     help="resize the image to this short side before windowing (default: the protocol's, 448)")
     seg.add_argument("--bf16", action="store_true", help="bf16 autocast for the backbones (CUDA)")
-    seg.add_argument("--clip-model", default=backbones.DEFAULT_CLIP_MODEL)
+    seg.add_argument("--clip-model", default=backbones.DEFAULT_CLIP_MODEL,
+                     help=f"open_clip model name (default {backbones.DEFAULT_CLIP_MODEL})")
     seg.add_argument("--clip-pretrained", default=backbones.DEFAULT_CLIP_PRETRAINED, help="open_clip pretrained tag")
     seg.add_argument("--clip-checkpoint", help="local open_clip weights file (offline use)")
     seg.add_argument("--head", default="maskclip", choices=list(HEADS), help="dense CLIP head for the seeds")
@@ -64,7 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--dino-model", default=backbones.DEFAULT_DINO_MODEL,
                      help="graph model: dino_vitb16 dino_vitb8 dino_vits16 dinov2_vitb14_reg, a timm name, or clip")
     seg.add_argument("--dino-checkpoint", help="local timm DINO weights file (offline use)")
-    seg.add_argument("--random-weights", action="store_true", help="random backbones: smoke tests only, meaningless output")
+    weights = seg.add_mutually_exclusive_group()
+    weights.add_argument("--random-weights", action="store_true",
+                         help="random backbones: smoke tests only, meaningless output")
+    weights.add_argument("--demo-backbones", action="store_true",
+                         help="the embedded stand-in backbones of lposs.demo, no download: they know only the demo "
+                              "scenes' classes (sky, tree, grass, water, road, building, cow, sand) and synonyms")
     seg.set_defaults(run=cmd_segment)
 
     from .webapp import add_demo_arguments, run_demo

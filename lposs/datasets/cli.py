@@ -28,9 +28,10 @@ def add_data_subcommands(parser: argparse.ArgumentParser) -> None:
     fetch_parser.add_argument("--mirror", help=f"base URL serving the files by name (or ${MIRROR_ENV})")
     fetch_parser.add_argument("--quiet", action="store_true", help="no progress bars")
     check_parser = commands.add_parser("check", help="load a dataset and read a few samples")
-    check_parser.add_argument("name")
-    check_parser.add_argument("--root")
-    check_parser.add_argument("--split")
+    check_parser.add_argument("name", help="dataset name (see `data list`)")
+    check_parser.add_argument("--root", help="dataset folder (default: $LPOSS_DATA/<folder> or data/<folder>)")
+    check_parser.add_argument("--split", help="split to read (default: the dataset's evaluation split, "
+                                              "as `data list` shows)")
     check_parser.add_argument("--samples", type=int, default=3, help="samples to read (0 = all)")
 
 

@@ -6,6 +6,7 @@ this project can test on (CamVid, DAVIS-2016) and ``demo`` (a generated folder, 
 
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,7 +105,10 @@ def available_datasets() -> list[str]:
 def dataset_spec(name: str) -> DatasetSpec:
     """The spec of ``name``; unknown names raise ValueError listing the known ones."""
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+        close = difflib.get_close_matches(str(name).lower(), list(DATASETS), n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown dataset {name!r}{hint}; known datasets: {', '.join(DATASETS)} "
+                         "(python -m lposs data list)")
     return DATASETS[name]
 
 

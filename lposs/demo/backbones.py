@@ -21,7 +21,8 @@ def _canonical(name: str) -> str:
     if key not in CLASS_INDEX:
         known = ", ".join(DEMO_CLASSES + tuple(ALIASES))
         raise ValueError(f"the demo VLM only knows the demo vocabulary ({known}); got class name {name!r}. "
-                         "Use a real VLM (backbone.vlm in params.yaml) for other classes.")
+                         "Other classes need a real VLM (backbone.vlm in params.yaml; without --demo-backbones on "
+                         "the command line).")
     return key
 
 
