@@ -22,7 +22,6 @@ from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
-PALETTE_SEED = 7
 _UMASK_LOCK = threading.Lock()
 
 
@@ -158,8 +157,22 @@ def save_image_png(image: Any, path: str | os.PathLike) -> Path:
     return atomic_write_bytes(path, buffer.getvalue())
 
 
+# Kelly's 22 colours of maximum contrast (K. L. Kelly, "Twenty-two colors of maximum contrast", Color
+# Engineering 3(6), 1965) without white and black, in his order: neighbours in the list differ most.
+KELLY_COLOURS = ("F3C300", "875692", "F38400", "A1CAF1", "BE0032", "C2B280", "848482", "008856", "E68FAC", "0067A5",
+                 "F99379", "604E97", "F6A600", "B3446C", "DCD300", "882D17", "8DB600", "654522", "E25822", "2B3D26")
+
+
 def palette(count: int) -> np.ndarray:
-    """A fixed, readable colour per class: [count, 3] uint8."""
-    rng = np.random.RandomState(PALETTE_SEED)
-    colours = rng.randint(40, 256, size=(max(count, 1), 3)).astype(np.uint8)
-    return colours[:count]
+    """A fixed, readable colour per class: [count, 3] uint8. Kelly's 20 contrasting colours first, then hues
+    a golden angle apart at three saturation / value levels (each distinct from all before it)."""
+    import colorsys
+
+    colours = [tuple(int(code[i:i + 2], 16) for i in (0, 2, 4)) for code in KELLY_COLOURS[:count]]
+    extra = count - len(colours)
+    for i in range(max(extra, 0)):
+        level = i % 3
+        hue = (i * 0.381966) % 1.0  # the golden angle, as a fraction of the hue circle
+        rgb = colorsys.hsv_to_rgb(hue, (0.85, 0.55, 0.95)[level], (0.90, 0.75, 0.55)[level])
+        colours.append(tuple(int(round(255 * c)) for c in rgb))
+    return np.array(colours, dtype=np.uint8).reshape(count, 3)

@@ -29,6 +29,27 @@ def test_outputs_are_a_palette_label_map_and_an_overlay(tmp_path):
     assert Image.open(overlay).size[0] == 30
 
 
+def test_class_colours_are_far_apart_and_legends_scale_with_the_image(tmp_path):
+    import torch
+
+    from lposs.core.color import rgb_to_lab
+    from lposs.io import palette
+
+    colours = palette(256)
+    assert len({tuple(c) for c in colours}) == 256 and palette(3).tolist() == colours[:3].tolist()
+    lab = rgb_to_lab(torch.tensor(colours[:20].T[:, :, None] / 255.0, dtype=torch.float32))[..., 0].T
+    distance = torch.cdist(lab, lab) + 1e3 * torch.eye(20)
+    assert distance[:8, :8].min() > 30  # the demo's 8 classes (water and sand were 16.7 apart before)
+    assert distance.min() > 14  # CIE76 Delta E: 2.3 is just noticeable
+    bands = {}
+    for width in (320, 960):
+        image = np.full((100, width, 3), 128, dtype=np.uint8)
+        labels = np.zeros((100, width), dtype=np.int64)
+        overlay = Image.open(write_outputs(image, labels, ["water", "sand"], tmp_path / f"{width}.png", None))
+        bands[width] = overlay.size[1] - 100
+    assert bands[320] >= 2 * 14 and bands[960] > bands[320]  # text of 14 px or more, larger on larger images
+
+
 def run_cli(*args, timeout=600):
     return subprocess.run([sys.executable, "-m", "lposs", *args], capture_output=True, text=True, timeout=timeout)
 

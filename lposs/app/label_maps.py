@@ -28,8 +28,23 @@ def parse_classes(text: str | None, path: str | None) -> list[str]:
     return names
 
 
+def legend_font(size: int):
+    """PIL's built-in font at `size` pixels (the FreeType build; the old bitmap font where that is missing)."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ImportError, OSError):  # Pillow < 10.1 or no FreeType
+        return ImageFont.load_default()
+
+
 def write_outputs(image: np.ndarray, labels: np.ndarray, names: list[str], out: Path, warning: str | None) -> Path:
-    """Label map PNG (palette, index = class) at `out`, and an overlay with a legend beside it."""
+    """Label map PNG (palette, index = class) at `out`, and an overlay with a legend beside it.
+
+    The legend's text scales with the image (about 1/32 of its width, at least 14 px) and its entries fill
+    as many columns as fit the width: a swatch, the class and its share of the pixels."""
+    import textwrap
+
     from PIL import Image, ImageDraw
 
     colours = palette(len(names))
@@ -38,17 +53,25 @@ def write_outputs(image: np.ndarray, labels: np.ndarray, names: list[str], out: 
     out.parent.mkdir(parents=True, exist_ok=True)
     save_image_png(label_png, out)
     blend = (0.45 * image + 0.55 * colours[labels]).astype(np.uint8)
-    legend_h = 18 * (len(names) + (2 if warning else 0)) + 8
-    canvas = Image.new("RGB", (blend.shape[1], blend.shape[0] + legend_h), "white")
+    height, width = blend.shape[:2]
+    size = max(14, round(width / 32))
+    font, pad, line = legend_font(size), size // 2, round(size * 1.4)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    entries = [f"{name} ({(labels == i).mean():.0%})" for i, name in enumerate(names)]
+    entry_width = size + pad + max((measure.textlength(e, font=font) for e in entries), default=0) + 2 * pad
+    columns = max(1, min(len(entries), int((width - pad) // entry_width)))
+    rows = -(-len(entries) // columns)
+    wrapped = textwrap.wrap(warning, max(20, int(width / (0.55 * size)))) if warning else []
+    canvas = Image.new("RGB", (width, height + line * (rows + len(wrapped)) + 2 * pad), "white")
     canvas.paste(Image.fromarray(blend), (0, 0))
     draw = ImageDraw.Draw(canvas)
-    y = blend.shape[0] + 4
-    for name, colour in zip(names, colours):
-        draw.rectangle([6, y + 2, 18, y + 14], fill=tuple(int(c) for c in colour))
-        draw.text((24, y + 2), f"{name} ({(labels == names.index(name)).mean():.0%})", fill="black")
-        y += 18
-    if warning:
-        draw.text((6, y + 2), warning, fill="red")
+    for i, (entry, colour) in enumerate(zip(entries, colours)):
+        x, y = pad + (i // rows) * entry_width, height + pad + (i % rows) * line
+        draw.rectangle([x, y + (line - size) // 2, x + size, y + (line + size) // 2],
+                       fill=tuple(int(c) for c in colour), outline="black")
+        draw.text((x + size + pad, y + line // 2), entry, fill="black", font=font, anchor="lm")
+    for j, text in enumerate(wrapped):
+        draw.text((pad, height + pad + (rows + j) * line + line // 2), text, fill="red", font=font, anchor="lm")
     overlay = out.with_name(out.stem + "_overlay.png")
     save_image_png(canvas, overlay)
     return overlay
