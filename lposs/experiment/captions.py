@@ -9,7 +9,7 @@ from __future__ import annotations
 import textwrap
 
 DEMO_NOTE = ("demo = synthetic scenes + stand-in backbones (colour-prototype 'CLIP', appearance-kernel 'DINO'; "
-             "lposs/demo.py): shows what label propagation does to noisy seeds, says nothing about CLIP/DINO")
+             "lposs/demo/): shows what label propagation does to noisy seeds, says nothing about CLIP/DINO")
 
 
 def caption(title: str, datasets: list[str], width: int = 110) -> str:
