@@ -1,4 +1,4 @@
-"""Pixel refinement on real images (spec section 11): how much does LPOSS+ sharpen a perfect patch map?
+"""Pixel refinement on real images (docs/method.md section 11): how much does LPOSS+ sharpen a perfect patch map?
 
 Coarse scores are what a perfect patch-level predictor would give: the ground truth one-hot averaged over
 16x16 patches and upsampled bilinearly. They are refined by `lposs.core.refine.refine_pixels`, and mIoU and

@@ -4,7 +4,7 @@ The refinement benchmark (benchmarks/refine.py) builds coarse scores from the gr
 16x16 patches; a real head delivers them shifted, scaled, noisy or as probabilities. `coarse_map` applies
 one named transform of `TRANSFORMS` (issue 13):
 
-- "clean": the patch fractions upsampled bilinearly (the spec section 11 protocol);
+- "clean": the patch fractions upsampled bilinearly (the protocol of docs/method.md section 11);
 - "affine": 0.1 * s - 0.5 (a positive scale and an offset that makes every score negative);
 - "noiseX": per-pixel Gaussian noise N(0, X^2) added to the upsampled fractions;
 - "smoothX": low-frequency noise: N(0, X^2) per class on a grid of nodes every 64 pixels, bilinear between;

@@ -2,7 +2,7 @@
 
     python -m benchmarks.speed [--device cpu|cuda] [--json OUT.json] [--repeats 3] [--backbones]
 
-Cases (spec section 10): 448x597 with 46 and 171 seed columns (VOC- and COCO-Stuff-size), 448x896 with
+Cases (docs/method.md section 10): 448x597 with 46 and 171 seed columns (VOC- and COCO-Stuff-size), 448x896 with
 19 (Cityscapes-size). Inputs are synthetic (random image, random unit vision features and seeds) of the
 real sizes; the label propagation cost does not depend on the values.
 
@@ -48,7 +48,7 @@ from lposs.io import write_json
 
 CASES = [(448, 597, 46), (448, 597, 171), (448, 896, 19)]
 ORIGINAL_SIZE = {(448, 597): (375, 500), (448, 896): (1024, 2048)}  # an image each case's size comes from
-# The paper's 8 benchmarks (spec section 8): images, seed columns C' (synonyms included), resized size
+# The paper's 8 benchmarks (docs/method.md section 8): images, seed columns C' (synonyms included), resized size
 BENCHMARKS = {"voc21": (1449, 46, (448, 597)), "voc20": (1449, 20, (448, 597)),
               "context60": (5104, 60, (448, 597)), "context59": (5104, 59, (448, 597)),
               "coco_object": (5000, 97, (448, 597)), "coco_stuff": (5000, 171, (448, 597)),

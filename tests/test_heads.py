@@ -119,7 +119,7 @@ def proxy_affinity_by_hand(proxy, beta, gamma):
 
 
 def hand_head(visual, x, head, grid, proxy=None, sigma=5.0, beta=1.2, gamma=3.0):
-    """Spec heads.md section 2-3, one window and one attention head at a time. x: [B, L, W] -> [B, N, D]."""
+    """docs/field.md sections 2-3, one window and one attention head at a time. x: [B, L, W] -> [B, N, D]."""
     block = visual.transformer.resblocks[-1]
     width, n_heads = x.shape[-1], block.attn.num_heads
     d = width // n_heads

@@ -9,7 +9,7 @@ import torch
 from lposs.core.metrics import SegmentationMetrics, boundary_dilation, interior_mask, mean_iou, reduce_zero
 
 
-# --------------------------------------------------------------------------- slow reference (spec section 7)
+# --------------------------------------------------------------------------- slow reference (docs/method.md section 7)
 def erode_3x3_once(mask: np.ndarray) -> np.ndarray:
     """One 3x3 erosion; pixels beyond the array do not erode (as cv2.erode's default border)."""
     h, w = mask.shape
@@ -236,7 +236,7 @@ def test_perfect_prediction_scores_100():
     assert m.boundary_iou() == pytest.approx(100.0)
 
 
-# --------------------------------------------------------------------------- spec section 11 on real data
+# --------------------------------------------------------------------------- docs/method.md section 11 on real data
 def coarse_oracle_scores(dataset):
     """Spec section 11's coarse predictor: GT one-hot averaged over 16x16 patches (ceil mode), upsampled
     bilinearly, argmax; on the short-side-448 grid. Yields (pred, gt) pairs."""

@@ -1,5 +1,5 @@
 """The seams of `lposs.segmentation`: the whole chain seeds -> patch graph -> LP -> window merge -> pixel LP ->
-background rule, checked against class scores built by hand from the spec, not from `propagate_features`.
+background rule, checked against class scores built by hand from docs/method.md, not from `propagate_features`.
 
 The components have their own tests; these pin down what joins them: which features make the graph, the
 patch centres (window origin + patch centre), the merge (average over the windows covering a pixel), what
@@ -182,7 +182,7 @@ def assert_scores_close(actual, expected, rtol=RTOL):
 @pytest.mark.parametrize("rule_name", RULES)
 @pytest.mark.parametrize("mode", ["maskclip", "lposs", "lposs+"])
 def test_scores_and_labels_equal_the_hand_built_chain(features, mode, rule_name):
-    """Every mode under both background rules: class scores [K, 45, 51] and labels equal the spec's chain."""
+    """Every mode under both background rules: class scores [K, 45, 51] and labels equal docs/method.md's chain."""
     rule = RULES[rule_name]
     canvas, scale = hand_canvas(features, mode, **PARAMS)
     expected = hand_background(canvas, features.owner, rule, scale, features.original_hw)

@@ -1,4 +1,4 @@
-"""Segmentation metrics: dataset-level mIoU and Boundary IoU (spec section 7).
+"""Segmentation metrics: dataset-level mIoU and Boundary IoU (docs/method.md section 7).
 
 mIoU follows MMSegmentation: one confusion matrix accumulated over the whole dataset, pixels whose ground
 truth is the ignore label are skipped, IoU per class, mean over the classes whose union is not empty.

@@ -1,6 +1,6 @@
 """PAMR, pixel-adaptive mask refinement (Araslanov and Roth, CVPR 2020), as NACLIP applies it.
 
-NACLIP (spec heads.md section 6) refines its upsampled cosine logits with the released PAMR module
+NACLIP (docs/field.md section 6) refines its upsampled cosine logits with the released PAMR module
 (github.com/visinf/1-stage-wseg, models/mods/pamr.py; copied as NACLIP's pamr.py) on the CLIP-normalised
 image, 10 iterations at dilations (8, 16). Written here with plain torch ops, matching the released code:
 

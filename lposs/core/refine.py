@@ -3,7 +3,7 @@
 `refine_pixels(image, scores, refiner="reference")` runs one of the named settings in `REFINERS`;
 keyword arguments override single settings.
 
-- "reference": the released code's refiner (spec section 5): conjugate gradient, 10 iterations, on the
+- "reference": the released code's refiner (docs/method.md section 5): conjugate gradient, 10 iterations, on the
   13x13 Lab-colour graph with tau = 0.01, seeds = the scores as given. Linear in the scores, so its label
   map does not change when a constant is added to all scores or they are scaled by a positive factor.
 - "tempered" (alias "best"): expects any class scores [C, H, W] where higher means more likely

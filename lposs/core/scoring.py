@@ -48,7 +48,7 @@ def class_scores(scores: Tensor, owner: Tensor, rule: dict[str, Any], cosine_sca
     synonyms: the max over each class's synonyms. softmax: softmax over all C' queries of
     logit_scale * cosine_scale * scores, then the max within each class (probabilities).
     cosine_scale brings propagated scores back to cosine size: label propagation returns
-    (I - alpha S)^-1 Y, which is 1 / (1 - alpha) times a weighted mean of cosines (spec section 4).
+    (I - alpha S)^-1 Y, which is 1 / (1 - alpha) times a weighted mean of cosines (docs/method.md section 4).
     """
     if rule.get("background", "synonyms") == "synonyms":
         return pool_synonyms(scores, owner)

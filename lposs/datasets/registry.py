@@ -1,6 +1,6 @@
 """The registry of benchmarks: name -> DatasetSpec, and ``get_dataset(name, root, split)``.
 
-Eight datasets of the paper (spec section 8, MMSegmentation layouts and encodings), two real sets that
+Eight datasets of the paper (docs/method.md section 8, MMSegmentation layouts and encodings), two real sets that
 this project can test on (CamVid, DAVIS-2016) and ``demo`` (a generated folder, see lposs/demo/).
 """
 

@@ -64,7 +64,7 @@ SOURCES: dict[str, Source] = {
         convert="pascal_context",
         manual=CONTEXT_MANUAL,
         notes="val list from VOC2010 ImageSets/Main/val.txt; MMSegmentation's detail-API list may differ "
-              "by a few images (spec: 5104)",
+              "by a few images (the paper's: 5104)",
     ),
     "coco": Source(
         archives=(

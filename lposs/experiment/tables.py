@@ -1,8 +1,9 @@
 """The results table: our rows per head x graph x {seeds, + LPOSS, + LPOSS+} beside each head's published numbers.
 
-Published 8-benchmark mIoU at ViT-B/16 from shared/spec/heads.md section 7 (the OV-Stitcher comparison table,
-the NACLIP README, ResCLIP's figures) and the LPOSS paper (spec/lposs.md section 9). Each published row was
-measured under its own release's protocol (heads.md section 5); each of our rows names the protocol it ran.
+Published 8-benchmark mIoU at ViT-B/16 (docs/field.md section 7: the OV-Stitcher release's comparison table,
+the NACLIP README (sinahmr/NACLIP 0cac3a6), ResCLIP's figures) and the LPOSS paper (arXiv 2503.19777; docs/method.md
+section 9). Each published row was measured under its own release's protocol (docs/field.md section 5); each of
+our rows names the protocol it ran.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def results_table(runs: list[dict[str, Any]], datasets: list[str]) -> str:
             cells += [f"{average:.1f}"] if full else []
             lines.append(f"| {head} | published | own | {name} | " + " | ".join(cells) + " |")
     lines += ["", "mIoU (Boundary IoU) in percent. Published rows: ViT-B/16, each under its own release's protocol "
-              "(shared/spec/heads.md sections 5 and 7); the talk's averages of the 8: MaskCLIP "
+              "(docs/field.md sections 5 and 7: the OV-Stitcher release's comparison table, the NACLIP README, ResCLIP's "
+              "figures; LPOSS+: arXiv 2503.19777); the talk's averages of the 8: MaskCLIP "
               f"{TALK_AVERAGES['maskclip']} -> LPOSS {TALK_AVERAGES['lposs']} -> LPOSS+ {TALK_AVERAGES['lposs+']}."]
     for run in runs:
         for deviation in run.get("deviations", []):

@@ -1,6 +1,6 @@
 """Backbones: dense CLIP seeds from any training-free head (open_clip), vision-model graph features (timm).
 
-The classes follow the interface of the rest of the package (shared/spec/lposs.md, section 2):
+The classes follow the interface of the rest of the package (docs/method.md section 2):
 
     .id: str                      stable identifier (used in feature-store paths)
     .patch_size: int              pixels per output feature along each side (16 for ViT-B/16)

@@ -4,7 +4,7 @@
     feats = dense_clip_features(visual, windows, "proxyclip", proxy=dino_tokens)   # at the proxy grid
 
 All heads share the first L-1 blocks of CLIP (tokens entering the last block: x, CLS + N patches) and differ
-only in the last block (spec heads.md section 2, released code cited there). With h = ln_1(x),
+only in the last block (docs/field.md section 2, the releases' file:line cited there). With h = ln_1(x),
 [q; k; v] = h W_in^T + b_in split into heads of size d, s = d^-1/2 and Attn(A) = W_o concat_h(A_h v_h) + b_o:
 
     maskclip   y = x + W_o v + b_o; z = y + MLP(ln_2 y)                 (LPOSS; residual and FFN kept)
@@ -149,7 +149,7 @@ def neighbourhood_prior(grid: tuple[int, int], sigma: float, device=None, dtype=
 
 
 def proxy_affinity(proxy: Tensor, beta: float, gamma: float, mean_over: str = "batch") -> Tensor:
-    """ProxyCLIP's A [B, N', N'] from proxy tokens [B, h', w', Dv] (spec section 3).
+    """ProxyCLIP's A [B, N', N'] from proxy tokens [B, h', w', Dv] (docs/field.md section 3).
 
     S = F F^T of the L2-normalised tokens; gamma (S - beta mean(S)), entries < 0 -> -inf; row softmax.
     mean_over "batch": the mean over every entry of the batch tensor (the release, which runs one crop per

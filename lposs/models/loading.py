@@ -1,8 +1,8 @@
 """Backbone weights: which weights go with which model, and loading them (or failing fast) offline.
 
-- `CLIP_WEIGHTS`: the CLIP weight choices of the field (spec heads.md section 1), name -> (open_clip model,
+- `CLIP_WEIGHTS`: the CLIP weight choices of the field (docs/field.md section 1), name -> (open_clip model,
   pretrained tag). LPOSS uses OpenCLIP laion2b; every other training-free head uses OpenAI's.
-- `VISION_MODELS`: short names of the graph / proxy vision models -> timm names (spec section 4).
+- `VISION_MODELS`: short names of the graph / proxy vision models -> timm names (docs/field.md section 4).
 - `load_open_clip` / `load_timm`: random (seeded), cached, downloaded or local-file weights. When weights are
   neither cached nor downloadable, they raise `BackboneUnavailable` within seconds with the fix (the libraries
   themselves retry for about a minute).
