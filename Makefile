@@ -27,6 +27,7 @@ repro: install
 	$(PY) -m dvc commit -f -q data.dvc   # cache the regenerated set (data.dvc is unchanged: same bytes)
 	$(PY) -m dvc repro
 	@echo "results: results/table.md, results/metrics.json, plots/, executed/ (open the executed notebooks)"
+	@$(PY) -m lposs.experiment.dvc_views  # dvc plots show/diff offline; says what to commit as the baseline
 
 # make paper HEAD=sclip PROTOCOL=sclip: any dense head under its own release's protocol or LPOSS's (VM=dino_vitb8 ...)
 HEAD ?= maskclip

@@ -246,7 +246,7 @@ def pipeline_copy(tmp_path_factory):
     """The real dvc.yaml, notebooks and package in a fresh git + DVC repo, on a 3-image demo with a tiny grid."""
     root = demo_pipeline(tmp_path_factory.mktemp("pipeline"), count=3)
     log = run(["dvc", "repro"], root)
-    return root, log
+    return root, log + run([sys.executable, "-m", "lposs.experiment.dvc_views"], root)  # what make repro ends with
 
 
 def demo_pipeline(root: Path, count: int) -> Path:
@@ -305,13 +305,34 @@ def test_repro_runs_every_stage_and_writes_meaningful_outputs(pipeline_copy):
 
 @pytest.mark.slow
 def test_second_repro_runs_nothing_and_alpha_reruns_only_ablate_and_plots(pipeline_copy):
-    root, _ = pipeline_copy
+    root, log = pipeline_copy
     assert stages_run(run(["dvc", "repro"], root)) == set()
+    # make repro's last words: the exact command that makes this run the baseline; a user follows it
+    command = 'git add dvc.lock && git commit -m "Pipeline run: dvc.lock"'
+    assert "no baseline row" in log and command in log
+    run(["bash", "-c", command], root)
+    before = json.loads((root / "results/metrics.json").read_text())["demo"]["demo+demo"]["lposs"]["miou"]
     log = run(["dvc", "exp", "run", "-S", "lp.alpha=0.9"], root)
     assert stages_run(log) == {"ablate@demo-demo-demo-sweep0", "ablate@demo-demo-demo-sweep1", "plots"}
     results = json.loads((root / "ablations/demo/demo+demo/mode/results.json").read_text())
     assert results["base"]["alpha"] == 0.9
     assert "up to date" in run(["dvc", "status"], root)
+    # DVC's own views now show both runs: the baseline and the experiment, each with its metrics
+    table = [[cell.strip() for cell in line.strip().strip("|").split("|")]
+             for line in run(["dvc", "exp", "show", "--md", "--no-pager"], root).splitlines()
+             if line.startswith("|") and not line.startswith("|--")]
+    rows = [dict(zip(table[0], row)) for row in table[1:]]
+    baseline, experiment = rows[1], rows[2]  # workspace, the commit (the baseline), the experiment under it
+    assert len(rows) == 3 and (baseline["lp.alpha"], experiment["lp.alpha"]) == ("0.95", "0.9")
+    key = "demo.demo+demo.lposs.miou"
+    after = json.loads((root / "results/metrics.json").read_text())["demo"]["demo+demo"]["lposs"]["miou"]
+    assert float(baseline[key]) == pytest.approx(before, abs=0.01)
+    assert float(experiment[key]) == pytest.approx(after, abs=0.01) and float(rows[0][key]) == float(experiment[key])
+    diff = run(["dvc", "metrics", "diff", "--md"], root)
+    assert "demo.demo+demo.lposs.miou" in diff and "HEAD" in diff and "workspace" in diff
+    run(["dvc", "plots", "diff", "-o", "dvc_plots"], root)
+    page = (root / "dvc_plots/index.html").read_text()
+    assert "cdn.jsdelivr" not in page and "window.vegaEmbed" in page and page.count("vegaEmbed('#") >= 2
 
 
 @pytest.mark.slow
