@@ -1,13 +1,14 @@
 """Shared fixtures: where the real datasets of ../shared/data live, and a CUDA switch."""
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
+from lposs.datasets.registry import shared_data_dir
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("LPOSS_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+SHARED_DATA = shared_data_dir()  # $LPOSS_SHARED_DATA, else ../shared/data beside the clone
 
 
 def _shared_dir(name: str) -> Path:

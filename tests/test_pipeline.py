@@ -332,7 +332,9 @@ def test_second_repro_runs_nothing_and_alpha_reruns_only_ablate_and_plots(pipeli
     assert "demo.demo+demo.lposs.miou" in diff and "HEAD" in diff and "workspace" in diff
     run(["dvc", "plots", "diff", "-o", "dvc_plots"], root)
     page = (root / "dvc_plots/index.html").read_text()
-    assert "cdn.jsdelivr" not in page and "window.vegaEmbed" in page and page.count("vegaEmbed('#") >= 2
+    assert "cdn.jsdelivr" not in page and "window.vegaEmbed" in page  # the offline page: no CDN
+    assert page.count("vegaEmbed('#") == 1 and '"rev": "HEAD"' in page and '"rev": "workspace"' in page  # alpha sweep
+    assert "static/HEAD_plots_figures_methods.png" in page and "static/workspace_plots_figures_methods.png" in page
 
 
 @pytest.mark.slow

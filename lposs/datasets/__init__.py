@@ -22,7 +22,7 @@ _LAZY = {
     "main_data": "cli",
     "ChecksumError": "fetching", "DownloadError": "fetching", "download": "fetching", "fetch": "fetching",
     "DATASETS": "registry", "DatasetSpec": "registry", "available_datasets": "registry", "dataset_spec": "registry",
-    "default_root": "registry", "get_dataset": "registry",
+    "default_root": "registry", "find_dataset": "registry", "get_dataset": "registry", "shared_data_dir": "registry",
 }
 
 __all__ = sorted(_LAZY)

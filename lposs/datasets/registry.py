@@ -16,6 +16,9 @@ from .layouts import CamVidDataset, DavisDataset, FolderDataset, Layout, Standar
 from .mess import MESS, MESS_DATASETS, MessDataset
 
 DATA_DIR_ENV = "LPOSS_DATA"
+# Real data kept beside the clone (tests, benchmarks, the course notebook): $LPOSS_SHARED_DATA, else ../shared/data
+SHARED_DATA_ENV = "LPOSS_SHARED_DATA"
+REPOSITORY = Path(__file__).resolve().parents[2]  # the clone's root when lposs runs from a checkout
 
 VOC12 = Layout("VOCdevkit/VOC2012", "JPEGImages", "SegmentationClass", ".jpg", ".png",
                list_file="ImageSets/Segmentation/{split}.txt")
@@ -115,6 +118,28 @@ def dataset_spec(name: str) -> DatasetSpec:
 def default_root(name: str) -> Path:
     """Where ``name`` lives by default: ``$LPOSS_DATA/<folder>`` (``data/<folder>`` without the variable)."""
     return Path(os.environ.get(DATA_DIR_ENV, "data")) / dataset_spec(name).folder
+
+
+def shared_data_dir() -> Path:
+    """$LPOSS_SHARED_DATA, else ../shared/data next to the clone (relative to the repository, not the working
+    directory)."""
+    return Path(os.environ.get(SHARED_DATA_ENV, REPOSITORY.parent / "shared" / "data")).expanduser()
+
+
+def find_dataset(name: str, candidates=(), split: str | None = None) -> Path | None:
+    """The first folder holding dataset `name` whatever the working directory: each of `candidates`, then
+    default_root(name); a relative one is tried from the working directory, then from the repository root
+    (so a notebook finds the same data run from the root or from notebooks/). A folder holds the dataset
+    when get_dataset reads its index; None when none does."""
+    for candidate in [*candidates, default_root(name)]:
+        path = Path(candidate).expanduser()
+        for folder in [path] if path.is_absolute() else [path, REPOSITORY / path]:
+            try:
+                get_dataset(name, folder, split)
+            except (FileNotFoundError, ValueError, OSError):
+                continue
+            return folder.resolve()
+    return None
 
 
 def get_dataset(name: str, root=None, split: str | None = None) -> SegmentationDataset:
