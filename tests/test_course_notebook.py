@@ -91,5 +91,5 @@ def test_notebook_runs_headless(tmp_path, monkeypatch):
     if find_dataset("camvid", notebook_camvid_places()) is not None:  # real photos where they are present
         assert "CamVid val (" in printed and "demo scenes (no CamVid" not in printed
     # the claims of the text are asserted in the notebook's cells: they ran (an error would be listed above)
-    asserting = [cell.source for cell in code_cells(nb) if re.search(r"^assert ", cell.source, re.M)]
+    asserting = [cell.source for cell in code_cells(nb) if re.search(r"^assert ", cell.source, re.MULTILINE)]
     assert len(asserting) >= 5
