@@ -33,7 +33,7 @@ def test_every_cited_docs_section_exists():
     headings = {}
     for doc in ("method", "field"):
         text = (REPO / "docs" / f"{doc}.md").read_text(encoding="utf-8")
-        headings[doc] = {int(n) for n in re.findall(r"^## (\d+)\. ", text, flags=re.M)}
+        headings[doc] = {int(n) for n in re.findall(r"^## (\d+)\. ", text, flags=re.MULTILINE)}
         assert headings[doc] == set(range(1, max(headings[doc]) + 1)), f"docs/{doc}.md: sections not 1..N"
     cites = [(name, doc, int(n)) for name, text in project_texts().items()
              for doc, numbers in re.findall(r"docs/(method|field)\.md\)?\s+sections?\s+([\d, and-]+)", text)

@@ -65,7 +65,7 @@ def uncommitted_run_files(root: str | Path = ".") -> list[str] | None:
     files DVC edits); None outside a git repository."""
     try:
         status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", "dvc.lock", "*.dvc",
-                                 ".gitignore", "*/.gitignore"], cwd=root, capture_output=True, text=True)
+                                 ".gitignore", "*/.gitignore"], cwd=root, capture_output=True, text=True, check=False)
     except OSError:  # no git, or no such folder
         return None
     if status.returncode != 0:
@@ -88,7 +88,7 @@ def baseline_hint(files: list[str] | None, lock_at_head: bool) -> str | None:
 
 
 def lock_committed(root: str | Path = ".") -> bool:
-    return subprocess.run(["git", "cat-file", "-e", "HEAD:dvc.lock"], cwd=root, capture_output=True).returncode == 0
+    return subprocess.run(["git", "cat-file", "-e", "HEAD:dvc.lock"], cwd=root, capture_output=True, check=False).returncode == 0
 
 
 def main(argv: list[str] | None = None) -> int:
