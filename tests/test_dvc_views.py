@@ -94,3 +94,30 @@ def test_the_baseline_hint_names_exactly_what_to_commit(tiny_repo):
                                                                         True)
     (tiny_repo.parent / "not-a-repo").mkdir()
     assert dvc_views.uncommitted_run_files(tiny_repo.parent / "not-a-repo") is None
+
+
+def test_stages_run_through_papermill_with_the_kernel_encrypted(tmp_path):
+    """dvc.yaml's runner is papermill's command line: parameters reach the notebook, and where pyzmq has
+    CurveZMQ and the kernelspec declares it the kernel's sockets are encrypted (no plain-TCP warning)."""
+    import nbformat
+    import zmq
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}), nbformat.v4.new_code_cell(
+        "print('x is', x)")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "in.ipynb")
+    result = subprocess.run([sys.executable, "-m", "lposs.experiment.run_notebook", "-k", "python3", "--language",
+                             "python", "--log-output", "--no-progress-bar", str(tmp_path / "in.ipynb"),
+                             str(tmp_path / "out.ipynb"), "-p", "x", "7"], capture_output=True, text=True, timeout=300,
+                            cwd=Path(__file__).resolve().parents[1], check=False)
+    assert result.returncode == 0, result.stderr
+    assert "x is 7" in result.stdout + result.stderr
+    out = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    assert out.metadata["papermill"]["parameters"] == {"x": 7} and out.metadata["papermill"]["exception"] is None
+    spec = KernelSpecManager().get_kernel_spec("python3")
+    if zmq.has("curve") and "curve" in (spec.metadata or {}).get("supported_encryption", []):
+        assert "without encryption" not in result.stderr
+    else:
+        pytest.skip("no CurveZMQ here (pyzmq without libsodium, or an older kernelspec): the warning is true")

@@ -267,6 +267,12 @@ def test_repro_runs_every_stage_and_writes_meaningful_outputs(pipeline_copy):
     root, log = pipeline_copy
     assert stages_run(log) == {"stage@demo", "features@demo-demo-demo", "ablate@demo-demo-demo-sweep0",
                                "ablate@demo-demo-demo-sweep1", "plots"}
+    import zmq
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    if zmq.has("curve") and "curve" in (KernelSpecManager().get_kernel_spec("python3").metadata or {}).get(
+            "supported_encryption", []):
+        assert "without encryption" not in log  # the stages' kernels talk over encrypted sockets (run_notebook)
     metrics = json.loads((root / "results/metrics.json").read_text())["demo"]["demo+demo"]
     assert set(metrics) == {"maskclip", "lposs", "lposs+"}
     assert all(0 < m["miou"] <= 100 and 0 < m["biou"] <= 100 for m in metrics.values())

@@ -12,6 +12,8 @@
     results, tables, mess_*    stage 4: collected results, the results table, MESS's tables
     captions     the demo note and figure titles that carry it
     paper        python -m lposs.experiment paper | mess: the paper's or MESS's setting as a DVC experiment
+    run_notebook papermill for the stages (dvc.yaml), the kernel's sockets encrypted
+    dvc_views    dvc plots show / diff offline, and what to commit as the experiments' baseline
 
 Submodules are imported one by one (nothing here imports them), so a stage depends only on what it uses.
 """
