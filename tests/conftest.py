@@ -1,5 +1,7 @@
 """Shared fixtures: where the real datasets of ../shared/data live, and a CUDA switch."""
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,12 @@ def camvid_root() -> Path:
 def davis_root() -> Path:
     """The DAVIS-2016 train subset (holding DAVIS/JPEGImages/480p, ...)."""
     return _shared_dir("davis2016_train_sub")
+
+
+def pytest_configure(config):
+    """The persistent text cache (lposs.models.text_cache) in a fresh folder: tests neither read what a user's
+    runs cached nor leave entries in ~/.cache; subprocesses (notebooks, CLI) inherit it."""
+    os.environ["LPOSS_CACHE"] = tempfile.mkdtemp(prefix="lposs-test-cache-")
 
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lposs.models import backbones, loading
+from lposs.models import backbones, loading, text
 from lposs.models.backbones import (
     BackboneUnavailable,
     ClipGraphFeatures,
@@ -179,11 +179,18 @@ def test_maskclip_rejects_bad_windows(tiny_clip):
         tiny_clip.dense_features(torch.rand(3, 224, 224))
 
 
-def test_maskclip_random_weights_are_seeded_and_bf16_is_ignored_on_cpu(tiny_clip):
+def test_maskclip_random_weights_are_seeded_and_bf16_needs_native_support_on_cpu(tiny_clip, monkeypatch):
+    monkeypatch.setattr(backbones, "cpu_has_native_bf16", lambda: False)
     again = MaskCLIP(TINY_CLIP, pretrained=None, bf16=True)
     assert again.bf16 is False
     assert again.id == tiny_clip.id == f"openclip-{TINY_CLIP}-random0-maskclip"
     torch.testing.assert_close(again.dense_features(windows(1)), tiny_clip.dense_features(windows(1)))
+    monkeypatch.setattr(backbones, "cpu_has_native_bf16", lambda: True)
+    native = MaskCLIP(TINY_CLIP, pretrained=None, bf16=True)
+    assert native.bf16 is True and native.id == f"openclip-{TINY_CLIP}-random0-maskclip-bf16"
+    reduced, full = native.dense_features(windows(1)), tiny_clip.dense_features(windows(1))
+    assert reduced.dtype == torch.float32 and not torch.equal(reduced, full)  # computed in bfloat16
+    assert (reduced * full).sum(-1).min() > 0.98  # and close: cosine to the float32 features
     other = MaskCLIP(TINY_CLIP, pretrained=None, seed=1)
     assert other.id.endswith("random1-maskclip")
     assert not torch.equal(other.model.visual.proj, tiny_clip.model.visual.proj)
@@ -260,7 +267,7 @@ def test_text_embeddings_use_the_80_templates_and_match_hand_ensemble(tiny_clip_
         return real_tokenizer(texts)
 
     vlm.tokenizer = spy
-    monkeypatch.setattr(backbones, "TEXT_BATCH_SIZE", 70)  # 240 prompts -> 4 uneven batches
+    monkeypatch.setattr(text, "TEXT_BATCH_SIZE", 70)  # 240 prompts -> 4 uneven batches
     emb, owner = vlm.text_embeddings(["cat", "dog; puppy"])
     assert len(OPENAI_IMAGENET_TEMPLATES) == 80
     assert prompts == [t(name) for name in ["cat", "dog", "puppy"] for t in OPENAI_IMAGENET_TEMPLATES]

@@ -43,13 +43,14 @@ from .loading import (  # noqa: F401 - BackboneUnavailable, CLIP_WEIGHTS, VISION
     timm_name,
     weights_label,
 )
+from .text import CONTEXTS, imagenet_templates, split_synonyms  # noqa: F401 - imagenet_templates re-exported
+from .text_cache import TextCache, cached_prompt_ensembles, weights_digest
 
 DEFAULT_CLIP_MODEL = "ViT-B-16"
 DEFAULT_CLIP_PRETRAINED = "laion2b_s34b_b88k"
 DEFAULT_DINO_MODEL = "vit_base_patch16_224.dino"
 DEFAULT_PROXY_MODEL = "dino_vitb8"
 VM_FEATURES = ("q", "k", "v", "tokens")
-TEXT_BATCH_SIZE = 256
 
 
 def _normalise_input(windows: Tensor, mean: Sequence[float], std: Sequence[float], patch: int) -> Tensor:
@@ -65,41 +66,23 @@ def _normalise_input(windows: Tensor, mean: Sequence[float], std: Sequence[float
     return (windows - mean_t) / std_t
 
 
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU computes in bfloat16 natively (AVX-512 BF16 or AMX; Linux's /proc/cpuinfo flags)."""
+    try:
+        flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bfloat16 autocast is worth it on this device: CUDA, or a CPU with native bfloat16."""
+    return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+
+
 def _autocast(device: torch.device, bf16: bool):
-    """bf16 autocast on CUDA; a no-op elsewhere (CPU runs in float32)."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda")
-
-
-# ----------------------------------------------------------------------------------------------------
-# Text: class names -> synonyms -> prompt ensembles
-# ----------------------------------------------------------------------------------------------------
-
-
-def split_synonyms(class_names: Sequence[str]) -> tuple[list[str], list[int]]:
-    """'a; b' -> synonyms ['a', 'b'] both owned by that class. Raises ValueError on empty input."""
-    if isinstance(class_names, str) or len(class_names) == 0:
-        raise ValueError(
-            f"class_names must be a non-empty list of class names (got {class_names!r}); "
-            "write synonyms of one class as 'a; b; c'"
-        )
-    synonyms, owner = [], []
-    for index, name in enumerate(class_names):
-        parts = [part.strip() for part in str(name).split(";")]
-        if any(not part for part in parts):
-            raise ValueError(
-                f"class {index} ({name!r}) has an empty name or synonym: give every class a name, "
-                "and separate synonyms with ';' without empty entries"
-            )
-        synonyms += parts
-        owner += [index] * len(parts)
-    return synonyms, owner
-
-
-def imagenet_templates() -> list[Callable[[str], str]]:
-    """The 80 OpenAI ImageNet prompt templates, in open_clip's order."""
-    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
-
-    return list(OPENAI_IMAGENET_TEMPLATES)
+    """bf16 autocast where `native_bf16` (callers pass bf16 already checked); a no-op otherwise (float32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type in ("cuda", "cpu"))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -124,7 +107,12 @@ class DenseCLIP:
         and its grid the output grid, so `.patch_size` is then the proxy's.
     quick_gelu: None = as the tag says (QuickGELU for "openai"); True builds random weights like OpenAI's.
     checkpoint: a local weight file (.bin/.pt/.safetensors) used instead of downloading the tag.
-    bf16: bfloat16 autocast on CUDA only; on CPU the flag is ignored and everything runs in float32.
+    bf16: bfloat16 autocast on CUDA, and on a CPU with native bfloat16 (`native_bf16`); elsewhere
+        the flag is ignored and everything runs in float32.
+    text_context: "fit" runs each prompt batch up to its longest prompt (same embeddings, ~5x faster), "full"
+        the whole 77-token context as open_clip does (reference mode); see `lposs.models.text`.
+    text_cache: where class embeddings persist across runs (`lposs.models.text_cache`); "env" = the
+        LPOSS_CACHE rule (default ~/.cache/lposs), None = no persistent cache.
     """
 
     def __init__(
@@ -140,8 +128,16 @@ class DenseCLIP:
         head_params: dict[str, Any] | None = None,
         proxy: Any = None,
         quick_gelu: bool | None = None,
+        text_context: str = "fit",
+        text_cache: TextCache | str | None = "env",
     ) -> None:
         import open_clip
+
+        if text_context not in CONTEXTS:
+            raise ValueError(f"text_context={text_context!r}: use one of {CONTEXTS}")
+        self.text_context = text_context
+        self.text_cache = TextCache.from_env() if text_cache == "env" else text_cache
+        self._text_identity: dict[str, Any] | None = None
 
         self.head, self.head_params = head, dict(head_params or {})
         self.settings = head_settings(head, head_params)
@@ -150,10 +146,11 @@ class DenseCLIP:
                              f"other heads take none (head={head!r}, proxy={getattr(proxy, 'id', proxy)!r})")
         self.proxy = proxy
         self.device = torch.device(device)
-        self.bf16 = bf16 and self.device.type == "cuda"
+        self.bf16 = bf16 and native_bf16(self.device)
         quick = open_clip_quick_gelu(model_name, pretrained, quick_gelu)
         self.model = load_open_clip(model_name, pretrained, checkpoint, seed, quick).to(self.device).eval()
         self.tokenizer = open_clip.get_tokenizer(model_name)
+        self.model_name = model_name
         self._check_visual(model_name)
         self.clip_patch_size = int(self.model.visual.patch_size[0])
         self.patch_size = int(proxy.patch_size) if proxy is not None else self.clip_patch_size
@@ -200,29 +197,28 @@ class DenseCLIP:
         """Class names -> (emb [C', D] unit norm, owner LongTensor [C']), one row per ';' synonym.
 
         Each synonym: the 80 OpenAI ImageNet templates, each encoded and L2-normalised, averaged, and
-        L2-normalised again. Results are kept in memory per class list (returned as copies).
+        L2-normalised again (`lposs.models.text`). Kept in memory per class list (returned as copies) and on
+        disk per synonym (`text_cache`).
         """
         key = tuple(class_names) if not isinstance(class_names, str) else (class_names,)
         if key not in self._text_cache:
             synonyms, owner = split_synonyms(class_names)
-            emb = self._prompt_ensembles(synonyms)  # [C', D]
+            with _autocast(self.device, self.bf16):
+                emb = cached_prompt_ensembles(self.model, self.tokenizer, synonyms, self.device,
+                                              self.text_identity, self.text_cache, self.text_context)  # [C', D]
             self._text_cache[key] = (emb, torch.tensor(owner, dtype=torch.long, device=self.device))
         emb, owner = self._text_cache[key]
         return emb.clone(), owner.clone()
 
-    def _prompt_ensembles(self, synonyms: list[str]) -> Tensor:
-        templates = imagenet_templates()
-        prompts = [template(name) for name in synonyms for template in templates]
-        batches = [prompts[i : i + TEXT_BATCH_SIZE] for i in range(0, len(prompts), TEXT_BATCH_SIZE)]
-        encoded = [self._encode_prompts(batch) for batch in batches]  # [n, D] each
-        per_prompt = torch.cat(encoded).reshape(len(synonyms), len(templates), -1)  # [C', T, D]
-        return F.normalize(per_prompt.mean(dim=1), dim=-1)  # [C', D]
-
-    def _encode_prompts(self, prompts: list[str]) -> Tensor:
-        tokens = self.tokenizer(prompts).to(self.device)  # [n, context]
-        with _autocast(self.device, self.bf16):
-            emb = self.model.encode_text(tokens)  # [n, D]
-        return F.normalize(emb.float(), dim=-1)
+    def text_identity(self) -> dict[str, Any]:
+        """What determines a class embedding besides its prompts: the persistent cache's key (computed once)."""
+        if self._text_identity is None:
+            self._text_identity = {
+                "model": self.model_name, "weights": weights_digest(self.model), "device": self.device.type,
+                "dtype": "bfloat16-autocast" if self.bf16 else str(next(self.model.parameters()).dtype),
+                "context": self.text_context,
+            }
+        return self._text_identity
 
 
 MaskCLIP = DenseCLIP  # LPOSS's name; the head defaults to "maskclip"
@@ -242,7 +238,7 @@ class VisionFeatures:
     model_name: a short name of `VISION_MODELS` ("dino_vitb8") or a timm name; the id uses the timm name.
     pretrained: True for the timm tag's weights, False for seeded random weights.
     checkpoint: a local weight file used instead of downloading (loaded through timm's own filter).
-    bf16: bfloat16 autocast on CUDA only; on CPU the flag is ignored and everything runs in float32.
+    bf16: bfloat16 autocast on CUDA or a CPU with native bfloat16 (`native_bf16`); else ignored (float32).
     """
 
     def __init__(
@@ -257,7 +253,7 @@ class VisionFeatures:
     ) -> None:
         _check_features((feature,))
         self.device = torch.device(device)
-        self.bf16 = bf16 and self.device.type == "cuda"
+        self.bf16 = bf16 and native_bf16(self.device)
         self.model_name = timm_name(model_name)
         self.model = load_timm(self.model_name, pretrained, checkpoint, seed).to(self.device).eval()
         attn = self.model.blocks[-1].attn
