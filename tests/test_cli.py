@@ -180,3 +180,23 @@ def test_demo_backbones_segment_offline(tmp_path):
     assert "DEMO STAND-INS" in result.stderr
     labels = np.asarray(Image.open(out))
     assert labels.shape == (224, 256) and labels.max() < 8 and len(np.unique(labels)) > 1
+
+
+def imported_modules(*args: str) -> set[str]:
+    """The modules a fresh `python -m lposs ARGS` imports (python -X importtime lists each once on stderr)."""
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "lposs", *args], capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+
+
+def test_start_up_imports_only_what_the_command_needs():
+    top = imported_modules("--help")
+    assert "lposs.app.cli" in top and not {m for m in top if m == "torch" or m.startswith("torch.")}
+    segment = imported_modules("segment", "--help")
+    assert "torch" in segment and "lposs.models.heads" in segment  # the test sees imports at all
+    heavy = {m for m in segment if m.startswith(("lposs.app.webapp", "lposs.experiment", "lposs.datasets.convert",
+                                                  "lposs.datasets.fetching", "lposs.datasets.mess_prepare",
+                                                  "gradio", "dvc", "papermill"))}
+    assert heavy == set()
+    assert "lposs.app.webapp" in imported_modules("demo", "--help")

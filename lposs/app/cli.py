@@ -47,16 +47,13 @@ def cmd_segment(args: argparse.Namespace) -> None:
     print(f"wrote {args.out} (label map, palette index = class) and {overlay}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def add_segment_arguments(seg: argparse.ArgumentParser) -> None:
+    """The `segment` command's options (imports the models' registries, hence torch)."""
     from ..core.refiners import REFINERS
     from ..models import backbones
     from ..models.heads import HEADS
     from ..models.protocols import PROTOCOLS
 
-    parser = argparse.ArgumentParser(prog="python -m lposs", description="LPOSS / LPOSS+ segmentation")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    seg = sub.add_parser("segment", help="segment one image with open-vocabulary class names")
     seg.add_argument("image", help="an RGB image file (png, jpg, ...)")
     seg.add_argument("--classes", help='class names: "cow; grass; sky" (";" between classes, "," between synonyms)')
     seg.add_argument("--classes-file", help="a text file with one class per line (';' between synonyms)")
@@ -67,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto (cuda when torch sees a GPU)")
     seg.add_argument("--short-side", type=int,
                      help="resize the image to this short side before windowing (default: the protocol's, 448)")
-    seg.add_argument("--bf16", action="store_true", help="bf16 autocast for the backbones (CUDA)")
+    seg.add_argument("--bf16", action="store_true",
+                     help="bf16 autocast for the backbones (CUDA, or a CPU with native bfloat16: AVX-512 BF16 or AMX)")
     seg.add_argument("--clip-model", default=backbones.DEFAULT_CLIP_MODEL,
                      help=f"open_clip model name (default {backbones.DEFAULT_CLIP_MODEL})")
     seg.add_argument("--clip-pretrained", default=backbones.DEFAULT_CLIP_PRETRAINED, help="open_clip pretrained tag")
@@ -87,22 +85,45 @@ def build_parser() -> argparse.ArgumentParser:
                               "scenes' classes (sky, tree, grass, water, road, building, cow, sand) and synonyms")
     seg.set_defaults(run=cmd_segment)
 
-    from .webapp import add_demo_arguments, run_demo
 
-    demo = sub.add_parser("demo", help="local web app: MaskCLIP, LPOSS and LPOSS+ side by side on any photo")
-    add_demo_arguments(demo)
+def add_demo_arguments(demo: argparse.ArgumentParser) -> None:
+    from .webapp import add_demo_arguments as add, run_demo
+
+    add(demo)
     demo.set_defaults(run=run_demo)
 
+
+def add_data_arguments(data: argparse.ArgumentParser) -> None:
     from ..datasets.cli import add_data_subcommands, run_data
 
-    data = sub.add_parser("data", help="datasets: list, fetch (download + convert), check")
     add_data_subcommands(data)
     data.set_defaults(run=lambda args: sys.exit(run_data(args)))
+
+
+# command -> (its help line, what adds its options). Only the command being run gets its options, so
+# `python -m lposs --help` imports no torch, and `segment` neither the web app nor the dataset converters.
+COMMANDS = {
+    "segment": ("segment one image with open-vocabulary class names", add_segment_arguments),
+    "demo": ("local web app: MaskCLIP, LPOSS and LPOSS+ side by side on any photo", add_demo_arguments),
+    "data": ("datasets: list, fetch (download + convert), check", add_data_arguments),
+}
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser, with the options of the command named in argv (all commands' when argv is None)."""
+    parser = argparse.ArgumentParser(prog="python -m lposs", description="LPOSS / LPOSS+ segmentation")
+    sub = parser.add_subparsers(dest="command", required=True)
+    chosen = None if argv is None else next((arg for arg in argv if not arg.startswith("-")), "")
+    for name, (help_line, add_arguments) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_line)
+        if chosen is None or chosen == name:
+            add_arguments(command)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         args.run(args)
     except (FileNotFoundError, ValueError, RuntimeError) as error:
