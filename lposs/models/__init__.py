@@ -1,6 +1,9 @@
 """The models: what turns windows into seeds and graph features.
 
-    heads        the training-free dense CLIP heads (MaskCLIP, SCLIP, ClearCLIP, NACLIP, ProxyCLIP): HEADS
+    vit          an open_clip ViT taken apart: position embeddings, every block's output, one block's q/k/v
+    heads        the training-free dense CLIP heads (MaskCLIP, SCLIP, ClearCLIP, NACLIP, ProxyCLIP): HEADS,
+                 and dense_clip_features, which also runs the 2025 heads
+    heads_2025   SC-CLIP, SFP, PEARL, ResCLIP, CASS: heads that read intermediate blocks, one window at a time
     backbones    DenseCLIP (a head + the prompt-ensemble text classifier), VisionFeatures (timm q/k/v/tokens)
     loading      which weights go with which model; loading them, or failing fast offline with the fix
     protocols    each release's evaluation protocol: background rule, constants, windows, class files

@@ -18,6 +18,10 @@ resized by each release's own rule (`interpolation`): "lposs" resizes bicubicall
 "sclip" (SCLIP, ClearCLIP, NACLIP, ProxyCLIP) passes scale_factor ((gh + 0.1) / 14, (gw + 0.1) / 14), which
 samples other points. Windows are CLIP-normalised; the batch dimension comes first throughout.
 
+The 2025 heads (scclip, sfp, pearl, resclip, cass: lposs.models.heads_2025) read intermediate blocks too; the
+same `dense_clip_features` runs them window by window. `head_settings` validates the parameters of all ten;
+`HEADS` lists the five the pipeline, CLI and web app offer, `HEADS_2025` the others.
+
 Release quirks deliberately NOT reproduced (they only bite on grids the releases' protocols never use):
 the SCLIP family adds the native embedding unresized when a non-native grid has exactly 196 patches (e.g.
 7x28), and ProxyCLIP reshapes CLIP's values as (gw, gh) on non-square crops; both are read here as (gh, gw).
@@ -25,13 +29,25 @@ the SCLIP family adds the native embedding unresized when a non-native grid has 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-INTERPOLATIONS = ("lposs", "sclip")
+from .heads_2025 import HEAD_FUNCTIONS_2025, HEADS_2025, REQUIRED_2025, WindowTrace
+from .vit import (  # noqa: F401 - positional_embedding, tokens_before_last_block, qkv_per_head re-exported
+    INTERPOLATIONS,
+    attend,
+    hidden_states_as_released,
+    keep_residual_and_ffn,
+    neighbourhood_prior,
+    positional_embedding,
+    qkv_per_head,
+    softmax_similarity,
+    tokens_before_last_block,
+)
 
 # Head name -> default parameters (including the position-embedding rule of its release).
 HEADS: dict[str, dict[str, Any]] = {
@@ -42,13 +58,15 @@ HEADS: dict[str, dict[str, Any]] = {
     "proxyclip": {"interpolation": "sclip", "beta": 1.2, "gamma": 3.0, "affinity_mean": "batch"},
 }
 AFFINITY_MEANS = ("batch", "window")
+ALL_HEADS: dict[str, dict[str, Any]] = {**HEADS, **HEADS_2025}  # what head_settings and dense_clip_features take
+PROXY_HEADS = ("proxyclip", "cass")
 
 
 def head_settings(head: str, head_params: dict[str, Any] | None = None) -> dict[str, Any]:
     """The head's default parameters updated by `head_params`; unknown names and values raise ValueError."""
-    if head not in HEADS:
-        raise ValueError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
-    settings = dict(HEADS[head])
+    if head not in ALL_HEADS:
+        raise ValueError(f"unknown head {head!r}; choose one of {', '.join(ALL_HEADS)}")
+    settings = dict(ALL_HEADS[head])
     for name, value in (head_params or {}).items():
         if name not in settings:
             raise ValueError(f"head {head!r} has no parameter {name!r}; its parameters: {sorted(settings)}")
@@ -61,91 +79,8 @@ def head_settings(head: str, head_params: dict[str, Any] | None = None) -> dict[
 
 
 # ----------------------------------------------------------------------------------------------------
-# Up to the last block
+# ProxyCLIP's pieces (the block pieces shared by every head live in lposs.models.vit)
 # ----------------------------------------------------------------------------------------------------
-
-
-def positional_embedding(visual: nn.Module, grid: tuple[int, int], interpolation: str = "lposs") -> Tensor:
-    """[1 + gh*gw, W]: the native embedding, or its patch part resized bicubically by the release's rule."""
-    pos = visual.positional_embedding  # [1 + g0*g1, W]
-    native = tuple(int(g) for g in visual.grid_size)
-    if tuple(grid) == native:
-        return pos
-    patch_pos = pos[1:].reshape(1, native[0], native[1], -1).permute(0, 3, 1, 2)  # [1, W, g0, g1]
-    if interpolation == "lposs":  # LPOSS / mmseg resize to the target size
-        patch_pos = F.interpolate(patch_pos, size=tuple(grid), mode="bicubic", align_corners=False)
-    elif interpolation == "sclip":  # SCLIP clip/model.py:263-281; the scale itself maps the coordinates
-        scale = ((grid[0] + 0.1) / native[0], (grid[1] + 0.1) / native[1])
-        patch_pos = F.interpolate(
-            patch_pos, scale_factor=scale, mode="bicubic", align_corners=False, recompute_scale_factor=False
-        )
-    else:
-        raise ValueError(f"interpolation={interpolation!r}: use one of {INTERPOLATIONS}")
-    assert tuple(patch_pos.shape[-2:]) == tuple(grid), (patch_pos.shape, grid)
-    patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)  # [gh*gw, W]
-    return torch.cat([pos[:1], patch_pos], dim=0)
-
-
-def tokens_before_last_block(visual: nn.Module, x: Tensor, interpolation: str = "lposs") -> Tensor:
-    """CLIP-normalised images [B, 3, H, W] -> the tokens entering the last block, [B, 1 + gh*gw, W]."""
-    patches = visual.conv1(x)  # [B, W, gh, gw]
-    grid = tuple(patches.shape[-2:])
-    patches = patches.flatten(2).transpose(1, 2)  # [B, gh*gw, W]
-    cls = visual.class_embedding.to(patches.dtype).expand(patches.shape[0], 1, -1)  # [B, 1, W]
-    pos = positional_embedding(visual, grid, interpolation).to(patches.dtype)
-    tokens = visual.ln_pre(torch.cat([cls, patches], dim=1) + pos)  # [B, L, W]
-    blocks = visual.transformer.resblocks
-    batch_first = getattr(visual.transformer, "batch_first", blocks[-1].attn.batch_first)
-    if not batch_first:  # older open_clip: blocks take [L, B, W]
-        tokens = tokens.transpose(0, 1)
-    for block in blocks[:-1]:
-        tokens = block(tokens)
-    return tokens if batch_first else tokens.transpose(0, 1)  # [B, L, W]
-
-
-# ----------------------------------------------------------------------------------------------------
-# Pieces of the last block
-# ----------------------------------------------------------------------------------------------------
-
-
-def qkv_per_head(block: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """x [B, L, W] -> q, k, v of the block's attention on ln_1(x), each [B, heads, L, d]."""
-    attn = block.attn
-    if attn.in_proj_weight is not None:
-        weight = attn.in_proj_weight  # [3W, W]
-    else:
-        weight = torch.cat([attn.q_proj_weight, attn.k_proj_weight, attn.v_proj_weight])
-    qkv = F.linear(block.ln_1(x), weight, attn.in_proj_bias)  # [B, L, 3W]
-    batch, length, _ = qkv.shape
-    qkv = qkv.reshape(batch, length, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)  # [3, B, heads, L, d]
-    return qkv[0], qkv[1], qkv[2]
-
-
-def attend(block: nn.Module, weights: Tensor, v: Tensor) -> Tensor:
-    """Attn(A) = W_o concat_heads(A_h v_h) + b_o. weights [B or 1, heads or 1, L, L'], v [B, heads, L', d]."""
-    out = weights @ v  # [B, heads, L, d]
-    return block.attn.out_proj(out.transpose(1, 2).flatten(2))  # [B, L, W]
-
-
-def keep_residual_and_ffn(block: nn.Module, x: Tensor, attended: Tensor) -> Tensor:
-    """y = x + attended; z = y + MLP(ln_2 y) (open_clip's layer scales, identity for ViT-B/16, included)."""
-    y = x + block.ls_1(attended)
-    return y + block.ls_2(block.mlp(block.ln_2(y)))
-
-
-def softmax_similarity(a: Tensor, b: Tensor, bias: Tensor | float = 0.0) -> Tensor:
-    """softmax(s a b^T + bias) per head, s = d^-1/2. a, b: [B, heads, L, d] -> [B, heads, L, L]."""
-    scale = a.shape[-1] ** -0.5
-    return torch.softmax(a @ b.transpose(-2, -1) * scale + bias, dim=-1)
-
-
-def neighbourhood_prior(grid: tuple[int, int], sigma: float, device=None, dtype=None) -> Tensor:
-    """NACLIP's Omega [1 + N, 1 + N]: exp(-|p_i - p_j|^2 / (2 sigma^2)) between patch positions, 0 on CLS."""
-    rows, cols = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
-    positions = torch.stack([rows.flatten(), cols.flatten()], dim=1).to(torch.float64)  # [N, 2]
-    omega = torch.exp(-torch.cdist(positions, positions).square() / (2 * sigma**2))  # [N, N]
-    omega = F.pad(omega, (1, 0, 1, 0))  # CLS row and column: no prior
-    return omega.to(device=device, dtype=dtype or torch.float32)
 
 
 def proxy_affinity(proxy: Tensor, beta: float, gamma: float, mean_over: str = "batch") -> Tensor:
@@ -224,16 +159,36 @@ def _check_inputs(visual: nn.Module, windows: Tensor, head: str, proxy: Tensor |
         raise ValueError(f"windows must be CLIP-normalised [B, 3, H, W], got shape {tuple(windows.shape)}")
     if windows.shape[2] % patch or windows.shape[3] % patch:
         raise ValueError(f"window size {tuple(windows.shape[2:])} is not a multiple of the patch size {patch}")
-    if head == "proxyclip":
+    if head in PROXY_HEADS:
         if proxy is None or proxy.ndim != 4 or proxy.shape[0] != windows.shape[0]:
             got = None if proxy is None else tuple(proxy.shape)
-            raise ValueError(
-                f"head 'proxyclip' needs proxy = the vision model's final patch tokens [B, h', w', Dv] with "
-                f"B = {windows.shape[0]} windows (got {got}); e.g. VisionFeatures('dino_vitb8', "
-                "feature='tokens').dense_features(windows)"
-            )
+            what = ("the vision model's final patch tokens [B, h', w', Dv]" if head == "proxyclip" else
+                    "DINO's last-block keys [B, h', w', heads * 64] (CLS dropped, heads concatenated)")
+            raise ValueError(f"head {head!r} needs proxy = {what} with B = {windows.shape[0]} windows (got {got})"
+                             + ("; e.g. VisionFeatures('dino_vitb8', feature='tokens').dense_features(windows)"
+                                if head == "proxyclip" else ""))
     elif proxy is not None:
-        raise ValueError(f"head {head!r} takes no proxy; only 'proxyclip' does")
+        raise ValueError(f"head {head!r} takes no proxy; only {' and '.join(map(repr, PROXY_HEADS))} do")
+
+
+def _check_required(head: str, settings: dict[str, Any]) -> None:
+    missing = [name for name in REQUIRED_2025.get(head, ()) if settings[name] is None]
+    if missing:
+        raise ValueError(f"head {head!r} needs {' and '.join(missing)} (e.g. text = [Q, D] unit query "
+                         "embeddings, temp_thd = 0.5)")
+
+
+def _window_by_window(visual: nn.Module, windows: Tensor, head: str, settings: dict[str, Any],
+                      proxy: Tensor | None) -> Tensor:
+    """A 2025 head on each window, one forward per window as released -> patch tokens [B, N, W] before ln_post."""
+    patch = int(visual.patch_size[0])
+    grid = (windows.shape[2] // patch, windows.shape[3] // patch)
+    tokens = []
+    for b in range(windows.shape[0]):
+        hidden = hidden_states_as_released(visual, windows[b : b + 1], settings["interpolation"])  # [1 + N, W] each
+        trace = WindowTrace(hidden, windows[b], grid, None if proxy is None else proxy[b])
+        tokens.append(HEAD_FUNCTIONS_2025[head](visual, trace, settings))
+    return torch.stack(tokens)
 
 
 def dense_clip_features(
@@ -241,16 +196,21 @@ def dense_clip_features(
 ) -> Tensor:
     """CLIP-normalised windows [B, 3, H, W] -> the head's patch features [B, h, w, D], L2-normalised.
 
-    visual: an open_clip VisionTransformer (`model.visual`). head: a name in `HEADS`; head_params override its
-    defaults (sigma for naclip; beta, gamma, affinity_mean for proxyclip; interpolation "lposs" | "sclip" for
-    all). proxy: proxyclip's vision-model tokens [B, h', w', Dv]; its output is then at the proxy grid.
+    visual: an open_clip VisionTransformer (`model.visual`). head: a name in `HEADS` or `HEADS_2025`;
+    head_params override its defaults (sigma for naclip; beta, gamma, affinity_mean for proxyclip; those of
+    lposs.models.heads_2025 for the 2025 heads; interpolation "lposs" | "sclip" for all). proxy: proxyclip's
+    vision-model tokens [B, h', w', Dv] (its output is then at the proxy grid), or cass's DINO keys.
     """
     settings = head_settings(head, head_params)
     _check_inputs(visual, windows, head, proxy)
-    tokens = tokens_before_last_block(visual, windows, settings["interpolation"])  # [B, 1 + gh*gw, W]
+    _check_required(head, settings)
     patch = int(visual.patch_size[0])
     grid = (windows.shape[2] // patch, windows.shape[3] // patch)
-    tokens, grid = HEAD_FUNCTIONS[head](visual.transformer.resblocks[-1], tokens, grid, settings, proxy)
+    if head in HEAD_FUNCTIONS_2025:
+        tokens = _window_by_window(visual, windows, head, settings, proxy)  # [B, N, W]
+    else:
+        tokens = tokens_before_last_block(visual, windows, settings["interpolation"])  # [B, 1 + gh*gw, W]
+        tokens, grid = HEAD_FUNCTIONS[head](visual.transformer.resblocks[-1], tokens, grid, settings, proxy)
     feats = visual.ln_post(tokens) @ visual.proj  # [B, N, D]
     feats = F.normalize(feats.float(), dim=-1)
     return feats.reshape(windows.shape[0], grid[0], grid[1], -1)  # [B, h, w, D]

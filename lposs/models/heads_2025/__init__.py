@@ -1,0 +1,49 @@
+"""Five training-free dense CLIP heads of 2025, as pure functions of an open_clip ViT, one window at a time.
+
+    feats = lposs.dense_clip_features(visual, windows, head="scclip")                    # [B, h, w, D], unit norm
+    feats = lposs.dense_clip_features(visual, windows, "resclip", text=queries, temp_thd=0.5)
+    feats = lposs.dense_clip_features(visual, windows, "cass", proxy=dino_keys)           # [B, h', w', 768] keys
+
+Unlike the 2024 heads (lposs.models.heads), these read intermediate blocks (x_4, x_9, x_11, blocks 6-9's
+attention, ...), so each takes a `WindowTrace` (every block's output for one window) and returns that window's
+patch tokens [N, W] before ln_post; `lposs.models.heads.dense_clip_features` applies ln_post, proj and the L2
+norm. Every statistic (means, quantiles, outliers, labels, spectra) is computed per window, as the releases
+run one window per forward. Off the 14x14 grid the position embedding follows SCLIP's rule ("sclip").
+
+    scclip   SC-CLIP   SuleBai/SC-CLIP@0417ba9        LOF outliers, self-adjusting multi-level attention
+    sfp      SFP       Kimsure/SFP@2804f5b            SOM outliers, three-way attention
+    pearl    PEARL     PGSmall/PEARL@c26062b          Procrustes-aligned attention (its TLP post-step:
+                                                      lposs.core.tlp)
+    resclip  ResCLIP   yvhangyang/ResCLIP@0e085f7     RCS + SFR: needs text=[Q, D] unit queries and temp_thd
+    cass     CASS      MICV-yonsei/CASS@228ecdd       spectral DINO-CLIP head matching: proxy = DINO last-block
+                                                      keys [B, h', w', heads*d] (CLS dropped, head-major)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import Tensor
+
+from . import cass, pearl, resclip, scclip, sfp
+from .common import WindowTrace
+
+# Head name -> default parameters (names as in the releases where they have one).
+HEADS_2025: dict[str, dict[str, Any]] = {
+    "scclip": scclip.DEFAULTS,
+    "sfp": sfp.DEFAULTS,
+    "pearl": pearl.DEFAULTS,
+    "resclip": resclip.DEFAULTS,
+    "cass": cass.DEFAULTS,
+}
+HEAD_FUNCTIONS_2025: dict[str, Callable[..., Tensor]] = {
+    "scclip": scclip.scclip,
+    "sfp": sfp.sfp,
+    "pearl": pearl.pearl,
+    "resclip": resclip.resclip,
+    "cass": cass.cass,
+}
+REQUIRED_2025: dict[str, tuple[str, ...]] = {"resclip": resclip.REQUIRED}  # parameters without a default
+
+__all__ = ["HEADS_2025", "HEAD_FUNCTIONS_2025", "REQUIRED_2025", "WindowTrace"]
