@@ -5,6 +5,8 @@
                  and dense_clip_features, which also runs the 2025 heads
     heads_2025   SC-CLIP, SFP, PEARL, ResCLIP, CASS: heads that read intermediate blocks, one window at a time
     backbones    DenseCLIP (a head + the prompt-ensemble text classifier), VisionFeatures (timm q/k/v/tokens)
+    text         the text classifier: synonyms, the 80 templates, prompts run only up to their end-of-text token
+    text_cache   class embeddings on disk across runs (LPOSS_CACHE), keyed by the text weights' own digest
     loading      which weights go with which model; loading them, or failing fast offline with the fix
     protocols    each release's evaluation protocol: background rule, constants, windows, class files
     factory      the one door: BackboneSpec -> create_backbones (demo, random, pretrained, checkpoints)
