@@ -125,7 +125,9 @@ def qkv_per_head(block: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def attend(block: nn.Module, weights: Tensor, v: Tensor) -> Tensor:
-    """Attn(A) = W_o concat_heads(A_h v_h) + b_o. weights [..., heads or 1, L, L'], v [..., heads, L', d] -> [..., L, W]."""
+    """Attn(A) = W_o concat_heads(A_h v_h) + b_o. weights [..., heads or 1, L, L'], v [..., heads, L', d].
+
+    Returns [..., L, W]."""
     out = weights @ v  # [..., heads, L, d]
     return block.attn.out_proj(out.transpose(-3, -2).flatten(-2))
 
