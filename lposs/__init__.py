@@ -9,6 +9,7 @@
 The package, room by room (each imports only the rooms above it in this list):
 
     io            files: atomic writes with the usual mode, JSON, md5, PNG label maps
+    hardware      what the CPU offers: physical cores, native bfloat16
     kernels/      the Triton kernels of the CUDA path (stencil, CG update); the torch code is the reference
     core/         the maths: propagation, graphs, windows, metrics, refiners (LPOSS+, best, PAMR), scoring
     settings      the settings, declared once: graph, propagation, pixel refiner, windows

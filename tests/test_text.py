@@ -191,3 +191,15 @@ def test_two_processes_filling_one_cache_leave_readable_entries(tiny_config, tmp
     mine, _ = DenseCLIP(TINY, pretrained=None, text_cache=None).text_embeddings(["cat", "dog", "cow"])
     for i in range(2):
         torch.testing.assert_close(torch.load(tmp_path / f"out{i}.pt"), mine)
+
+
+def test_physical_cores_and_native_bf16_are_read_from_cpuinfo(monkeypatch):
+    from lposs import hardware
+
+    info = ["processor\t: 0", "physical id\t: 0", "core id\t: 0", "processor\t: 1", "physical id\t: 0",
+            "core id\t: 0", "processor\t: 2", "physical id\t: 0", "core id\t: 1", "flags\t: fpu avx512_bf16 sse"]
+    monkeypatch.setattr(hardware, "_cpuinfo", lambda: info)  # 3 logical CPUs on 2 cores (hyper-threads)
+    monkeypatch.setattr(hardware.os, "sched_getaffinity", lambda _pid: {0, 1, 2}, raising=False)
+    assert hardware.physical_cores() == 2 and hardware.cpu_has_native_bf16()
+    monkeypatch.setattr(hardware, "_cpuinfo", lambda: ["flags\t: fpu avx2"])
+    assert hardware.physical_cores() == 3 and not hardware.cpu_has_native_bf16()  # no core ids: usable CPUs

@@ -14,11 +14,13 @@ def cmd_segment(args: argparse.Namespace) -> None:
     import torch
 
     from ..datasets.base import read_image
+    from ..hardware import use_physical_cores
     from ..models.factory import BackboneSpec, create_backbones, resolve_device, spec_from_clip_tag
     from ..models.protocols import WINDOW_KEYS, resolve
     from ..segmentation import segment
 
     device = resolve_device(args.device, "--device", "--device cpu")  # before any weights load
+    use_physical_cores()  # torch's threads = physical cores unless OMP_NUM_THREADS is set
     names = parse_classes(args.classes, args.classes_file)
     image = read_image(Path(args.image))
     warning = None

@@ -147,7 +147,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"address to listen on (default {DEFAULT_HOST}: this machine only)")
     parser.add_argument("--port", type=int, help="port (default: the first free one from 7860)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when available)")
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the backbones (CUDA)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="bf16 autocast for the backbones (CUDA, or a CPU with native bfloat16: AVX-512 BF16 or AMX)")
     parser.add_argument("--max-side", type=int, default=MAX_SIDE, help="uploads longer than this are resized (pixels)")
     parser.add_argument("--short-side", type=int, default=448,
                         help="images are resized to this short side before windowing (paper: 448; smaller is faster)")
@@ -160,9 +161,11 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_demo(args: argparse.Namespace) -> None:
     """`python -m lposs demo`: build the config from the options and serve the page."""
+    from ..hardware import use_physical_cores
     from ..models.factory import resolve_device
 
     device = resolve_device(args.device, "--device", "--device cpu (or auto)")  # before any weights load
+    use_physical_cores()  # torch's threads = physical cores unless OMP_NUM_THREADS is set
     weights = "demo" if args.demo_backbones else "random" if args.random_weights else "real"
     config = DemoConfig(weights=weights, device=device, bf16=args.bf16, clip_weights=args.clip_weights,
                         clip_checkpoint=args.clip_checkpoint, dino_checkpoint=args.dino_checkpoint,

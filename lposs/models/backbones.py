@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.color import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD  # noqa: F401 - re-exported
+from ..hardware import cpu_has_native_bf16
 from .heads import HEADS, dense_clip_features, head_settings, positional_embedding, tokens_before_last_block
 from .loading import (  # noqa: F401 - BackboneUnavailable, CLIP_WEIGHTS, VISION_MODELS, hf_cache_dir re-exported
     CLIP_WEIGHTS,
@@ -64,15 +65,6 @@ def _normalise_input(windows: Tensor, mean: Sequence[float], std: Sequence[float
     mean_t = torch.tensor(mean, dtype=windows.dtype, device=windows.device).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=windows.dtype, device=windows.device).view(1, 3, 1, 1)
     return (windows - mean_t) / std_t
-
-
-def cpu_has_native_bf16() -> bool:
-    """True where the CPU computes in bfloat16 natively (AVX-512 BF16 or AMX; Linux's /proc/cpuinfo flags)."""
-    try:
-        flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def native_bf16(device: torch.device) -> bool:
