@@ -533,3 +533,48 @@ def test_parameters_are_validated_by_name(visual):
         dense_clip_features(visual, x, "cass")
     with pytest.raises(ValueError, match="'scclip' takes no proxy"):
         dense_clip_features(visual, x, "scclip", proxy=torch.zeros(1, 28, 28, 768))
+
+
+# ---------------------------------------------------------------------------------------------------
+# CASS's text side
+# ---------------------------------------------------------------------------------------------------
+
+
+def hand_cass_logits(features, text, global_embedding, h, a, g):
+    """cass_segmentor.py:98-212 with the release's own calls (scikit-learn's cosine_distances, scipy's Ward)."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import squareform
+    from sklearn.metrics.pairwise import cosine_distances
+
+    clusters = fcluster(linkage(squareform(cosine_distances(text.numpy())), method="ward"), t=h,
+                        criterion="distance") - 1
+    sims = (global_embedding @ text.T)[0]
+    feats = features.reshape(-1, features.shape[-1])
+    adjusted = text.clone()
+    for cluster in range(clusters.max() + 1):
+        members = [i for i in range(len(text)) if clusters[i] == cluster]
+        query = max(members, key=lambda i: float(sims[i]))
+        top = (feats @ text[query]).topk(2).indices
+        mean = feats[top].mean(0)
+        mixed = (1 - a) * text[query] + a * mean / mean.norm()
+        adjusted[query] = mixed / mixed.norm()
+    return ((1 - g) * feats @ adjusted.T + g * sims).reshape(*features.shape[:3], -1), clusters
+
+
+def test_cass_text_side_equals_hand_recomputation(visual):
+    from lposs.models.heads_2025.cass_text import cass_logits, clip_image_embedding
+
+    g = torch.Generator().manual_seed(9)
+    text = F.normalize(torch.randn(8, 512, generator=g), dim=-1)
+    text[1:4] = F.normalize(text[0] + 0.02 * torch.randn(3, 512, generator=g), dim=-1)  # a cluster of 4
+    features = F.normalize(torch.randn(1, 4, 5, 512, generator=g), dim=-1)
+    x = clip_windows(1, 224, 224, seed=17)
+    with torch.no_grad():
+        global_embedding = clip_image_embedding(visual, x)
+        torch.testing.assert_close(global_embedding, F.normalize(visual(x), dim=-1), atol=1e-5, rtol=0)
+    ours = cass_logits(features, text, global_embedding, 0.5, 0.3, 0.25)
+    expected, clusters = hand_cass_logits(features, text, global_embedding, 0.5, 0.3, 0.25)
+    assert 1 < clusters.max() + 1 < len(text)  # some queries share a cluster, not all
+    torch.testing.assert_close(ours, expected, atol=1e-6, rtol=0)
+    plain = cass_logits(features, text, global_embedding, 0.5, 0.0, 0.0)
+    torch.testing.assert_close(plain, features @ text.T, atol=1e-6, rtol=0)  # no weights: plain cosines

@@ -16,7 +16,8 @@ run one window per forward. Off the 14x14 grid the position embedding follows SC
                                                       lposs.core.tlp)
     resclip  ResCLIP   yvhangyang/ResCLIP@0e085f7     RCS + SFR: needs text=[Q, D] unit queries and temp_thd
     cass     CASS      MICV-yonsei/CASS@228ecdd       spectral DINO-CLIP head matching: proxy = DINO last-block
-                                                      keys [B, h', w', heads*d] (CLS dropped, head-major)
+                                                      keys [B, h', w', heads*d] (CLS dropped, head-major);
+                                                      its text-side query adjustment: cass_text.cass_logits
 """
 
 from __future__ import annotations
