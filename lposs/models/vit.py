@@ -1,7 +1,7 @@
 """An open_clip VisionTransformer taken apart: the pieces every dense head is built from.
 
     tokens = tokens_before_last_block(visual, windows, "sclip")    # [B, 1 + N, W], what the last block sees
-    hidden = hidden_states(visual, windows, "sclip")               # [x_0, x_1, ..., x_{L-1}], each [B, 1 + N, W]
+    hidden = hidden_states_as_released(visual, window, "sclip")    # one window [1, 3, H, W] -> [x_0, ..., x_{L-1}]
     q, k, v = qkv_per_head(block, tokens)                          # [B, heads, 1 + N, d] each
 
 x_l is the output of block l (1-based), x_0 the embedded tokens (ln_pre(CLS + patches + position embedding)),
@@ -53,29 +53,16 @@ def embedded_tokens(visual: nn.Module, x: Tensor, interpolation: str = "lposs") 
     return visual.ln_pre(torch.cat([cls, patches], dim=1) + pos)  # [B, L, W]
 
 
-def _run_blocks(visual: nn.Module, tokens: Tensor, blocks, keep: bool) -> list[Tensor]:
-    """tokens [B, L, W] through `blocks`; every output (keep) or only the last, each [B, L, W]."""
-    batch_first = getattr(visual.transformer, "batch_first", visual.transformer.resblocks[-1].attn.batch_first)
-    outputs = [tokens]
-    x = tokens if batch_first else tokens.transpose(0, 1)  # older open_clip: blocks take [L, B, W]
-    for block in blocks:
-        x = block(x)
-        if not keep:
-            outputs.clear()
-        outputs.append(x if batch_first else x.transpose(0, 1))
-    return outputs
-
-
 def tokens_before_last_block(visual: nn.Module, x: Tensor, interpolation: str = "lposs") -> Tensor:
     """CLIP-normalised images [B, 3, H, W] -> the tokens entering the last block, [B, 1 + gh*gw, W]."""
-    tokens = embedded_tokens(visual, x, interpolation)
-    return _run_blocks(visual, tokens, visual.transformer.resblocks[:-1], keep=False)[-1]
-
-
-def hidden_states(visual: nn.Module, x: Tensor, interpolation: str = "lposs") -> list[Tensor]:
-    """CLIP-normalised images [B, 3, H, W] -> [x_0, ..., x_{L-1}], x_l = output of block l, each [B, 1 + N, W]."""
-    tokens = embedded_tokens(visual, x, interpolation)
-    return _run_blocks(visual, tokens, visual.transformer.resblocks[:-1], keep=True)
+    tokens = embedded_tokens(visual, x, interpolation)  # [B, L, W]
+    blocks = visual.transformer.resblocks
+    batch_first = getattr(visual.transformer, "batch_first", blocks[-1].attn.batch_first)
+    if not batch_first:  # older open_clip: blocks take [L, B, W]
+        tokens = tokens.transpose(0, 1)
+    for block in blocks[:-1]:
+        tokens = block(tokens)
+    return tokens if batch_first else tokens.transpose(0, 1)  # [B, L, W]
 
 
 def block_as_released(block: nn.Module, x: Tensor) -> Tensor:
@@ -96,8 +83,8 @@ def block_as_released(block: nn.Module, x: Tensor) -> Tensor:
 
 
 def hidden_states_as_released(visual: nn.Module, x: Tensor, interpolation: str = "sclip") -> list[Tensor]:
-    """`hidden_states` of ONE window [1, 3, H, W], block by block as the releases compute them (one window per
-    forward, sequence-first, unfused attention) -> [x_0, ..., x_{L-1}], each [1 + N, W]."""
+    """Every block's output for ONE window [1, 3, H, W], computed as the releases do (one window per forward,
+    sequence-first, unfused attention) -> [x_0, ..., x_{L-1}], each [1 + N, W]; x_{L-1} enters the last block."""
     if x.shape[0] != 1:
         raise ValueError(f"one window at a time, got a batch of {x.shape[0]}")
     tokens = embedded_tokens(visual, x, interpolation).transpose(0, 1)  # [L, 1, W]
