@@ -83,8 +83,9 @@ def baseline_hint(files: list[str] | None, lock_at_head: bool) -> str | None:
                 "it the baseline that dvc exp show, dvc metrics diff and dvc plots diff compare with, commit it:\n"
                 + commit)
     return ("dvc.lock of this run is not committed, so `dvc exp show` has no baseline row and `dvc metrics diff` /\n"
-            "`dvc plots diff` find no results at HEAD. To compare your experiments (dvc exp run -S lp.alpha=0.9)\n"
-            "with this run, commit it:\n" + commit)
+            "`dvc plots diff` find no results at HEAD. To compare your experiments (dvc exp run -S lp.alpha=0.9,\n"
+            "after `source .venv/bin/activate`: the stages call the venv's python) with this run, commit it:\n"
+            + commit)
 
 
 def lock_committed(root: str | Path = ".") -> bool:
