@@ -2,7 +2,8 @@
 
     python -m benchmarks.heads [--device cpu|cuda] [--images 2] [--short-side 448] [--json OUT.json]
 
-Random-weight OpenCLIP ViT-B/16 with each head of `lposs.models.heads.HEADS` (ProxyCLIP with a DINO ViT-B/8 proxy)
+Random-weight OpenCLIP ViT-B/16 with each head of `lposs.models.heads.HEADS` (ProxyCLIP and CASS with a DINO ViT-B/8
+proxy: its final tokens, its raw keys; ResCLIP reads the 21 class queries inside its forward)
 and a DINO ViT-B/16 graph (q, k, v from one forward), on random images of VOC's size (375 x 500, 15 windows
 at short side 448); the cost does not depend on the weights. Per head: seconds per image of
 `features.extract_shard` (both backbones over all windows, seeds, graph features), the text classifier

@@ -78,7 +78,8 @@ def extract_features(
     layout = window_layout(*resized_hw, crop=win.crop, stride=win.stride)
     crops = crop_windows(resized, layout, crop=win.crop)  # [B, 3, crop, crop]
     emb, owner = text if text is not None else vlm.text_embeddings(class_names)  # [C', D], [C']
-    dense = vlm.dense_features(crops)  # [B, g, g, D]
+    # a head that reads the class list (ResCLIP) gets its query embeddings with the windows
+    dense = vlm.dense_features(crops, text=emb) if getattr(vlm, "needs_text", False) else vlm.dense_features(crops)
     reuses_vlm = getattr(vm, "vlm", None) is vlm  # the VLM's own features as the graph (no second model)
     graph = dense if reuses_vlm else vm.dense_features(crops)  # [B, g', g', Dv]
     dense = to_graph_grid(dense, graph.shape[1:3])  # [B, g', g', D]

@@ -22,13 +22,14 @@ from lposs.models.backbones import (
     split_synonyms,
 )
 from lposs.models.factory import BackboneSpec, create_backbones, spec_from_clip_choice
-from lposs.models.heads import HEADS, dense_clip_features
+from lposs.models.heads import HEADS, LAST_BLOCK_HEADS, PROXY_FEATURES, dense_clip_features
 
 CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
 CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 TINY_CLIP = "lposs-test-tiny-clip"
+DEEP_TINY_CLIP = "lposs-test-tiny-clip-12"  # 12 blocks, as the 2025 heads read blocks 4, 6-9 and 11
 SMALL_DINO = "vit_small_patch16_224.dino"
 
 
@@ -42,9 +43,11 @@ def tiny_clip_config(tmp_path_factory):
         "vision_cfg": {"image_size": 224, "layers": 3, "width": 64, "head_width": 64, "patch_size": 16},
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 2},
     }
-    path = tmp_path_factory.mktemp("open_clip_cfg") / f"{TINY_CLIP}.json"
-    path.write_text(json.dumps(cfg))
-    open_clip.add_model_config(path)
+    folder = tmp_path_factory.mktemp("open_clip_cfg")
+    deep = {**cfg, "vision_cfg": {**cfg["vision_cfg"], "layers": 12, "head_width": 32}}  # 2 heads of 32
+    for name, config in ((TINY_CLIP, cfg), (DEEP_TINY_CLIP, deep)):
+        (folder / f"{name}.json").write_text(json.dumps(config))
+        open_clip.add_model_config(folder / f"{name}.json")
 
 
 @pytest.fixture(scope="module")
@@ -205,9 +208,8 @@ def test_maskclip_loads_a_local_checkpoint(tiny_clip, tmp_path):
 
 
 def test_dense_clip_ids_name_the_head_its_changed_parameters_and_the_proxy(tiny_clip, small_dino):
-    proxy = small_dino.with_feature("tokens")
-    made = {head: DenseCLIP(TINY_CLIP, None, head=head, proxy=proxy if head == "proxyclip" else None)
-            for head in HEADS}
+    proxies = {head: small_dino.with_feature(feature) for head, feature in PROXY_FEATURES.items()}
+    made = {head: DenseCLIP(TINY_CLIP, None, head=head, proxy=proxies.get(head)) for head in HEADS}
     assert MaskCLIP is DenseCLIP and made["maskclip"].id == tiny_clip.id
     assert made["sclip"].id == f"openclip-{TINY_CLIP}-random0-sclip"
     assert made["proxyclip"].id == f"openclip-{TINY_CLIP}-random0-proxyclip-proxy_timm-{SMALL_DINO}-random0-tokens"
@@ -215,9 +217,81 @@ def test_dense_clip_ids_name_the_head_its_changed_parameters_and_the_proxy(tiny_
     assert changed.id == f"openclip-{TINY_CLIP}-random0-naclip-interpolation_lposs-sigma_3"
     assert DenseCLIP(TINY_CLIP, None, head="naclip", head_params={"sigma": 5}).id == made["naclip"].id
     assert len({vlm.id for vlm in made.values()} | {changed.id}) == len(HEADS) + 1
+    assert made["cass"].id == f"openclip-{TINY_CLIP}-random0-cass-proxy_timm-{SMALL_DINO}-random0-k_raw"
+    assert made["resclip"].id == f"openclip-{TINY_CLIP}-random0-resclip"  # temp_thd 0.5 is DenseCLIP's default
+    resclip = DenseCLIP(TINY_CLIP, None, head="resclip", head_params={"temp_thd": 0.11, "sfr_weights": (1.8, 0.7)})
+    assert resclip.id == f"openclip-{TINY_CLIP}-random0-resclip-sfr_weights_1.8,0.7-temp_thd_0.11"
     images = windows(1, seed=8)
-    feats = {head: vlm.dense_features(images) for head, vlm in made.items()}
-    assert all((feats[head] - feats["maskclip"]).abs().max() > 1e-3 for head in HEADS if head != "maskclip")
+    feats = {head: made[head].dense_features(images) for head in LAST_BLOCK_HEADS}  # 3 blocks: the 2024 heads
+    assert all((feats[head] - feats["maskclip"]).abs().max() > 1e-3 for head in feats if head != "maskclip")
+
+
+def test_dense_clip_runs_every_head_of_the_registry(small_dino):
+    """Every head of HEADS through DenseCLIP (12 tiny blocks); resclip reads the queries given with the windows."""
+    proxies = {head: small_dino.with_feature(feature) for head, feature in PROXY_FEATURES.items()}
+    made = {head: DenseCLIP(DEEP_TINY_CLIP, None, head=head, proxy=proxies.get(head)) for head in HEADS}
+    text, _ = made["maskclip"].text_embeddings(["red", "green;grass", "sky"])  # [4, 32]
+    images = windows(2, 112, 160, seed=8)
+    torch.manual_seed(0)  # CASS's low-rank step draws from the global RNG
+    feats = {head: vlm.dense_features(images, text=text) for head, vlm in made.items()}
+    for head, out in feats.items():
+        assert out.shape == (2, 7, 10, 32) and made[head].patch_size == 16, head
+        torch.testing.assert_close(out.norm(dim=-1), torch.ones(2, 7, 10), atol=1e-5, rtol=0)
+        assert head == "maskclip" or (out - feats["maskclip"]).abs().max() > 1e-3, head
+    assert made["resclip"].needs_text and not any(made[head].needs_text for head in HEADS if head != "resclip")
+    x = (images - CLIP_MEAN) / CLIP_STD
+    expected = dense_clip_features(made["resclip"].model.visual, x, "resclip", text=text, temp_thd=0.5)
+    torch.testing.assert_close(feats["resclip"], expected)
+    other = made["resclip"].dense_features(images, text=text[:2])  # another class list: other pass-1 labels
+    assert other.shape == expected.shape
+    with pytest.raises(ValueError, match="'resclip' needs the class list's query embeddings"):
+        made["resclip"].dense_features(images)
+    from lposs.image_features import extract_features  # the one caller: it hands the class list's queries over
+
+    image = (windows(1, 112, 160, seed=12)[0] * 255).round().byte().permute(1, 2, 0).numpy()
+    got = extract_features(image, ["red", "green;grass", "sky"], made["resclip"], small_dino, crop=112, stride=48,
+                           short_side=112)
+    crops = torch.stack([got.image_resized[:, y1:y2, x1:x2] for y1, y2, x1, x2 in got.layout])  # [2, 3, 112, 112]
+    dense = made["resclip"].dense_features(crops, text=text)  # [2, 7, 7, 32]
+    torch.testing.assert_close(got.seeds, dense.reshape(-1, 32) @ text.T, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="not in head_params"):
+        DenseCLIP(DEEP_TINY_CLIP, None, head="resclip", head_params={"text": text})
+    with pytest.raises(ValueError, match="'cass' needs proxy"):
+        DenseCLIP(DEEP_TINY_CLIP, None, head="cass")
+
+
+def hand_raw_keys(vm: VisionFeatures, images: torch.Tensor) -> torch.Tensor:
+    """CASS's proxy by hand: the last block's keys of the window resized to a square, CLS dropped, not normalised."""
+    side = min(images.shape[-2:])
+    square = F.interpolate(images, size=(side, side), mode="bicubic", align_corners=False).clamp(0, 1)
+    x = (square - IMAGENET_MEAN) / IMAGENET_STD
+    block = vm.model.blocks[-1]
+    tokens = capture_input(block, lambda: vm.model.forward_features(x))  # [B, 1 + N, D]
+    dim = tokens.shape[-1]
+    keys = block.attn.qkv(block.norm1(tokens))[..., dim : 2 * dim]
+    return keys[:, 1:].reshape(images.shape[0], side // vm.patch_size, side // vm.patch_size, dim)
+
+
+def test_cass_proxy_is_the_raw_keys_of_the_square_window(small_dino):
+    proxy = small_dino.with_feature("k_raw")
+    images = windows(2, 112, 160, seed=10)
+    keys = proxy.dense_features(images)
+    with torch.no_grad():
+        expected = hand_raw_keys(small_dino, images)
+    assert keys.shape == (2, 7, 7, 384)
+    torch.testing.assert_close(keys, expected, atol=1e-5, rtol=1e-5)
+    assert (keys.norm(dim=-1) - 1).abs().max() > 0.1  # not normalised
+    both = small_dino.dense_features_multi(images, ("k", "k_raw"))
+    assert both["k"].shape == (2, 7, 10, 384) and torch.equal(both["k_raw"], keys)
+    square = windows(1, 112, 112, seed=11)  # square windows: the keys of the window itself
+    unit = F.normalize(small_dino.dense_features_multi(square, ("k_raw",))["k_raw"], dim=-1)
+    torch.testing.assert_close(unit, small_dino.dense_features_multi(square, ("k",))["k"], atol=1e-5, rtol=1e-5)
+    vlm = DenseCLIP(DEEP_TINY_CLIP, None, head="cass", proxy=proxy)
+    torch.manual_seed(3)
+    feats = vlm.dense_features(images)
+    torch.manual_seed(3)
+    direct = dense_clip_features(vlm.model.visual, (images - CLIP_MEAN) / CLIP_STD, "cass", proxy=expected)
+    torch.testing.assert_close(feats, direct, atol=1e-5, rtol=1e-5)
 
 
 def test_dense_clip_proxyclip_runs_the_proxy_on_the_same_windows(tiny_clip_config):
@@ -457,6 +531,12 @@ def test_create_backbones_heads_proxy_and_graph_choices(tiny_clip_config):
     vm = graphs["k"]
     assert vlm.proxy.model is vm.model and vlm.proxy.id.endswith("-tokens") and vm.id.endswith("-k")
     assert vlm.patch_size == vm.patch_size == 8
+    spec = BackboneSpec(vlm=DEEP_TINY_CLIP, vlm_weights="random", vm=SMALL_DINO, vm_weights="random", head="cass")
+    assert spec.proxy == "dino_vitb8" and spec.key().startswith(f"{DEEP_TINY_CLIP}.random+cass.dino_vitb8+")
+    spec = BackboneSpec(vlm=DEEP_TINY_CLIP, vlm_weights="random", vm=SMALL_DINO, vm_weights="random", head="cass",
+                        proxy=SMALL_DINO)
+    vlm, graphs = create_backbones(spec)
+    assert vlm.proxy.model is graphs["v"].model and vlm.proxy.feature == "k_raw" and vlm.patch_size == 16
     with pytest.raises(ValueError, match="unknown CLIP weights 'openclip'"):
         spec_from_clip_choice("openclip", random=True)
 
@@ -481,10 +561,15 @@ def test_every_head_in_bf16_on_cuda_stays_close_to_float32(head):
     images = windows(2)
 
     def make(bf16):
-        proxy = VisionFeatures("dino_vitb8", False, "tokens", device="cuda", bf16=bf16) if head == "proxyclip" else None
+        feature = PROXY_FEATURES.get(head)
+        proxy = VisionFeatures("dino_vitb8", False, feature, device="cuda", bf16=bf16) if feature else None
         return DenseCLIP(pretrained=None, device="cuda", bf16=bf16, head=head, proxy=proxy)
 
     full, half = make(False), make(True)
-    a, b = full.dense_features(images), half.dense_features(images)
+    text = full.text_embeddings(["cat", "dog", "sky"])[0]
+    torch.manual_seed(0)
+    a = full.dense_features(images, text=text)
+    torch.manual_seed(0)
+    b = half.dense_features(images, text=text)
     assert a.dtype == b.dtype == torch.float32 and a.shape == b.shape
     assert (a * b).sum(-1).mean() > 0.98  # proxyclip's "< 0 -> -inf" cut may flip a few entries in bf16

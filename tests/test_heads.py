@@ -16,9 +16,9 @@ from torch import nn
 from lposs.models import heads, loading
 from lposs.models.backbones import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, VisionFeatures
 from lposs.models.factory import create_backbones, spec_from_clip_choice
-from lposs.models.heads import HEADS, dense_clip_features, positional_embedding
+from lposs.models.heads import LAST_BLOCK_HEADS, dense_clip_features, positional_embedding
 
-ALL_HEADS = list(HEADS)
+ALL_HEADS = list(LAST_BLOCK_HEADS)  # the 2025 heads have their own hand checks (test_heads_2025)
 ERRORS: dict[str, float] = {}  # max abs error of each hand check, printed at the end of the module (-s)
 
 
@@ -183,7 +183,7 @@ def test_head_equals_hand_recomputation(visual, head, params, batch, size, proxy
         proxy = torch.randn(batch, *proxy_grid, 384, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         feats = dense_clip_features(visual, x, head, proxy=proxy, **params)
-        rule = params.get("interpolation", HEADS[head]["interpolation"])
+        rule = params.get("interpolation", LAST_BLOCK_HEADS[head]["interpolation"])
         hand_params = {key: value for key, value in params.items() if key != "interpolation"}
         expected = hand_head(visual, last_block_input(visual, x, rule), head, grid, proxy, **hand_params)
     out_grid = proxy_grid if head == "proxyclip" else grid

@@ -19,7 +19,8 @@ from ..core.scoring import labels_from_scores
 from ..segmentation import MODES, as_image_tensor, extract_features, propagate_features
 
 HEAD_TITLES = {"maskclip": "MaskCLIP", "sclip": "SCLIP", "clearclip": "ClearCLIP", "naclip": "NACLIP",
-               "proxyclip": "ProxyCLIP", "demo-vlm": "Demo stand-in"}
+               "proxyclip": "ProxyCLIP", "scclip": "SC-CLIP", "sfp": "SFP", "pearl": "PEARL", "resclip": "ResCLIP",
+               "cass": "CASS", "demo-vlm": "Demo stand-in"}
 
 
 def mode_titles(head: str = "maskclip") -> dict[str, str]:

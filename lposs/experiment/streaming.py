@@ -92,6 +92,9 @@ class BatchedForward:
     Any other attribute is the backbone's own (text embeddings, ids, ...)."""
 
     def __init__(self, model: Any, vlm: "BatchedForward | None" = None):
+        if getattr(model, "needs_text", False):  # ResCLIP: its forward reads one class list's query embeddings
+            raise ValueError(f"head {model.head!r} reads the class list inside its forward, so its windows cannot "
+                             "share a forward across images here: evaluate it through the feature store")
         self.model, self.pending = model, []
         if vlm is not None and getattr(model, "vlm", None) is vlm.model:
             self.vlm = vlm  # a graph model made of the VLM's own features: extract_features reuses its forward

@@ -8,10 +8,12 @@ The classes follow the interface of the rest of the package (docs/method.md sect
     .dense_features(windows [B, 3, h, w] in [0, 1]) -> [B, h/p, w/p, D], L2-normalised per patch
     .text_embeddings(class_names) -> (emb [C', D], owner [C'])      (DenseCLIP only)
 
-- `DenseCLIP` (alias `MaskCLIP`): an open_clip ViT whose last block is one of the heads of `lposs.models.heads`
-  (maskclip, sclip, clearclip, naclip, proxyclip), with a prompt-ensemble text classifier.
+- `DenseCLIP` (alias `MaskCLIP`): an open_clip ViT with one of the dense heads of `lposs.models.heads.HEADS`
+  (maskclip, sclip, clearclip, naclip, proxyclip; scclip, sfp, pearl, resclip, cass), with a prompt-ensemble
+  text classifier. resclip reads the class list's query embeddings: `dense_features(windows, text=emb)`.
 - `VisionFeatures` (alias `DinoFeatures`): any timm ViT of `VISION_MODELS` (or a timm name); features are the
-  last block's attention q, k or v, or the final normalised tokens; several of them from one forward.
+  last block's attention q, k or v, or the final normalised tokens; several of them from one forward. As a
+  proxy it also gives "k_raw": CASS's raw last-block keys on the window resized to a square.
 - `ClipGraphFeatures`: the VLM's own dense features used as graph features (no second model).
 
 Weights (lposs.models.loading): open_clip / timm pretrained tags from the Hugging Face hub cache, or a local file
@@ -31,7 +33,16 @@ from torch import Tensor, nn
 
 from ..core.color import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD  # noqa: F401 - re-exported
 from ..hardware import cpu_has_native_bf16
-from .heads import HEADS, dense_clip_features, head_settings, positional_embedding, tokens_before_last_block
+from .heads import (
+    HEADS,
+    PROXY_FEATURES,
+    PROXY_HEADS,
+    TEXT_HEADS,
+    dense_clip_features,
+    head_settings,
+    positional_embedding,
+    tokens_before_last_block,
+)
 from .loading import (  # noqa: F401 - BackboneUnavailable, CLIP_WEIGHTS, VISION_MODELS, hf_cache_dir re-exported
     CLIP_WEIGHTS,
     VISION_MODELS,
@@ -51,7 +62,12 @@ DEFAULT_CLIP_MODEL = "ViT-B-16"
 DEFAULT_CLIP_PRETRAINED = "laion2b_s34b_b88k"
 DEFAULT_DINO_MODEL = "vit_base_patch16_224.dino"
 DEFAULT_PROXY_MODEL = "dino_vitb8"
-VM_FEATURES = ("q", "k", "v", "tokens")
+VM_FEATURES = ("q", "k", "v", "tokens")  # graph features (unit norm)
+RAW_FEATURES = ("k_raw",)  # proxy features, not normalised (CASS's keys)
+# What DenseCLIP fills in where a head's pure function has no default. ResCLIP's temp_thd: its VOC21 value,
+# 0.5 (yvhangyang/ResCLIP configs/cfg_voc21.py:8), the dataset whose rcs/sfr weights are also the head's
+# defaults (cfg_voc21.py:10-11); COCO-Object uses 0.11 (cfg_coco_object.py:7). Protocols set it per dataset.
+DENSE_CLIP_DEFAULTS: dict[str, dict[str, Any]] = {"resclip": {"temp_thd": 0.5}}
 
 
 def _normalise_input(windows: Tensor, mean: Sequence[float], std: Sequence[float], patch: int) -> Tensor:
@@ -83,20 +99,30 @@ def _autocast(device: torch.device, bf16: bool):
 
 
 def head_label(head: str, head_params: dict[str, Any] | None) -> str:
-    """The head part of an id: the name, then every parameter that differs from the head's default."""
-    defaults, settings = HEADS[head], head_settings(head, head_params)
-    changed = sorted(name for name in settings if settings[name] != defaults[name])
-    return head + "".join(f"-{name}_{settings[name]:g}" if isinstance(settings[name], (int, float))
-                          else f"-{name}_{settings[name]}" for name in changed)
+    """The head part of an id: the name, then every parameter that differs from the head's default (as
+    DenseCLIP fills it in); the query embeddings (`text`) are per class list, never part of an id."""
+    defaults = {**HEADS[head], **DENSE_CLIP_DEFAULTS.get(head, {})}
+    settings = head_settings(head, {**DENSE_CLIP_DEFAULTS.get(head, {}), **(head_params or {})})
+    changed = sorted(name for name in settings if name != "text" and settings[name] != defaults[name])
+    return head + "".join(f"-{name}_{_label_value(settings[name])}" for name in changed)
+
+
+def _label_value(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(_label_value, value))
+    return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
 
 
 class DenseCLIP:
     """open_clip ViT with a training-free dense head (lposs.models.heads) and a prompt-ensemble text classifier.
 
     pretrained: an open_clip tag ("laion2b_s34b_b88k", "openai"), or None for seeded random weights.
-    head, head_params: a name of `lposs.models.heads.HEADS` and overrides of its defaults (e.g. {"sigma": 3.0}).
-    proxy: proxyclip's vision model (e.g. VisionFeatures("dino_vitb8")); its final tokens give the affinity
-        and its grid the output grid, so `.patch_size` is then the proxy's.
+    head, head_params: a name of `lposs.models.heads.HEADS` and overrides of its defaults (e.g. {"sigma": 3.0});
+        resclip's temp_thd defaults to 0.5 here (`DENSE_CLIP_DEFAULTS`), its text comes with each call of
+        `dense_features(windows, text=emb)` (`.needs_text` says so; `extract_features` passes it).
+    proxy: the vision model of a proxy head (e.g. VisionFeatures("dino_vitb8")). proxyclip: its final tokens
+        give the affinity and its grid the output grid, so `.patch_size` is then the proxy's. cass: its raw
+        last-block keys ("k_raw") on each window resized to a square; the output stays at the CLIP grid.
     quick_gelu: None = as the tag says (QuickGELU for "openai"); True builds random weights like OpenAI's.
     checkpoint: a local weight file (.bin/.pt/.safetensors) used instead of downloading the tag.
     bf16: bfloat16 autocast on CUDA, and on a CPU with native bfloat16 (`native_bf16`); elsewhere
@@ -131,12 +157,17 @@ class DenseCLIP:
         self.text_cache = TextCache.from_env() if text_cache == "env" else text_cache
         self._text_identity: dict[str, Any] | None = None
 
-        self.head, self.head_params = head, dict(head_params or {})
-        self.settings = head_settings(head, head_params)
-        if (head == "proxyclip") != (proxy is not None):
-            raise ValueError("head 'proxyclip' needs proxy=a vision model (e.g. VisionFeatures('dino_vitb8')); "
-                             f"other heads take none (head={head!r}, proxy={getattr(proxy, 'id', proxy)!r})")
+        if "text" in (head_params or {}):
+            raise ValueError(f"head {head!r}: pass the query embeddings with each call, dense_features(windows, "
+                             "text=emb), not in head_params (they change with the class list)")
+        self.head, self.head_params = head, {**DENSE_CLIP_DEFAULTS.get(head, {}), **(head_params or {})}
+        self.settings = head_settings(head, self.head_params)
+        if (head in PROXY_HEADS) != (proxy is not None):
+            raise ValueError(f"head {head!r} needs proxy=a vision model (e.g. VisionFeatures('dino_vitb8'))"
+                             if head in PROXY_HEADS else f"head {head!r} takes no proxy (got "
+                             f"{getattr(proxy, 'id', proxy)!r}); only {' and '.join(map(repr, PROXY_HEADS))} do")
         self.proxy = proxy
+        self.needs_text = head in TEXT_HEADS
         self.device = torch.device(device)
         self.bf16 = bf16 and native_bf16(self.device)
         quick = open_clip_quick_gelu(model_name, pretrained, quick_gelu)
@@ -145,7 +176,7 @@ class DenseCLIP:
         self.model_name = model_name
         self._check_visual(model_name)
         self.clip_patch_size = int(self.model.visual.patch_size[0])
-        self.patch_size = int(proxy.patch_size) if proxy is not None else self.clip_patch_size
+        self.patch_size = int(proxy.patch_size) if head == "proxyclip" else self.clip_patch_size
         self.embed_dim = int(self.model.visual.proj.shape[1])
         gelu = "-quickgelu" if quick and "quickgelu" not in model_name else ""
         weights = weights_label(pretrained, checkpoint, seed)
@@ -166,13 +197,26 @@ class DenseCLIP:
     # --- image ---------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def dense_features(self, windows: Tensor) -> Tensor:
-        """windows [B, 3, h, w] in [0, 1] -> the head's patch features [B, h/p, w/p, D], unit norm."""
+    def dense_features(self, windows: Tensor, text: Tensor | None = None) -> Tensor:
+        """windows [B, 3, h, w] in [0, 1] -> the head's patch features [B, h/p, w/p, D], unit norm.
+
+        text: the current class list's query embeddings [C', D] (`text_embeddings(...)[0]`, every synonym in
+        order); resclip needs them (its first pass labels the patches), the other heads ignore them.
+        """
+        if self.needs_text and text is None:
+            raise ValueError(f"head {self.head!r} needs the class list's query embeddings: "
+                             "dense_features(windows, text=vlm.text_embeddings(class_names)[0])")
         windows = windows.to(self.device, torch.float32)
         x = _normalise_input(windows, CLIP_MEAN, CLIP_STD, self.clip_patch_size)
+        params = {**self.head_params, **({"text": text.to(self.device)} if self.needs_text else {})}
         with _autocast(self.device, self.bf16):
-            proxy = None if self.proxy is None else self.proxy.dense_features_multi(windows, ("tokens",))["tokens"]
-            return dense_clip_features(self.model.visual, x, self.head, proxy, **self.head_params)
+            proxy = None if self.proxy is None else self._proxy_features(windows)
+            return dense_clip_features(self.model.visual, x, self.head, proxy, **params)
+
+    def _proxy_features(self, windows: Tensor) -> Tensor:
+        """windows [B, 3, h, w] in [0, 1] -> what this head reads of its proxy, [B, h', w', Dv]."""
+        feature = PROXY_FEATURES[self.head]
+        return self.proxy.dense_features_multi(windows, (feature,))[feature]
 
     def tokens_before_last_block(self, x: Tensor) -> Tensor:
         """Normalised images [B, 3, h, w] -> the token sequence entering the last block, [B, L, W]."""
@@ -225,7 +269,14 @@ QKV_PARTS = {"q": 0, "k": 1, "v": 2}
 
 class VisionFeatures:
     """timm ViT whose dense features are the last block's attention q, k or v (all heads), or "tokens" (the
-    final normalised tokens, `forward_features(x)`), with CLS and register tokens dropped.
+    final normalised tokens, `forward_features(x)`), with CLS and register tokens dropped, each unit norm.
+
+    "k_raw" (a proxy feature, CASS's: MICV-yonsei/CASS@228ecdd clip/model.py:107-112, dino/dino_attention.py
+    :74-94) is the last block's keys as they are: not normalised, heads concatenated head-major [.., heads*d],
+    computed on the window resized (bicubic) to a square of side min(h, w), so at grid min(h, w)/p squared.
+    Not reproduced: the release rebuilds that image by inverting CLIP's normalisation with ImageNet statistics
+    (with a 0.255 typo, cass_segmentor.py:78-81) and rounding to uint8 before PIL's resize; here the window
+    itself is resized, ImageNet-normalised.
 
     model_name: a short name of `VISION_MODELS` ("dino_vitb8") or a timm name; the id uses the timm name.
     pretrained: True for the timm tag's weights, False for seeded random weights.
@@ -243,7 +294,7 @@ class VisionFeatures:
         bf16: bool = False,
         seed: int = 0,
     ) -> None:
-        _check_features((feature,))
+        _check_features((feature,), raw=True)
         self.device = torch.device(device)
         self.bf16 = bf16 and native_bf16(self.device)
         self.model_name = timm_name(model_name)
@@ -263,8 +314,8 @@ class VisionFeatures:
         return f"timm-{self.model_name}-{self.weights}-{feature}" + ("-bf16" if self.bf16 else "")
 
     def with_feature(self, feature: str) -> "VisionFeatures":
-        """The same model (shared, not copied) serving another feature."""
-        _check_features((feature,))
+        """The same model (shared, not copied) serving another feature (a graph or a proxy feature)."""
+        _check_features((feature,), raw=True)
         other = copy.copy(self)
         other.feature, other.id = feature, self.feature_id(feature)
         return other
@@ -276,9 +327,20 @@ class VisionFeatures:
 
     @torch.no_grad()
     def dense_features_multi(self, windows: Tensor, features: Sequence[str] = ("q", "k", "v")) -> dict[str, Tensor]:
-        """windows [B, 3, h, w] in [0, 1] -> {feature: [B, h/p, w/p, D] unit norm}, all from one forward."""
-        _check_features(features)
-        x = _normalise_input(windows.to(self.device, torch.float32), IMAGENET_MEAN, IMAGENET_STD, self.patch_size)
+        """windows [B, 3, h, w] in [0, 1] -> {feature: [B, h/p, w/p, D]}, the window's features from one forward
+        (unit norm); "k_raw" from a second forward on the square window when the window is not square."""
+        _check_features(features, raw=True)
+        windows = windows.to(self.device, torch.float32)
+        on_window = [f for f in features if f not in RAW_FEATURES]
+        out = self._unit_features(windows, on_window) if on_window else {}
+        if "k_raw" in features:
+            out["k_raw"] = self._raw_keys(windows)
+        return {feature: out[feature] for feature in features}
+
+    def _forward(self, windows: Tensor) -> tuple[Tensor, Tensor, tuple[int, int]]:
+        """windows [B, 3, h, w] in [0, 1] -> (final tokens [B, prefix + N, D], the last block's fused qkv
+        [B, prefix + N, 3*D] laid out (3, heads, head_dim) on the last axis, grid (gh, gw)), float32."""
+        x = _normalise_input(windows, IMAGENET_MEAN, IMAGENET_STD, self.patch_size)
         captured: list[Tensor] = []
         hook = self.model.blocks[-1].attn.qkv.register_forward_hook(lambda _m, _i, out: captured.append(out))
         try:
@@ -286,25 +348,39 @@ class VisionFeatures:
                 tokens = self.model.forward_features(x)  # [B, prefix + N, D], final norm applied
         finally:
             hook.remove()
-        qkv = captured[0].float()  # [B, prefix + N, 3*D], laid out (3, heads, head_dim) along the last axis
-        dim, grid = self.embed_dim, (x.shape[2] // self.patch_size, x.shape[3] // self.patch_size)
+        return tokens.float(), captured[0].float(), (x.shape[2] // self.patch_size, x.shape[3] // self.patch_size)
+
+    def _qkv_part(self, qkv: Tensor, part: str) -> Tensor:
+        """[B, L, 3*D] -> q, k or v [B, L, D] (heads concatenated head-major)."""
+        index, dim = QKV_PARTS[part], self.embed_dim
+        return qkv[..., index * dim : (index + 1) * dim]
+
+    def _unit_features(self, windows: Tensor, features: Sequence[str]) -> dict[str, Tensor]:
+        tokens, qkv, grid = self._forward(windows)
         out = {}
         for feature in features:
-            if feature == "tokens":
-                feats = tokens.float()
-            else:
-                feats = qkv[..., QKV_PARTS[feature] * dim : (QKV_PARTS[feature] + 1) * dim]
+            feats = tokens if feature == "tokens" else self._qkv_part(qkv, feature)
             feats = F.normalize(feats[:, self.num_prefix_tokens :], dim=-1)  # [B, gh*gw, D]
-            out[feature] = feats.reshape(x.shape[0], grid[0], grid[1], -1)
+            out[feature] = feats.reshape(windows.shape[0], grid[0], grid[1], -1)
         return out
+
+    def _raw_keys(self, windows: Tensor) -> Tensor:
+        """CASS's proxy: windows [B, 3, h, w] -> raw keys [B, s/p, s/p, D] of the window resized to s = min(h, w)."""
+        side = min(windows.shape[-2:])
+        if windows.shape[2] != windows.shape[3]:
+            windows = F.interpolate(windows, size=(side, side), mode="bicubic", align_corners=False).clamp(0, 1)
+        _, qkv, grid = self._forward(windows)
+        keys = self._qkv_part(qkv, "k")[:, self.num_prefix_tokens :]  # [B, N', D], CLS and registers dropped
+        return keys.reshape(windows.shape[0], grid[0], grid[1], -1)
 
 
 DinoFeatures = VisionFeatures  # the earlier name (DINO ViT-B/16 v by default)
 
 
-def _check_features(features: Sequence[str]) -> None:
-    if isinstance(features, str) or not features or any(f not in VM_FEATURES for f in features):
-        raise ValueError(f"vision-model features must be among {VM_FEATURES} (got {features!r})")
+def _check_features(features: Sequence[str], raw: bool = False) -> None:
+    allowed = VM_FEATURES + (RAW_FEATURES if raw else ())
+    if isinstance(features, str) or not features or any(f not in allowed for f in features):
+        raise ValueError(f"vision-model features must be among {allowed} (got {features!r})")
 
 
 class ClipGraphFeatures:

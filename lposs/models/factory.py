@@ -29,7 +29,7 @@ from .backbones import (
     DenseCLIP,
     VisionFeatures,
 )
-from .heads import HEADS
+from .heads import HEADS, PROXY_FEATURES, PROXY_HEADS
 from .loading import BackboneUnavailable, open_clip_quick_gelu, resolve_clip_weights, timm_name
 
 DEFAULT_VM = "dino_vitb16"  # DINO ViT-B/16, LPOSS's graph (lposs.models.loading.VISION_MODELS)
@@ -52,7 +52,9 @@ class BackboneSpec:
     (or "demo"); head_params: overrides of its defaults, as (name, value) pairs.
     vm: a `VISION_MODELS` short name, a timm name, "clip" (the VLM's own features, no second model) or
     "demo"; vm_weights: pretrained | random | none; vm_features: the graph features to compute (q, k, v of
-    the last block or the final tokens; ("clip",) for vm "clip"). proxy: ProxyCLIP's vision model.
+    the last block or the final tokens; ("clip",) for vm "clip"). proxy: the vision model of the proxy heads
+    (`PROXY_HEADS`): DINO ViT-B/8 by default, as both releases use it (ProxyCLIP: its final tokens; CASS:
+    its raw last-block keys, MICV-yonsei/CASS@228ecdd cass_segmentor.py:72-76); ignored by the other heads.
     *_checkpoint: local weight files used instead of the tags (offline use).
     """
 
@@ -102,7 +104,7 @@ class BackboneSpec:
 
         weights = "none" if self.is_demo else self.vlm_weights
         parts = [self.vlm if weights in ("none", "") else f"{self.vlm}.{weights}",
-                 f"proxyclip.{self.proxy}" if self.head == "proxyclip" else self.head,
+                 f"{self.head}.{self.proxy}" if self.head in PROXY_HEADS else self.head,
                  self.vm if self.vm_weights in ("none", "pretrained", "") or self.vm == "clip"
                  else f"{self.vm}.{self.vm_weights}"]
         return re.sub(r"[^A-Za-z0-9._+-]", "-", "+".join(parts) + ("+bf16" if self.bf16 else ""))
@@ -169,10 +171,11 @@ def create_backbones(spec: BackboneSpec, device: str = "cpu") -> Backbones:
     vm = None if spec.vm == "clip" else attempt(lambda: _vision_model(spec, spec.vm, spec.vm_features[0],
                                                                        spec.vm_checkpoint, device))
     proxy = None
-    if spec.head == "proxyclip":
+    if spec.head in PROXY_HEADS:
+        feature = PROXY_FEATURES[spec.head]
         same = vm is not None and vm.model_name == timm_name(spec.proxy) and spec.proxy_checkpoint == spec.vm_checkpoint
-        proxy = vm.with_feature("tokens") if same else attempt(
-            lambda: _vision_model(spec, spec.proxy, "tokens", spec.proxy_checkpoint, device))
+        proxy = vm.with_feature(feature) if same else attempt(
+            lambda: _vision_model(spec, spec.proxy, feature, spec.proxy_checkpoint, device))
     vlm = attempt(lambda: _dense_clip(spec, proxy, device))
     if missing:
         raise BackboneUnavailable("\n\n".join(map(str, missing)), [m for error in missing for m in error.missing])

@@ -19,8 +19,11 @@ resized by each release's own rule (`interpolation`): "lposs" resizes bicubicall
 samples other points. Windows are CLIP-normalised; the batch dimension comes first throughout.
 
 The 2025 heads (scclip, sfp, pearl, resclip, cass: lposs.models.heads_2025) read intermediate blocks too; the
-same `dense_clip_features` runs them window by window. `head_settings` validates the parameters of all ten;
-`HEADS` lists the five the pipeline, CLI and web app offer, `HEADS_2025` the others.
+same `dense_clip_features` runs them window by window. `HEADS` is the one registry of all ten (what the
+factory, the CLI, the web app and the benchmarks offer; `head_settings` validates against it);
+`LAST_BLOCK_HEADS` holds the five above, `HEADS_2025` the others. Heads that need mask models (Trident,
+CorrCLIP) join `HEADS` as a third table of the same shape. `PROXY_HEADS` take a second vision model's
+features (`PROXY_FEATURES` says which), `TEXT_HEADS` the class-list's query embeddings (`text=`).
 
 Release quirks deliberately NOT reproduced (they only bite on grids the releases' protocols never use):
 the SCLIP family adds the native embedding unresized when a non-native grid has exactly 196 patches (e.g.
@@ -50,7 +53,7 @@ from .vit import (  # noqa: F401 - positional_embedding, tokens_before_last_bloc
 )
 
 # Head name -> default parameters (including the position-embedding rule of its release).
-HEADS: dict[str, dict[str, Any]] = {
+LAST_BLOCK_HEADS: dict[str, dict[str, Any]] = {
     "maskclip": {"interpolation": "lposs"},
     "sclip": {"interpolation": "sclip"},
     "clearclip": {"interpolation": "sclip"},
@@ -58,15 +61,20 @@ HEADS: dict[str, dict[str, Any]] = {
     "proxyclip": {"interpolation": "sclip", "beta": 1.2, "gamma": 3.0, "affinity_mean": "batch"},
 }
 AFFINITY_MEANS = ("batch", "window")
-ALL_HEADS: dict[str, dict[str, Any]] = {**HEADS, **HEADS_2025}  # what head_settings and dense_clip_features take
-PROXY_HEADS = ("proxyclip", "cass")
+HEADS: dict[str, dict[str, Any]] = {**LAST_BLOCK_HEADS, **HEADS_2025}  # the one registry: every head
+ALL_HEADS = HEADS  # the earlier name of the merged table
+# The feature of the proxy model each proxy head reads (lposs.models.backbones.VisionFeatures names them):
+# ProxyCLIP the final normalised tokens, CASS the raw last-block keys on the window resized to a square.
+PROXY_FEATURES = {"proxyclip": "tokens", "cass": "k_raw"}
+PROXY_HEADS = tuple(PROXY_FEATURES)
+TEXT_HEADS = tuple(head for head, required in REQUIRED_2025.items() if "text" in required)  # ("resclip",)
 
 
 def head_settings(head: str, head_params: dict[str, Any] | None = None) -> dict[str, Any]:
     """The head's default parameters updated by `head_params`; unknown names and values raise ValueError."""
-    if head not in ALL_HEADS:
-        raise ValueError(f"unknown head {head!r}; choose one of {', '.join(ALL_HEADS)}")
-    settings = dict(ALL_HEADS[head])
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
+    settings = dict(HEADS[head])
     for name, value in (head_params or {}).items():
         if name not in settings:
             raise ValueError(f"head {head!r} has no parameter {name!r}; its parameters: {sorted(settings)}")
@@ -166,7 +174,8 @@ def _check_inputs(visual: nn.Module, windows: Tensor, head: str, proxy: Tensor |
                     "DINO's last-block keys [B, h', w', heads * 64] (CLS dropped, heads concatenated)")
             raise ValueError(f"head {head!r} needs proxy = {what} with B = {windows.shape[0]} windows (got {got})"
                              + ("; e.g. VisionFeatures('dino_vitb8', feature='tokens').dense_features(windows)"
-                                if head == "proxyclip" else ""))
+                                if head == "proxyclip" else
+                                "; e.g. VisionFeatures('dino_vitb8', feature='k_raw').dense_features(windows)"))
     elif proxy is not None:
         raise ValueError(f"head {head!r} takes no proxy; only {' and '.join(map(repr, PROXY_HEADS))} do")
 
@@ -196,7 +205,7 @@ def dense_clip_features(
 ) -> Tensor:
     """CLIP-normalised windows [B, 3, H, W] -> the head's patch features [B, h, w, D], L2-normalised.
 
-    visual: an open_clip VisionTransformer (`model.visual`). head: a name in `HEADS` or `HEADS_2025`;
+    visual: an open_clip VisionTransformer (`model.visual`). head: a name in `HEADS`;
     head_params override its defaults (sigma for naclip; beta, gamma, affinity_mean for proxyclip; those of
     lposs.models.heads_2025 for the 2025 heads; interpolation "lposs" | "sclip" for all). proxy: proxyclip's
     vision-model tokens [B, h', w', Dv] (its output is then at the proxy grid), or cass's DINO keys.

@@ -51,7 +51,7 @@ def pair_heads(dino: Tensor, clip: Tensor, count: int) -> tuple[Tensor, Tensor]:
 
     distance = (spectra(dino, count)[:, None] - spectra(clip, count)[None]).abs().sum(-1)  # [dino, clip]
     cost = (1 - distance).float()
-    _, col = linear_sum_assignment(cost.cpu().numpy())
+    _, col = linear_sum_assignment(cost.detach().cpu().numpy())  # also under autograd, as released (:396)
     col = torch.as_tensor(col, device=cost.device)
     return col, 1 - cost[torch.arange(len(col), device=cost.device), col]
 
