@@ -17,6 +17,7 @@ from lposs.models.backbones import (
     ClipGraphFeatures,
     DenseCLIP,
     DinoFeatures,
+    VISION_MODELS,
     MaskCLIP,
     VisionFeatures,
     split_synonyms,
@@ -432,6 +433,92 @@ def test_dino_rejects_unknown_feature_and_loads_a_checkpoint(small_dino, tmp_pat
     torch.testing.assert_close(loaded.dense_features(windows(1)), small_dino.dense_features(windows(1)))
 
 
+@pytest.fixture(scope="module")
+def small_dinov3():
+    return VisionFeatures("dinov3_vits16", pretrained=False)
+
+
+def hand_dinov3_attention(vm: VisionFeatures, images: torch.Tensor, rotate=(True, True, False), prefix_too=False):
+    """The last block's attention by hand: norm1, fused qkv, RoPE (rotate-half, from rope.get_embed) on the
+    chosen parts of q, k, v, on tokens 5: (or, prefix_too, on the first N tokens), softmax(s q k^T) v, proj.
+    -> ({q, k, v, q_rope, k_rope: [B, L, D]}, attention output [B, L, D], what the block's attention gave)."""
+    block, heads = vm.model.blocks[-1], vm.model.blocks[-1].attn.num_heads
+    x = (images - IMAGENET_MEAN) / IMAGENET_STD
+    seen = []
+    hook = block.attn.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    try:
+        tokens = capture_input(block, lambda: vm.model.forward_features(x))  # [B, 5 + N, D]
+    finally:
+        hook.remove()
+    batch, length, dim = tokens.shape
+    h = F.layer_norm(tokens, (dim,), block.norm1.weight, block.norm1.bias, block.norm1.eps)
+    qkv = h @ block.attn.qkv.weight.T + (0 if block.attn.qkv.bias is None else block.attn.qkv.bias)
+    parts = dict(zip("qkv", qkv.split(dim, dim=-1)))
+    sin, cos = vm.model.rope.get_embed(shape=(x.shape[2] // 16, x.shape[3] // 16)).chunk(2, dim=-1)  # [N, d]
+    rows = slice(0, length - 5) if prefix_too else slice(5, length)  # the wrong choice: the first N tokens
+
+    def rope(t):  # [B, L, D] -> rotated per head on the N patch rows, x cos + rotate_half(x) sin
+        t = t.reshape(batch, length, heads, -1).clone()
+        patches = t[:, rows]
+        half = patches.shape[-1] // 2
+        turned = torch.cat([-patches[..., half:], patches[..., :half]], dim=-1)
+        t[:, rows] = patches * cos[:, None] + turned * sin[:, None]
+        return t.reshape(batch, length, dim)
+
+    feats = {**parts, "q_rope": rope(parts["q"]), "k_rope": rope(parts["k"])}
+    q, k, v = (rope(parts[p]) if turn else parts[p] for p, turn in zip("qkv", rotate))
+    split = lambda t: t.reshape(batch, length, heads, -1).transpose(1, 2)  # noqa: E731 - [B, heads, L, d]
+    weights = torch.softmax(split(q) @ split(k).transpose(-2, -1) * split(q).shape[-1] ** -0.5, dim=-1)
+    out = (weights @ split(v)).transpose(1, 2).reshape(batch, length, dim)
+    return feats, out @ block.attn.proj.weight.T + block.attn.proj.bias, seen[0]
+
+
+def test_dinov3_qkv_before_and_after_rope_match_hand_recomputation(small_dinov3):
+    vm = small_dinov3
+    assert vm.model_name == "vit_small_patch16_dinov3.lvd1689m" and vm.num_prefix_tokens == 5 and vm.has_rope
+    images = windows(2, 112, 160, seed=13)  # a 7 x 10 grid: RoPE off the square
+    names = ("q", "k", "v", "q_rope", "k_rope", "tokens")
+    feats = vm.dense_features_multi(images, names)
+    with torch.no_grad():
+        hand, attention, block_attention = hand_dinov3_attention(vm, images)
+        final = vm.model.forward_features((images - IMAGENET_MEAN) / IMAGENET_STD)
+    hand["tokens"] = final
+    for name in names:
+        assert feats[name].shape == (2, 7, 10, 384), name
+        expected = F.normalize(hand[name][:, 5:], dim=-1).reshape(2, 7, 10, 384)
+        torch.testing.assert_close(feats[name], expected, atol=1e-5, rtol=1e-5, msg=name)
+    assert (feats["q"] - feats["q_rope"]).abs().max() > 1e-2 and (feats["k"] - feats["k_rope"]).abs().max() > 1e-2
+    torch.testing.assert_close(attention, block_attention, atol=1e-5, rtol=1e-5)  # our RoPE is the block's
+
+
+@pytest.mark.parametrize("wrong", ["v rotated", "prefix rotated"])
+def test_dinov3_rope_on_v_or_on_the_prefix_tokens_is_not_the_block(small_dinov3, wrong):
+    images = windows(1, 112, 160, seed=14)
+    with torch.no_grad():
+        _, right, block_attention = hand_dinov3_attention(small_dinov3, images)
+        args = {"rotate": (True, True, True)} if wrong == "v rotated" else {"prefix_too": True}
+        _, attention, _ = hand_dinov3_attention(small_dinov3, images, **args)
+    torch.testing.assert_close(right, block_attention, atol=1e-5, rtol=1e-5)
+    assert (attention - block_attention).abs().max() > 1e-3
+
+
+def test_dinov3_grids_mix_and_rope_features_need_rope(small_dinov3, small_dino, tiny_clip):
+    from lposs.image_features import extract_features
+
+    image = (windows(1, 150, 200, seed=15)[0] * 255).round().byte().permute(1, 2, 0).numpy()
+    graph = small_dinov3.with_feature("k_rope")
+    feats = extract_features(image, ["red", "sky"], tiny_clip, graph, crop=112, stride=56, short_side=112)
+    assert feats.grid == 7 and feats.seeds.shape[0] == feats.vm_feats.shape[0] == len(feats.layout) * 49
+    b8 = VisionFeatures("vit_small_patch8_224.dino", pretrained=False, feature="k")  # the B/8 grid beside it
+    assert extract_features(image, ["red", "sky"], tiny_clip, b8, crop=112, stride=56, short_side=112).grid == 14
+    with pytest.raises(ValueError, match="no rotary position embedding"):
+        small_dino.with_feature("q_rope")
+    with pytest.raises(ValueError, match="no rotary position embedding"):
+        VisionFeatures(SMALL_DINO, pretrained=False, feature="k_rope")
+    assert VISION_MODELS["dinov3_vitb16"] == "vit_base_patch16_dinov3.lvd1689m"
+    assert VISION_MODELS["dinov3_vitl16"] == "vit_large_patch16_dinov3.lvd1689m"
+
+
 # ---------------------------------------------------------------------------------------------------
 # Offline behaviour and the factory
 # ---------------------------------------------------------------------------------------------------
@@ -471,6 +558,17 @@ def test_real_dino_weights_offline_raise_actionable_error(monkeypatch):
         DinoFeatures("vit_base_patch16_224.dino", pretrained=True)
     message = str(info.value)
     for needed in ("vit_base_patch16_224.dino", backbones.hf_cache_dir(), "network", "--dino-checkpoint"):
+        assert needed in message
+
+
+def test_dinov3_weights_offline_raise_actionable_error(monkeypatch):
+    _skip_if_cached("timm/vit_base_patch16_dinov3.lvd1689m")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(BackboneUnavailable) as info:
+        VisionFeatures("dinov3_vitb16", pretrained=True)
+    message = str(info.value)
+    for needed in ("vit_base_patch16_dinov3.lvd1689m", "model.safetensors", "timm/vit_base_patch16_dinov3.lvd1689m",
+                   backbones.hf_cache_dir(), "--dino-checkpoint"):
         assert needed in message
 
 

@@ -8,6 +8,7 @@
                  CASS's raw keys)
     text         the text classifier: synonyms, the 80 templates, prompts run only up to their end-of-text token
     text_cache   class embeddings on disk across runs (LPOSS_CACHE), keyed by the text weights' own digest
+    rope         DINOv3's rotary position embedding on q/k, as timm applies it (for the q_rope/k_rope features)
     loading      which weights go with which model; loading them, or failing fast offline with the fix
     protocols    each release's evaluation protocol: background rule, constants, windows, class files
     factory      the one door: BackboneSpec -> create_backbones (demo, random, pretrained, checkpoints)

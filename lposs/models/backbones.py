@@ -55,6 +55,7 @@ from .loading import (  # noqa: F401 - BackboneUnavailable, CLIP_WEIGHTS, VISION
     timm_name,
     weights_label,
 )
+from .rope import apply_rope
 from .text import CONTEXTS, imagenet_templates, split_synonyms  # noqa: F401 - imagenet_templates re-exported
 from .text_cache import TextCache, cached_prompt_ensembles, weights_digest
 
@@ -62,7 +63,8 @@ DEFAULT_CLIP_MODEL = "ViT-B-16"
 DEFAULT_CLIP_PRETRAINED = "laion2b_s34b_b88k"
 DEFAULT_DINO_MODEL = "vit_base_patch16_224.dino"
 DEFAULT_PROXY_MODEL = "dino_vitb8"
-VM_FEATURES = ("q", "k", "v", "tokens")  # graph features (unit norm)
+VM_FEATURES = ("q", "k", "v", "tokens", "q_rope", "k_rope")  # graph features (unit norm)
+ROPE_FEATURES = {"q_rope": "q", "k_rope": "k"}  # after RoPE (models with rotary embeddings: DINOv3)
 RAW_FEATURES = ("k_raw",)  # proxy features, not normalised (CASS's keys)
 # What DenseCLIP fills in where a head's pure function has no default. ResCLIP's temp_thd: its VOC21 value,
 # 0.5 (yvhangyang/ResCLIP configs/cfg_voc21.py:8), the dataset whose rcs/sfr weights are also the head's
@@ -270,6 +272,8 @@ QKV_PARTS = {"q": 0, "k": 1, "v": 2}
 class VisionFeatures:
     """timm ViT whose dense features are the last block's attention q, k or v (all heads), or "tokens" (the
     final normalised tokens, `forward_features(x)`), with CLS and register tokens dropped, each unit norm.
+    On models with rotary embeddings (DINOv3: `.has_rope`), q and k are taken before RoPE and "q_rope" /
+    "k_rope" after it, as the block rotates them (`lposs.models.rope`); v is never rotated.
 
     "k_raw" (a proxy feature, CASS's: MICV-yonsei/CASS@228ecdd clip/model.py:107-112, dino/dino_attention.py
     :74-94) is the last block's keys as they are: not normalised, heads concatenated head-major [.., heads*d],
@@ -305,8 +309,11 @@ class VisionFeatures:
         self.patch_size = int(self.model.patch_embed.patch_size[0])
         self.embed_dim = attn.qkv.out_features // 3
         self.num_prefix_tokens = int(self.model.num_prefix_tokens)  # CLS + registers
+        self.has_rope = getattr(self.model, "rope", None) is not None
+        self.num_heads = int(attn.num_heads)
         self.weights = weights_label("pretrained" if pretrained else None, checkpoint, seed)
         self.feature = feature
+        self._check_rope((feature,))
         self.id = self.feature_id(feature)
 
     def feature_id(self, feature: str) -> str:
@@ -316,6 +323,7 @@ class VisionFeatures:
     def with_feature(self, feature: str) -> "VisionFeatures":
         """The same model (shared, not copied) serving another feature (a graph or a proxy feature)."""
         _check_features((feature,), raw=True)
+        self._check_rope((feature,))
         other = copy.copy(self)
         other.feature, other.id = feature, self.feature_id(feature)
         return other
@@ -330,6 +338,7 @@ class VisionFeatures:
         """windows [B, 3, h, w] in [0, 1] -> {feature: [B, h/p, w/p, D]}, the window's features from one forward
         (unit norm); "k_raw" from a second forward on the square window when the window is not square."""
         _check_features(features, raw=True)
+        self._check_rope(features)
         windows = windows.to(self.device, torch.float32)
         on_window = [f for f in features if f not in RAW_FEATURES]
         out = self._unit_features(windows, on_window) if on_window else {}
@@ -337,23 +346,38 @@ class VisionFeatures:
             out["k_raw"] = self._raw_keys(windows)
         return {feature: out[feature] for feature in features}
 
+    def _check_rope(self, features: Sequence[str]) -> None:
+        if not self.has_rope and any(f in ROPE_FEATURES for f in features):
+            raise ValueError(f"timm model {self.model_name} has no rotary position embedding: its q and k are "
+                             f"the features 'q' and 'k' (got {list(features)!r})")
+
     def _forward(self, windows: Tensor) -> tuple[Tensor, Tensor, tuple[int, int]]:
         """windows [B, 3, h, w] in [0, 1] -> (final tokens [B, prefix + N, D], the last block's fused qkv
-        [B, prefix + N, 3*D] laid out (3, heads, head_dim) on the last axis, grid (gh, gw)), float32."""
+        [B, prefix + N, 3*D] laid out (3, heads, head_dim) on the last axis, grid (gh, gw)), float32.
+        Also keeps the RoPE embedding the last block received ([N, 2 d], or None) as `self._rope`."""
         x = _normalise_input(windows, IMAGENET_MEAN, IMAGENET_STD, self.patch_size)
         captured: list[Tensor] = []
-        hook = self.model.blocks[-1].attn.qkv.register_forward_hook(lambda _m, _i, out: captured.append(out))
+        ropes: list[Tensor | None] = []
+        attn = self.model.blocks[-1].attn
+        hooks = [attn.qkv.register_forward_hook(lambda _m, _i, out: captured.append(out)),
+                 attn.register_forward_pre_hook(lambda _m, _a, kwargs: ropes.append(kwargs.get("rope")),
+                                                with_kwargs=True)]
         try:
             with _autocast(self.device, self.bf16):
                 tokens = self.model.forward_features(x)  # [B, prefix + N, D], final norm applied
         finally:
-            hook.remove()
+            for hook in hooks:
+                hook.remove()
+        self._rope = ropes[0] if ropes else None
         return tokens.float(), captured[0].float(), (x.shape[2] // self.patch_size, x.shape[3] // self.patch_size)
 
     def _qkv_part(self, qkv: Tensor, part: str) -> Tensor:
-        """[B, L, 3*D] -> q, k or v [B, L, D] (heads concatenated head-major)."""
-        index, dim = QKV_PARTS[part], self.embed_dim
-        return qkv[..., index * dim : (index + 1) * dim]
+        """[B, L, 3*D] -> q, k or v [B, L, D] (heads concatenated head-major); q_rope / k_rope rotated."""
+        index, dim = QKV_PARTS[ROPE_FEATURES.get(part, part)], self.embed_dim
+        feats = qkv[..., index * dim : (index + 1) * dim]
+        if part in ROPE_FEATURES:
+            feats = apply_rope(feats, self._rope.float(), self.num_prefix_tokens, self.num_heads)
+        return feats
 
     def _unit_features(self, windows: Tensor, features: Sequence[str]) -> dict[str, Tensor]:
         tokens, qkv, grid = self._forward(windows)

@@ -38,6 +38,11 @@ VISION_MODELS: dict[str, str] = {
     "dino_vitb8": "vit_base_patch8_224.dino",  # ProxyCLIP default
     "dino_vits16": "vit_small_patch16_224.dino",  # LPOSS `vit_small`
     "dinov2_vitb14_reg": "vit_base_patch14_reg4_dinov2.lvd142m",  # ProxyCLIP option, 4 registers
+    # DINOv3 (timm 1.0.31 timm/models/eva.py:1951-2001): /16, CLS + 4 registers, RoPE instead of an absolute
+    # position embedding; features q, k (before RoPE), q_rope, k_rope (after), v, tokens
+    "dinov3_vits16": "vit_small_patch16_dinov3.lvd1689m",
+    "dinov3_vitb16": "vit_base_patch16_dinov3.lvd1689m",
+    "dinov3_vitl16": "vit_large_patch16_dinov3.lvd1689m",
 }
 
 
