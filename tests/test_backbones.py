@@ -572,6 +572,22 @@ def test_dinov3_weights_offline_raise_actionable_error(monkeypatch):
         assert needed in message
 
 
+def test_metaclip_weights_resolve_with_quickgelu_and_fail_fast_offline(monkeypatch):
+    assert loading.resolve_clip_weights("metaclip-fullcc") == ("ViT-B-16", "metaclip_fullcc")
+    assert loading.open_clip_quick_gelu("ViT-B-16", "metaclip_fullcc")  # open_clip's config for the tag
+    spec = spec_from_clip_choice("metaclip-fullcc", random=True, vm="clip")
+    assert spec.vlm_weights == "random" and spec.quick_gelu is True
+    _skip_if_cached("timm/vit_base_patch16_clip_224.metaclip_2pt5b")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(BackboneUnavailable) as info:
+        create_backbones(spec_from_clip_choice("metaclip-fullcc", vm="clip"))
+    message = str(info.value)
+    for needed in ("ViT-B-16", "'metaclip_fullcc'", "timm/vit_base_patch16_clip_224.metaclip_2pt5b",
+                   "HF_HUB_OFFLINE is set", "open_clip.create_model('ViT-B-16', pretrained='metaclip_fullcc')",
+                   "--clip-checkpoint"):
+        assert needed in message
+
+
 def test_openai_weights_offline_name_the_hub_repo(monkeypatch):
     _skip_if_cached("timm/vit_base_patch16_clip_224.openai")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

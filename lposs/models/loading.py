@@ -1,7 +1,7 @@
 """Backbone weights: which weights go with which model, and loading them (or failing fast) offline.
 
 - `CLIP_WEIGHTS`: the CLIP weight choices of the field (docs/field.md section 1), name -> (open_clip model,
-  pretrained tag). LPOSS uses OpenCLIP laion2b; every other training-free head uses OpenAI's.
+  pretrained tag). LPOSS uses OpenCLIP laion2b; most other training-free heads OpenAI's; CorrCLIP MetaCLIP's.
 - `VISION_MODELS`: short names of the graph / proxy vision models -> timm names (docs/field.md section 4).
 - `load_open_clip` / `load_timm`: random (seeded), cached, downloaded or local-file weights. When weights are
   neither cached nor downloadable, they raise `BackboneUnavailable` within seconds with the fix (the libraries
@@ -30,7 +30,11 @@ PROBE_TIMEOUT_S = 4.0
 
 CLIP_WEIGHTS: dict[str, tuple[str, str]] = {
     "openclip-laion2b": ("ViT-B-16", "laion2b_s34b_b88k"),  # LPOSS (GELU)
-    "openai": ("ViT-B-16", "openai"),  # SCLIP, ClearCLIP, NACLIP, ProxyCLIP (QuickGELU)
+    "openai": ("ViT-B-16", "openai"),  # SCLIP, ClearCLIP, NACLIP, ProxyCLIP and the 2025 heads (QuickGELU)
+    # MetaCLIP ViT-B/16 on the 2.5B full CommonCrawl curation: CorrCLIP's weights (zdk258/CorrCLIP@103bc18,
+    # CorrCLIPv1: open_clip 'ViT-B-16-quickgelu' + 'metaclip_fullcc'). open_clip's config for the tag says
+    # QuickGELU, so load_open_clip builds it so under the plain 'ViT-B-16' name too.
+    "metaclip-fullcc": ("ViT-B-16", "metaclip_fullcc"),
 }
 
 VISION_MODELS: dict[str, str] = {
