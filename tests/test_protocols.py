@@ -147,3 +147,58 @@ def test_softmax_protocol_in_propagate_features_matches_the_release_order():
     assert lp.amax(0).min() < 1.0  # propagated scores are back at cosine size, not saturated
     labels = predict_labels(feats, mode="lposs", k=30, background={**rule, "prob_thd": 0.999})
     assert (labels == 0).float().mean() > 0.5
+
+
+def test_2025_protocols_resolve_each_release_per_dataset():
+    sc = protocols.resolve("scclip", "voc21")
+    assert (sc["logit_scale"], sc["prob_thd"], sc["area_thd"], sc["short_side"], sc["clip"]) == (50.0, 0.15, 0.1, 336, "openai")
+    assert protocols.resolve("sfp", "coco_object")["logit_scale"] == 55.0 and protocols.resolve("sfp", "ade20k")["short_side"] == 384
+    assert protocols.resolve("scclip", "ade20k")["short_side"] == 336 and protocols.resolve("scclip", "cityscapes")["short_side"] == 560
+    res = protocols.resolve("resclip", "voc21")
+    assert res["head_params"] == {"temp_thd": 0.5, "rcs_weights": (2.0, 0.3), "sfr_weights": (2.2, 0.7)}
+    assert res["prob_thd"] == 0.1 and res["whole_image"] and "slide_crop=0" in res["deviation"]
+    assert protocols.resolve("resclip", "context60")["head_params"]["temp_thd"] == 0.3
+    assert protocols.resolve("resclip", "voc20")["prob_thd"] == 0.0 and not protocols.resolve("resclip", "ade20k")["whole_image"]
+    cass = protocols.resolve("cass", "voc20")
+    assert cass["head_params"] == {"rescale_singular": False} and cass["text_params"]["global_semantics_weight"] == 0.4
+    assert protocols.resolve("cass", "ade20k")["head_params"] == {} and protocols.resolve("cass", "cityscapes")["short_side"] == 560
+    assert protocols.resolve("cass", "coco_stuff")["text_params"] == {"global_semantics_weight": 0.2, "mean_vector_weight": 0.02,
+                                                                     "h_threshold": 0.02}
+    pearl, city = protocols.resolve("pearl", "voc21"), protocols.resolve("pearl", "cityscapes")
+    assert pearl["post"] == "tlp" and pearl["post_params"] == {"grid": 80} and pearl["whole_image"]
+    assert city["post_params"] == {"grid": 224} and city["head_params"] == {"alpha_kk": 0.3} and city["short_side"] == 560
+    # dict settings merge key by key: the dataset's entry, then the caller's, update the base
+    merged = protocols.resolve("cass", "voc20", head_params={"scale_factor": 5.0})["head_params"]
+    assert merged == {"rescale_singular": False, "scale_factor": 5.0}
+    assert protocols.resolve("resclip", "voc21", prob_thd=0.3)["prob_thd"] == 0.3
+
+
+@pytest.mark.parametrize("name", list(protocols.PROTOCOLS_2025))
+def test_2025_protocols_name_parameters_their_functions_take(name):
+    import inspect
+
+    from lposs.core.tlp import tlp
+    from lposs.models.heads import head_settings
+    from lposs.models.heads_2025.cass_text import cass_logits
+
+    for dataset in ("voc21", "context60", "coco_object", "voc20", "context59", "coco_stuff", "cityscapes", "ade20k"):
+        settings = protocols.resolve(name, dataset)
+        assert settings["head"] == name and settings["clip"] == "openai"
+        head_settings(name, settings["head_params"])  # raises on a name the head does not take
+        assert set(settings.get("text_params", {})) <= set(inspect.signature(cass_logits).parameters)
+        assert set(settings.get("post_params", {})) <= set(inspect.signature(tlp).parameters)
+
+
+def test_2025_class_files_are_sclips_and_sfp_says_people():
+    for dataset, size in (("voc21", 21), ("voc20", 20), ("cityscapes", 19), ("coco_object", 81)):
+        default = [f"c{i}" for i in range(size)]
+        sclip = protocols.class_names("sclip", dataset, default)
+        assert all(protocols.class_names(name, dataset, default) == sclip for name in ("scclip", "resclip", "cass", "pearl"))
+        sfp = protocols.class_names("sfp", dataset, default)
+        changed = [(a, b) for a, b in zip(sclip, sfp) if a != b]
+        if dataset == "coco_object":  # SFP keeps `person` there
+            assert not changed
+        else:
+            assert len(changed) == 1 and changed[0][1] == changed[0][0].replace("person", "people")
+    assert protocols.class_names("sfp", "voc21", [""] * 21)[15].startswith("people;people in shirt")
+    assert protocols.class_names("sfp", "cityscapes", [""] * 19)[11] == "people"

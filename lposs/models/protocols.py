@@ -8,6 +8,20 @@ short side, its class files (lposs/models/protocol_classes/<protocol>/, converte
 ';'-synonym format from the release's configs/cls_*.txt, see SOURCES.md there) and the CLIP weights its
 numbers were published with. `resolve(name, dataset)` merges them once into a flat dict that the pipeline
 writes next to every result, so no setting stays hidden.
+
+The 2025 releases (scclip, sfp, resclip, cass, pearl; `PROTOCOLS_2025`) are declared the same way, with
+three more kinds of record, merged key by key (a dataset's entry updates the base's, it does not replace it):
+
+    head_params  what the release passes its head on that dataset (ResCLIP's temp_thd, rcs/sfr weights;
+                 CASS's rescale_singular; PEARL's alpha_kk), in lposs.models.heads' parameter names
+    text_params  CASS's text-side query adjustment (lposs.models.heads_2025.cass_text.cass_logits' names)
+    post_params  PEARL's TLP post-step (lposs.core.tlp.tlp's names: grid)
+    whole_image  the release runs the whole resized image as one window (slide_crop=0, e.g. 21 x 28 patches)
+
+Applied today: background rule, logit scale, thresholds, windows, short side, class files, CLIP weights,
+head (all through `resolve`). Recorded but not yet applied by the pipeline: head_params, text_params,
+post / post_params, and whole_image: those datasets keep crop/stride windows here, and say so in their
+`deviation`, as NACLIP's whole-image datasets do.
 """
 
 from __future__ import annotations
@@ -64,7 +78,77 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
                      "cityscapes": {"crop": 224, "stride": 112, "short_side": 448}, "ade20k": {"short_side": 448}},
     },
 }
+
+# ---------------------------------------------------------------------------------------------------
+# The 2025 releases (logit_scale 40, prob_thd 0, windows 224/112, short side 336 unless a config says other)
+# ---------------------------------------------------------------------------------------------------
+
+_WHOLE = {"whole_image": True, "deviation": "release: whole-image inference (slide_crop=0); here 224/112 windows"}
+_2025 = {**_SOFTMAX, "logit_scale": 40.0, "crop": 224, "stride": 112, "short_side": 336, "classes": "sclip",
+         "post": None, "head_params": {}, "whole_image": False}
+# SC-CLIP and SFP share their configs' values (SFP_ICCV/configs/cfg_voc21.py:6-8, cfg_coco_object.py:7)
+_SC_DATASETS = {"voc21": {"logit_scale": 50.0, "prob_thd": 0.15, "area_thd": 0.1},
+                "context60": {"prob_thd": 0.15}, "coco_object": {"logit_scale": 55.0, "prob_thd": 0.35},
+                "cityscapes": {"short_side": 560}}
+
+
+def _resclip(prob_thd: float | None, temp_thd: float, rcs: tuple[float, float], sfr: tuple[float, float]) -> dict:
+    entry = {"head_params": {"temp_thd": temp_thd, "rcs_weights": rcs, "sfr_weights": sfr}}
+    return entry | ({"prob_thd": prob_thd} if prob_thd is not None else {})
+
+
+def _cass(gsw: float, mvw: float, h: float, **more: Any) -> dict:
+    text = {"global_semantics_weight": gsw, "mean_vector_weight": mvw, "h_threshold": h}
+    return {"text_params": text, **more}
+
+
+PROTOCOLS_2025: dict[str, dict[str, Any]] = {
+    "scclip": {
+        "base": {**_2025, "head": "scclip", "source": "SuleBai/SC-CLIP 0417ba9 configs/cfg_*.py"},
+        "datasets": _SC_DATASETS,
+    },
+    "sfp": {
+        # SCLIP's class files with `person` -> `people` on VOC21, VOC20, Cityscapes (lposs/models/protocol_classes/sfp)
+        "base": {**_2025, "head": "sfp", "classes": "sfp", "source": "Kimsure/SFP 2804f5b SFP_ICCV/configs/cfg_*.py"},
+        "datasets": {**_SC_DATASETS, "ade20k": {"short_side": 384}},
+    },
+    "resclip": {
+        # temp_thd; attn_rcs_weights; attn_sfr_weights (configs/cfg_voc21.py:6-11 and the other cfg_*.py)
+        "base": {**_2025, "head": "resclip", "source": "yvhangyang/ResCLIP 0e085f7 configs/cfg_*.py"},
+        "datasets": {"voc21": {**_resclip(0.1, 0.5, (2.0, 0.3), (2.2, 0.7)), **_WHOLE},
+                     "context60": _resclip(0.1, 0.3, (2.0, 0.3), (1.8, 0.7)),
+                     "coco_object": _resclip(0.1, 0.11, (2.0, 0.4), (1.8, 0.7)),
+                     "voc20": {**_resclip(None, 0.1, (2.0, 0.6), (2.1, 0.6)), **_WHOLE},
+                     "context59": _resclip(None, 0.25, (2.0, 0.4), (1.8, 0.7)),
+                     "coco_stuff": _resclip(None, 0.11, (2.0, 0.4), (1.8, 0.7)),
+                     "cityscapes": {**_resclip(None, 0.1, (2.0, 0.2), (2.1, 0.6)), "short_side": 560},
+                     "ade20k": _resclip(None, 0.25, (2.0, 0.3), (2.1, 0.7))},
+    },
+    "cass": {
+        # text side: global semantic weight, mean vector weight, cluster cut h (cass_segmentor.py:98-212);
+        # singular values not rescaled on voc20 and city_scapes (clip/model.py:465-473)
+        "base": {**_2025, "head": "cass", "text_params": {}, "source": "MICV-yonsei/CASS 228ecdd configs/cfg_*.py"},
+        "datasets": {"voc21": _cass(0.1, 0.03, 0.10, prob_thd=0.1, **_WHOLE),
+                     "context60": _cass(0.25, 0.04, 0.09, prob_thd=0.1),
+                     "coco_object": _cass(0.25, 0.01, 0.10, prob_thd=0.1),
+                     "voc20": _cass(0.4, 0.02, 0.10, head_params={"rescale_singular": False}),
+                     "context59": _cass(0.25, 0.04, 0.09), "coco_stuff": _cass(0.2, 0.02, 0.02),
+                     "cityscapes": _cass(0.1, 0.03, 0.14, short_side=560, head_params={"rescale_singular": False}),
+                     "ade20k": _cass(0.3, 0.05, 0.06)},
+    },
+    "pearl": {
+        # TLP on (run.sh:4), pooled to round(H/80) x round(W/80), 224 on Cityscapes; alpha_kk 0.3 on ADE and City
+        "base": {**_2025, "head": "pearl", "post": "tlp", "post_params": {"grid": 80},
+                 "source": "PGSmall/PEARL c26062b configs/cfg_*.py, run.sh"},
+        "datasets": {"voc21": {"prob_thd": 0.1, **_WHOLE}, "context60": {"prob_thd": 0.1},
+                     "coco_object": {"prob_thd": 0.1}, "voc20": dict(_WHOLE),
+                     "cityscapes": {"short_side": 560, "head_params": {"alpha_kk": 0.3}, "post_params": {"grid": 224}},
+                     "ade20k": {"head_params": {"alpha_kk": 0.3}}},
+    },
+}
+PROTOCOLS.update(PROTOCOLS_2025)
 WINDOW_KEYS = ("crop", "stride", "short_side", "long_side")
+MERGED_KEYS = ("head_params", "text_params", "post_params")  # dict settings: a dataset's entry updates the base's
 
 
 def resolve(name: str, dataset: str, **overrides: Any) -> dict[str, Any]:
@@ -75,8 +159,10 @@ def resolve(name: str, dataset: str, **overrides: Any) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"protocol {name!r} has no setting {sorted(unknown)}; its settings are "
                          f"{sorted(PROTOCOLS[name]['base'])}")
-    settings = {"protocol": name, **PROTOCOLS[name]["base"], **PROTOCOLS[name]["datasets"].get(dataset, {})}
-    settings.update({k: v for k, v in overrides.items() if v is not None})
+    settings = {"protocol": name, **PROTOCOLS[name]["base"]}
+    for layer in (PROTOCOLS[name]["datasets"].get(dataset, {}), {k: v for k, v in overrides.items() if v is not None}):
+        settings.update({key: {**settings[key], **value} if key in MERGED_KEYS else value
+                         for key, value in layer.items()})
     check_rule(settings)
     return settings
 
