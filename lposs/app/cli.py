@@ -89,7 +89,8 @@ def add_segment_arguments(seg: argparse.ArgumentParser) -> None:
 
 
 def add_demo_arguments(demo: argparse.ArgumentParser) -> None:
-    from .webapp import add_demo_arguments as add, run_demo
+    from .webapp import add_demo_arguments as add
+    from .webapp import run_demo
 
     add(demo)
     demo.set_defaults(run=run_demo)
