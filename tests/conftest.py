@@ -38,4 +38,22 @@ def pytest_configure(config):
     os.environ["LPOSS_CACHE"] = tempfile.mkdtemp(prefix="lposs-test-cache-")
 
 
+def register_tiny_clip(folder: Path, name: str, vision_layers: int = 1, text_layers: int = 1, text_heads: int = 1,
+                       head_width: int = 64) -> Path:
+    """Register a tiny open_clip config (width 64, embed 32) under `name`: random weights build in a second."""
+    import json
+
+    import open_clip
+
+    cfg = {"embed_dim": 32,
+           "vision_cfg": {"image_size": 224, "layers": vision_layers, "width": 64, "head_width": head_width,
+                          "patch_size": 16},
+           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": text_heads,
+                        "layers": text_layers}}
+    path = Path(folder) / f"{name}.json"
+    path.write_text(json.dumps(cfg))
+    open_clip.add_model_config(path)
+    return path
+
+
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

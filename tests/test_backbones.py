@@ -5,11 +5,10 @@ weights and the token sequence captured from the library's OWN forward pass, so 
 (embedding, token layout, positional embedding, block loop) as well as the MaskCLIP head itself.
 """
 
-import json
-
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import register_tiny_clip
 
 from lposs.models import backbones, loading, text
 from lposs.models.backbones import (
@@ -37,18 +36,9 @@ SMALL_DINO = "vit_small_patch16_224.dino"
 @pytest.fixture(scope="module", autouse=True)
 def tiny_clip_config(tmp_path_factory):
     """Register a tiny open_clip config (1 attention head, width 64) so most tests run in a second."""
-    import open_clip
-
-    cfg = {
-        "embed_dim": 32,
-        "vision_cfg": {"image_size": 224, "layers": 3, "width": 64, "head_width": 64, "patch_size": 16},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 2},
-    }
     folder = tmp_path_factory.mktemp("open_clip_cfg")
-    deep = {**cfg, "vision_cfg": {**cfg["vision_cfg"], "layers": 12, "head_width": 32}}  # 2 heads of 32
-    for name, config in ((TINY_CLIP, cfg), (DEEP_TINY_CLIP, deep)):
-        (folder / f"{name}.json").write_text(json.dumps(config))
-        open_clip.add_model_config(folder / f"{name}.json")
+    register_tiny_clip(folder, TINY_CLIP, vision_layers=3, text_layers=2)
+    register_tiny_clip(folder, DEEP_TINY_CLIP, vision_layers=12, text_layers=2, head_width=32)  # 2 heads of 32
 
 
 @pytest.fixture(scope="module")
@@ -551,24 +541,17 @@ def test_real_clip_weights_offline_raise_actionable_error(monkeypatch, offline_h
     assert isinstance(info.value, RuntimeError)
 
 
-def test_real_dino_weights_offline_raise_actionable_error(monkeypatch):
-    _skip_if_cached("timm/vit_base_patch16_224.dino")
+@pytest.mark.parametrize("name, timm_name, extra", [
+    ("vit_base_patch16_224.dino", "vit_base_patch16_224.dino", ("network",)),
+    ("dinov3_vitb16", "vit_base_patch16_dinov3.lvd1689m", ("model.safetensors", "timm/vit_base_patch16_dinov3.lvd1689m")),
+], ids=["dino", "dinov3"])
+def test_real_vision_model_weights_offline_raise_actionable_error(monkeypatch, name, timm_name, extra):
+    _skip_if_cached(f"timm/{timm_name}")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(BackboneUnavailable) as info:
-        DinoFeatures("vit_base_patch16_224.dino", pretrained=True)
+        VisionFeatures(name, pretrained=True)
     message = str(info.value)
-    for needed in ("vit_base_patch16_224.dino", backbones.hf_cache_dir(), "network", "--dino-checkpoint"):
-        assert needed in message
-
-
-def test_dinov3_weights_offline_raise_actionable_error(monkeypatch):
-    _skip_if_cached("timm/vit_base_patch16_dinov3.lvd1689m")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(BackboneUnavailable) as info:
-        VisionFeatures("dinov3_vitb16", pretrained=True)
-    message = str(info.value)
-    for needed in ("vit_base_patch16_dinov3.lvd1689m", "model.safetensors", "timm/vit_base_patch16_dinov3.lvd1689m",
-                   backbones.hf_cache_dir(), "--dino-checkpoint"):
+    for needed in (timm_name, backbones.hf_cache_dir(), "--dino-checkpoint", *extra):
         assert needed in message
 
 

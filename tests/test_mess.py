@@ -446,16 +446,11 @@ TINY_CLIP = "lposs-test-mess-tiny-clip"
 @pytest.fixture(scope="module")
 def tiny_random_clip(tmp_path_factory):
     """A tiny open_clip config (width 64) with seeded random weights, MaskCLIP head: runs offline in a second."""
-    import open_clip
+    from conftest import register_tiny_clip
 
     from lposs.models.backbones import ClipGraphFeatures, MaskCLIP
 
-    cfg = {"embed_dim": 32,
-           "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "head_width": 64, "patch_size": 16},
-           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1}}
-    path = tmp_path_factory.mktemp("open_clip_cfg") / f"{TINY_CLIP}.json"
-    path.write_text(json.dumps(cfg))
-    open_clip.add_model_config(path)
+    register_tiny_clip(tmp_path_factory.mktemp("open_clip_cfg"), TINY_CLIP, vision_layers=2)
     clip = MaskCLIP(TINY_CLIP, pretrained=None)
     return clip, ClipGraphFeatures(clip)
 

@@ -5,13 +5,13 @@ Random weights (no download). The equality tests use the real ViT-B-16 text towe
 laion2b's GELU configs) on a few prompts of different lengths; the cache tests use a tiny config.
 """
 
-import json
 import subprocess
 import sys
 import textwrap
 
 import pytest
 import torch
+from conftest import register_tiny_clip
 
 from lposs.models import text, text_cache
 from lposs.models.backbones import DenseCLIP
@@ -24,15 +24,7 @@ PROMPTS = ["a photo of a cat.", "a bad photo of the rear wheel of a red double-d
 
 @pytest.fixture(scope="module")
 def tiny_config(tmp_path_factory):
-    import open_clip
-
-    cfg = {"embed_dim": 32,
-           "vision_cfg": {"image_size": 224, "layers": 1, "width": 64, "head_width": 64, "patch_size": 16},
-           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
-    path = tmp_path_factory.mktemp("open_clip_cfg") / f"{TINY}.json"
-    path.write_text(json.dumps(cfg))
-    open_clip.add_model_config(path)
-    return path
+    return register_tiny_clip(tmp_path_factory.mktemp("open_clip_cfg"), TINY, text_layers=2, text_heads=2)
 
 
 @pytest.mark.parametrize("model_name, quick_gelu", [("ViT-B-16", True), ("ViT-B-16", False)],
