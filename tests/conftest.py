@@ -1,6 +1,7 @@
 """Shared fixtures: where the real datasets of ../shared/data live, and a CUDA switch."""
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -35,7 +36,12 @@ def davis_root() -> Path:
 def pytest_configure(config):
     """The persistent text cache (lposs.models.text_cache) in a fresh folder: tests neither read what a user's
     runs cached nor leave entries in ~/.cache; subprocesses (notebooks, CLI) inherit it."""
-    os.environ["LPOSS_CACHE"] = tempfile.mkdtemp(prefix="lposs-test-cache-")
+    config.lposs_cache = tempfile.mkdtemp(prefix="lposs-test-cache-")
+    os.environ["LPOSS_CACHE"] = config.lposs_cache
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(getattr(config, "lposs_cache", ""), ignore_errors=True)
 
 
 def register_tiny_clip(folder: Path, name: str, vision_layers: int = 1, text_layers: int = 1, text_heads: int = 1,
