@@ -138,12 +138,23 @@ def pixel_products(fn: Callable[[], Any]) -> tuple[int, Any]:
     return calls[0], out
 
 
-def photo_stages(photo: np.ndarray, vlm: DenseCLIP, vm: VisionFeatures, modes: TextModes) -> dict[str, Any]:
-    """Each stage of `segment` on its own, reference and fast (text: cold cache), with FLOPs."""
+def photo_windows(photo: np.ndarray) -> torch.Tensor:
+    """The photo's windows as `extract_features` cuts them: [B, 3, crop, crop]."""
     image = as_image_tensor(photo)
     resized = resize_image(image, resized_size(*image.shape[1:], short_side=WINDOWS.short_side,
                                                long_side=WINDOWS.long_side))  # [3, H', W']
-    crops = crop_windows(resized, window_layout(*resized.shape[1:], crop=224, stride=112), crop=224)  # [15, 3, ...]
+    layout = window_layout(*resized.shape[1:], crop=WINDOWS.crop, stride=WINDOWS.stride)
+    return crop_windows(resized, layout, crop=WINDOWS.crop)
+
+
+def segment_photo(photo: np.ndarray, vlm: DenseCLIP, vm: VisionFeatures) -> torch.Tensor:
+    """`lposs.segment` on the photo: LPOSS+, six classes, the benchmark's windows -> labels [H, W]."""
+    return segment(photo, PHOTO_CLASSES, mode="lposs+", vlm=vlm, vm=vm, **asdict(WINDOWS))
+
+
+def photo_stages(photo: np.ndarray, vlm: DenseCLIP, vm: VisionFeatures, modes: TextModes) -> dict[str, Any]:
+    """Each stage of `segment` on its own, reference and fast (text: cold cache), with FLOPs."""
+    crops = photo_windows(photo)  # [15, 3, 224, 224]
     stages: dict[str, dict[str, Any]] = {}
     stages["text"] = {}
     for mode, cache in (("reference", "none"), ("fast", "cold")):
@@ -170,28 +181,25 @@ def photo_stages(photo: np.ndarray, vlm: DenseCLIP, vm: VisionFeatures, modes: T
 
 def photo_end_to_end(photo: np.ndarray, vlm: DenseCLIP, vm: VisionFeatures, modes: TextModes) -> dict[str, Any]:
     """`segment` on both paths with a cold cache: seconds, and the fraction of pixels labelled alike."""
-    run = lambda: segment(photo, PHOTO_CLASSES, mode="lposs+", vlm=vlm, vm=vm, **asdict(WINDOWS))
     modes.set("reference")
-    reference_s, reference = timed(run)
+    reference_s, reference = timed(lambda: segment_photo(photo, vlm, vm))
     modes.set("fast", "cold")
-    fast_s, fast = timed(run)
+    fast_s, fast = timed(lambda: segment_photo(photo, vlm, vm))
     return {"reference_s": reference_s, "fast_s": fast_s, "speedup": reference_s / fast_s,
             "labels_agreement": float((fast == reference).float().mean()), "pixels": int(reference.numel()),
             "reference_labels": reference}
 
 
-def bf16_effect(photo: np.ndarray, vlm: DenseCLIP, vm: VisionFeatures, modes: TextModes,
+def bf16_effect(photo: np.ndarray, vlm: DenseCLIP, vm: VisionFeatures,
                 reference_labels: torch.Tensor) -> dict[str, Any]:
     """Both backbones under bfloat16 autocast: their seconds against float32, the seeds and the labels."""
-    image = as_image_tensor(photo)
-    resized = resize_image(image, resized_size(*image.shape[1:], short_side=448, long_side=2048))
-    crops = crop_windows(resized, window_layout(*resized.shape[1:], crop=224, stride=112), crop=224)
+    crops = photo_windows(photo)
     out: dict[str, Any] = {}
     for precision in ("float32", "bf16"):
         vlm.bf16 = vm.bf16 = precision == "bf16"
         clip_s, clip = timed(lambda: vlm.dense_features(crops))
         graph_s, graph = timed(lambda: vm.dense_features(crops))
-        labels = segment(photo, PHOTO_CLASSES, mode="lposs+", vlm=vlm, vm=vm, **asdict(WINDOWS))
+        labels = segment_photo(photo, vlm, vm)
         out[precision] = {"clip_image_s": clip_s, "graph_image_s": graph_s, "clip": clip, "graph": graph,
                           "labels": labels}
     vlm.bf16 = vm.bf16 = False
@@ -268,7 +276,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if cpu_has_native_bf16() and not args.skip_bf16:
             progress("bfloat16 autocast against float32")
             modes.set("fast", "cold")
-            result["bf16"] = bf16_effect(photo, vlm, vm, modes, reference_labels)
+            result["bf16"] = bf16_effect(photo, vlm, vm, reference_labels)
     print_table(result)
     if args.json:
         write_json(args.json, result)

@@ -20,7 +20,7 @@ from test_heads import clip_windows, layer_norm, naclip_addition, release_positi
 from torch import nn
 
 from lposs.models import loading
-from lposs.models.heads import ALL_HEADS, HEADS, LAST_BLOCK_HEADS, dense_clip_features, head_settings
+from lposs.models.heads import HEADS, LAST_BLOCK_HEADS, dense_clip_features, head_settings
 from lposs.models.heads_2025 import HEADS_2025
 from lposs.models.heads_2025.outliers import fix_outliers
 from lposs.models.heads_2025.sfr import sfr_matrix
@@ -516,7 +516,7 @@ def test_cass_low_rank_step_follows_the_global_rng(visual):
 
 def test_parameters_are_validated_by_name(visual):
     x = clip_windows(1, 224, 224)
-    assert ALL_HEADS is HEADS and set(HEADS) == set(LAST_BLOCK_HEADS) | set(HEADS_2025)
+    assert set(HEADS) == set(LAST_BLOCK_HEADS) | set(HEADS_2025)
     assert not set(LAST_BLOCK_HEADS) & set(HEADS_2025)
     for head in HEADS_2025:
         assert head_settings(head)["interpolation"] == "sclip"

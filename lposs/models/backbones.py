@@ -249,7 +249,8 @@ class DenseCLIP:
         return emb.clone(), owner.clone()
 
     def text_identity(self) -> dict[str, Any]:
-        """What determines a class embedding besides its prompts: the persistent cache's key (computed once)."""
+        """What determines a class embedding besides its prompts: the persistent cache's key. Computed once per
+        instance, as the in-memory cache assumes too: to change the weights, build a new DenseCLIP."""
         if self._text_identity is None:
             self._text_identity = {
                 "model": self.model_name, "weights": weights_digest(self.model), "device": self.device.type,

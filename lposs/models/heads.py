@@ -62,7 +62,6 @@ LAST_BLOCK_HEADS: dict[str, dict[str, Any]] = {
 }
 AFFINITY_MEANS = ("batch", "window")
 HEADS: dict[str, dict[str, Any]] = {**LAST_BLOCK_HEADS, **HEADS_2025}  # the one registry: every head
-ALL_HEADS = HEADS  # the earlier name of the merged table
 # The feature of the proxy model each proxy head reads (lposs.models.backbones.VisionFeatures names them):
 # ProxyCLIP the final normalised tokens, CASS the raw last-block keys on the window resized to a square.
 PROXY_FEATURES = {"proxyclip": "tokens", "cass": "k_raw"}

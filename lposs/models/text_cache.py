@@ -86,9 +86,7 @@ class TextCache:
         """The stored embedding, or None when absent or unreadable."""
         try:
             value = torch.load(self.path(key), map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            return None
-        except Exception:  # a damaged entry (disk full before an old non-atomic write, a user's edit): a miss
+        except Exception:  # absent, or damaged (a user's edit, a disk error): a miss either way
             return None
         ok = isinstance(value, Tensor) and value.ndim == 1 and value.dtype == torch.float32
         return value if ok and bool(torch.isfinite(value).all()) else None
