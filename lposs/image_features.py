@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .core.tlp import text_self_affinity
 from .core.windows import Window, crop_windows, merge_windows, resize_image, resized_size, window_layout
 from .settings import WindowSettings
 
@@ -36,6 +37,7 @@ class ImageFeatures:
     grid: int  # patches per window side (14 for 224 / 16)
     crop: int = 224
     image_resized: Tensor | None = field(default=None, repr=False)  # [3, H', W'] in [0, 1], for LPOSS+
+    text_affinity: Tensor | None = field(default=None, repr=False)  # [C'] what PEARL's TLP reads of the text
 
 
 def as_image_tensor(image: Any) -> Tensor:
@@ -98,6 +100,7 @@ def extract_features(
         grid=grid,
         crop=win.crop,
         image_resized=resized,
+        text_affinity=text_self_affinity(emb.float()).cpu(),
     )
 
 

@@ -16,12 +16,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .core.graphs import patch_graph
+from .core.own_steps import run_own_step
 from .core.propagation import propagate
 from .core.refine import refine_pixels
 from .core.scoring import class_scores, labels_from_scores, pool_synonyms  # noqa: F401 - pool_synonyms re-exported
 from .core.windows import patch_centers
 from .image_features import ImageFeatures, as_image_tensor, extract_features, merge_patches, to_graph_grid  # noqa: F401 - re-exported
-from .settings import MODES, Setting, WindowSettings  # noqa: F401 - MODES re-exported
+from .settings import MODES, OWN_STEP, Setting, WindowSettings  # noqa: F401 - MODES re-exported
 
 
 def propagate_features(
@@ -31,34 +32,37 @@ def propagate_features(
     device: str | torch.device = "cpu",
     background: dict[str, Any] | None = None,
     setting: Setting | None = None,
+    own_step: dict[str, Any] | None = None,
     **values: Any,
 ) -> Tensor:
     """Class scores [K, H, W] at the original image size for one propagation setting.
 
     setting: a `settings.Setting`, or its values by name: mode ("maskclip" seeds only, "lposs" patch LP,
-    "lposs+" patch LP then pixel LP), the graph's k, gamma, sigma, p, the propagation's alpha, maxiter,
+    "lposs+" patch LP then pixel LP, "own" the seeds then `own_step`), the graph's k, gamma, sigma, p, the propagation's alpha, maxiter,
     tol, solver ("cg" batched, "cg_reference" one column at a time as the released code), the pixel
     refiner (a name of `lposs.core.refine.REFINERS`) and its r, tau (`PixelSettings.refiner_overrides`
     says what the refiner takes from the setting). Unknown names raise ValueError.
     background: a rule of `lposs.core.scoring` (e.g. `lposs.models.protocols.resolve("sclip", "voc21")`);
     None or "synonyms" gives the max over synonyms (LPOSS); "softmax" gives class probabilities (SCLIP
     family), to be turned into labels by `scoring.labels_from_scores`.
+    own_step: the head's release's post-step for mode "own" (`lposs.models.protocols.own_step`; None: the
+    release has none, and "own" gives the seeds' scores).
     """
     setting = setting_from(setting, mode, values)
     # host -> device copies are non_blocking: a blocking one makes torch wait for the GPU's whole queue
     seeds = features.seeds.to(device, non_blocking=True)  # [N, C']
     cosine_scale = 1.0  # what brings the scores back to the size of cosines (see scoring.class_scores)
-    if setting.mode == "maskclip":
+    if setting.mode in ("maskclip", OWN_STEP):  # the head's scores, as they are or for its own step
         patch_scores = seeds
     else:
         patch_scores = propagate_patches(features, seeds, setting, device)  # [N, C']
         cosine_scale *= 1 - setting.lp.alpha
     canvas = merge_patches(features, patch_scores)  # [C', H', W']
+    if setting.mode == OWN_STEP and own_step is not None:
+        canvas = run_own_step(canvas, _resized_image(features, "the own step", device), own_step,
+                              features.text_affinity)
     if setting.mode == "lposs+":
-        if features.image_resized is None:
-            raise ValueError("LPOSS+ needs the resized image: features.image_resized is None")
-        image = features.image_resized.to(device, non_blocking=True)
-        canvas = refine_pixels(image, canvas, refiner=setting.pixel.refiner,
+        canvas = refine_pixels(_resized_image(features, "LPOSS+", device), canvas, refiner=setting.pixel.refiner,
                                **setting.pixel.refiner_overrides(setting.lp))
         if setting.pixel.refiner == "reference":  # linear in the scores: (1 - alpha) brings them back to
             cosine_scale *= 1 - setting.lp.alpha  # cosine size; PAMR averages, best/relaxed give probabilities
@@ -68,6 +72,12 @@ def propagate_features(
         return class_scores(canvas, features.owner, rule, cosine_scale)  # [K, H, W]
     scores = class_scores(canvas, features.owner, rule)  # [K, H', W']
     return F.interpolate(scores[None], size=features.original_hw, mode="bilinear", align_corners=False)[0]
+
+
+def _resized_image(features: ImageFeatures, who: str, device: str | torch.device) -> Tensor:
+    if features.image_resized is None:
+        raise ValueError(f"{who} needs the resized image: features.image_resized is None")
+    return features.image_resized.to(device, non_blocking=True)  # [3, H', W']
 
 
 def setting_from(setting: Setting | None, mode: str, values: dict[str, Any]) -> Setting:

@@ -26,6 +26,8 @@ from .core import defaults
 from .core.refiners import REFINERS
 
 MODES = ("maskclip", "lposs", "lposs+")  # seeds only | + patch LP | + patch LP, then pixel refinement
+OWN_STEP = "own"  # seeds, then the head's release's own post-step (PEARL's TLP, NACLIP's PAMR; lposs.core.own_steps)
+EVALUATED_MODES = MODES + (OWN_STEP,)  # what an evaluation can run; segment, the CLI and the demo run MODES
 SOLVERS = ("cg", "cg_reference")  # batched CG | one column at a time, as the released code
 GRAPH_FEATURES = ("q", "k", "v", "tokens", "clip")  # last-block q/k/v, final tokens, or the VLM's own
 
@@ -179,7 +181,7 @@ class Setting:
     pixel: PixelSettings = field(default_factory=PixelSettings)
 
     def __post_init__(self) -> None:
-        check_value("mode", self.mode, "str", {"choices": MODES})
+        check_value("mode", self.mode, "str", {"choices": EVALUATED_MODES})
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

@@ -178,13 +178,16 @@ def test_results_table_sets_ours_beside_the_published_numbers():
     run = {"head": "sclip", "vm": "dino_vitb16", "protocol": "sclip", "modes": {"demo": scores, "voc21": scores},
            "deviations": ["voc21: something"]}
     table = tables.results_table([run], ["demo", "voc21"])
-    assert "| sclip | dino_vitb16 | sclip | seeds | 20.0 (10.0) | 20.0 (10.0) |" in table
-    assert "| sclip | dino_vitb16 | sclip | + LPOSS+ | 40.0 (20.0) | 40.0 (20.0) |" in table
-    assert "| sclip | published | own | SCLIP |  | 59.1 |" in table  # no published number on the demo
+    assert "| sclip | dino_vitb16 | sclip | CLIP ?, training-free | seeds | 20.0 (10.0) | 20.0 (10.0) |" in table
+    assert ("| sclip | dino_vitb16 | sclip | CLIP ?, training-free | + own step (none in its release) | - | - |"
+            in table)  # SCLIP's release has no post-step, and the mode "own" did not run
+    assert ("| sclip | dino_vitb16 | sclip | CLIP ? + dino_vitb16 graph, training-free | + LPOSS+ | 40.0 (20.0) "
+            "| 40.0 (20.0) |") in table
+    assert "| sclip | published | own | as its name says | SCLIP |  | 59.1 |" in table  # none on the demo
     assert "avg of 8" not in table and "synthetic scenes" in table and "Deviation (sclip+dino_vitb16" in table
     full = tables.results_table([{**run, "modes": {d: scores for d in PAPER_DATASETS}}], PAPER_DATASETS)
     assert "| + LPOSS | " + " | ".join(["30.0 (15.0)"] * 8) + " | 30.0 |" in full
-    assert full.rstrip().splitlines()[1].count("---") == 4 + 9
+    assert full.rstrip().splitlines()[1].count("---") == 5 + 9
     assert "| SCLIP | 59.1 | 30.4 | 30.5 | 80.4 | 34.2 | 22.4 | 32.2 | 16.1 | 38.2 |" in full  # pipeline order
 
 
@@ -415,8 +418,9 @@ def test_grid_of_heads_and_graphs_runs_end_to_end(grid_copy):
     for head in ("maskclip", "sclip"):
         for vm in ("dinov2_vitb14_reg", "clip"):
             for method in ("seeds", "+ LPOSS", "+ LPOSS+"):
-                assert f"| {head} | {vm} | sclip | {method} |" in table
-    assert "| sclip | published | own | SCLIP |" in table and "| maskclip | published | own | MaskCLIP |" in table
+                assert table_row(table, head, vm, "sclip", method), (head, vm, method)
+    assert "| sclip | published | own | as its name says | SCLIP |" in table
+    assert "| maskclip | published | own | as its name says | MaskCLIP |" in table
     # MESS's tables: a row per dataset and per domain, our columns beside the leaderboard's
     assert "| Medical Sciences | CHASE DB1 | 27.25 | 37.00 | 17.85 | 25.38 | 24.99 |" in table
     assert "| Agriculture and Biology | CWFID |" in table and "| **Medical Sciences** | **mean** |" in table
@@ -432,9 +436,75 @@ def test_grid_of_heads_and_graphs_runs_end_to_end(grid_copy):
         assert shard["grid"] == grid and shard["seeds"].shape[0] == len(shard["layout"]) * grid * grid
 
 
+def table_row(table: str, head: str, vm: str, protocol: str, method: str) -> list[str] | None:
+    """The cells of results/table.md's row for head x graph x protocol x method (None when absent)."""
+    for line in table.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if cells[:3] == [head, vm, protocol] and len(cells) > 4 and cells[4] == method:
+            return cells
+    return None
+
+
 @pytest.mark.slow
 def test_grid_propagation_change_reruns_no_features(grid_copy):
     root, _ = grid_copy
+    log = run(["dvc", "exp", "run", "-S", "lp.alpha=0.9"], root, timeout=1800)
+    assert stages_run(log) and not any(name.startswith("features@") for name in stages_run(log))
+
+
+# ------------------------- the 2025 heads on a DINOv3 graph, each with its own step, random weights (slow)
+
+@pytest.fixture(scope="module")
+def grid_2025(tmp_path_factory):
+    """SC-CLIP and PEARL seeds on a DINOv3 S/16 graph under PEARL's protocol, the four rows of each, on one
+    3-class MESS fixture: random weights at 224."""
+    from fixtures.mess_layouts import write_prepared
+
+    from lposs.datasets.mess import MESS_DATASETS
+
+    root = tmp_path_factory.mktemp("grid2025")
+    copy_pipeline(root)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["datasets"] = ["cwfid"]
+    params["backbone"].update(vlm="ViT-B-16", vlm_pretrained="random", heads=["scclip", "pearl"],
+                              vms=["dinov3_vits16"], vm_pretrained="random", vm_features="v")
+    params["protocol"]["name"] = "pearl"
+    params["windows"]["short_side"] = 224
+    params["ablate"].update(sweeps=[{"param": "mode", "values": "[maskclip, own, lposs, lposs+]", "mode": "lposs+"}],
+                            predictions=1)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    spec = MESS_DATASETS["cwfid"]
+    write_prepared(root / "data" / "mess", spec, spec.main_split, ids=("x0", "x1"))
+    git_dvc_init(root)
+    return root, run(["dvc", "repro"], root, timeout=1800)
+
+
+@pytest.mark.slow
+def test_the_2025_grid_gives_each_head_its_four_rows(grid_2025):
+    root, log = grid_2025
+    assert {"features@cwfid-scclip-dinov3_vits16", "features@cwfid-pearl-dinov3_vits16"} <= stages_run(log)
+    table = (root / "results/table.md").read_text()
+    methods = ("seeds", "+ own step (PEARL's TLP)", "+ LPOSS", "+ LPOSS+")
+    rows = {method: table_row(table, "pearl", "dinov3_vits16", "pearl", method) for method in methods}
+    assert all(rows.values()), table
+    assert rows["seeds"][3] == "CLIP ViT-B-16 random, training-free"
+    assert rows["+ LPOSS"][3] == "CLIP ViT-B-16 random + dinov3_vits16 graph, training-free"
+    assert all(cell != "-" for row in rows.values() for cell in row[5:]), rows  # every mode ran
+    assert table_row(table, "scclip", "dinov3_vits16", "pearl", "+ own step (none in its release)")
+    assert "| pearl | published | own | as its name says | PEARL (" in table
+    results = json.loads((root / "ablations/cwfid/pearl+dinov3_vits16/mode/results.json").read_text())
+    assert results["own_step"] == {"name": "tlp", "grid": 80} and results["built_on"]["proxy"] is None
+    assert "vit_small_patch16_dinov3" in results["vm"]["v"]
+    labels = {r["label"]: r["metrics"]["miou"] for r in results["records"]}
+    assert set(labels) == {"mode=maskclip", "mode=own", "mode=lposs", "mode=lposs+"}
+    scclip = json.loads((root / "ablations/cwfid/scclip+dinov3_vits16/mode/results.json").read_text())
+    own = {r["label"]: r["metrics"] for r in scclip["records"]}
+    assert own["mode=own"] == own["mode=maskclip"]  # no step in SC-CLIP's release: its seeds
+
+
+@pytest.mark.slow
+def test_the_2025_grid_reruns_no_features_for_a_propagation_change(grid_2025):
+    root, _ = grid_2025
     log = run(["dvc", "exp", "run", "-S", "lp.alpha=0.9"], root, timeout=1800)
     assert stages_run(log) and not any(name.startswith("features@") for name in stages_run(log))
 

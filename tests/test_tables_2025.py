@@ -59,9 +59,9 @@ def _run(head: str, datasets: list[str]) -> dict:
 def test_a_2025_heads_table_shows_its_published_rows_and_their_sources():
     datasets = tables.PUBLISHED_ORDER
     table = tables.results_table([_run("cass", datasets), _run("pearl", datasets)], datasets)
-    assert ("| cass | published | own | CASS (OpenAI CLIP + DINOv3 B/16 proxy, training-free; PEARL's reproduction) "
+    assert ("| cass | published | own | as its name says | CASS (OpenAI CLIP + DINOv3 B/16 proxy, training-free; PEARL's reproduction) "
             "| 62.3 | 34.0 | 36.0 | 87.6 | 36.2 | 37.6 | 18.8 | 25.4 | 42.2 |") in table
-    assert "| pearl | published | own | PEARL (" in table and "| 43.2 |" in table
+    assert "| pearl | published | own | as its name says | PEARL (" in table and "| 43.2 |" in table
     assert "Published rows of cass, pearl:" in table and "docs/field.md sections 7 and 16" in table
 
 

@@ -88,8 +88,12 @@ def conjugate_gradient(apply: Callable[[Tensor], Tensor], b: Tensor, x: Tensor, 
     return x
 
 
-def tlp(logits: Tensor, image: Tensor, text: Tensor, grid: int = TLP_GRID, steps: int = CG_STEPS) -> Tensor:
-    """PEARL's TLP: logits [B, C, H, W] (before logit scale), CLIP-normalised image [B, 3, H, W], text [C, D]."""
+def tlp(logits: Tensor, image: Tensor, text: Tensor | None = None, grid: int = TLP_GRID, steps: int = CG_STEPS,
+        self_affinity: Tensor | None = None) -> Tensor:
+    """PEARL's TLP: logits [B, C, H, W] (before logit scale), CLIP-normalised image [B, 3, H, W], text [C, D];
+    or, instead of text, its self_affinity [C] (`text_self_affinity(text)`, all TLP reads of the text)."""
+    if (text is None) == (self_affinity is None):
+        raise ValueError("tlp needs the queries' text embeddings [C, D] or their self_affinity [C], one of the two")
     height, width = logits.shape[-2:]
     factors = pooling_factors(height, width, grid)
     pooled = factors != (1, 1)
@@ -97,7 +101,7 @@ def tlp(logits: Tensor, image: Tensor, text: Tensor, grid: int = TLP_GRID, steps
     if pooled:
         image_s, logits_s = F.avg_pool2d(image_s, factors, factors), F.avg_pool2d(logits_s, factors, factors)
     probs = torch.softmax(logits_s, dim=1)  # [B, C, Hs, Ws]
-    self_affinity = text_self_affinity(text.to(logits_s))  # [C]
+    self_affinity = text_self_affinity(text.to(logits_s)) if text is not None else self_affinity.to(logits_s)  # [C]
     agree = (probs * (self_affinity.view(1, -1, 1, 1) * probs)).sum(dim=1, keepdim=True).clamp(0.0, 1.0)
     confidence = probs.max(dim=1, keepdim=True).values.clamp_min(0.05) ** 2 * (1.0 + agree)  # Cw [B, 1, Hs, Ws]
     gray = 0.299 * image_s[:, 0:1] + 0.587 * image_s[:, 1:2] + 0.114 * image_s[:, 2:3]

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from ..core.metrics import SegmentationMetrics
 from ..io import safe_name, save_label_map
-from ..settings import MODES, Setting
+from ..settings import EVALUATED_MODES, Setting
 from .evaluation import SettingsRun, SweepPoint
 from .staging import prompts
 from .store import FeatureStore
@@ -33,8 +33,8 @@ def sweep_points(base: Setting, param: str, values: list, mode: str) -> list[Swe
         raise ValueError(f"cannot sweep {param!r}; sweepable: {', '.join(SWEEPABLE)}")
     if not isinstance(values, list) or not values:
         raise ValueError(f"sweep over {param!r} needs a non-empty list of values, got {values!r}")
-    if mode not in MODES:
-        raise ValueError(f"sweep mode {mode!r}: choose one of {', '.join(MODES)}")
+    if mode not in EVALUATED_MODES:
+        raise ValueError(f"sweep mode {mode!r}: choose one of {', '.join(EVALUATED_MODES)}")
     points = [SweepPoint(f"{param}={value}", base.replace(**{"mode": mode, param: value}), param) for value in values]
     if len({point.label for point in points}) != len(points):
         raise ValueError(f"sweep over {param!r} repeats a value: {values}")
@@ -55,17 +55,18 @@ def prediction_path(prediction_dir: str | os.PathLike, point: SweepPoint, image_
 def run_settings(ds: Any, index: dict[str, Any], store: FeatureStore, points: list[SweepPoint],
                  device: str = "cpu", predictions: int = 0, prediction_dir: str | os.PathLike | None = None,
                  progress: bool = True, protocol: str = "lposs", background: dict[str, Any] | None = None,
-                 indices: Sequence[int] | None = None, advance: Callable[[int], None] | None = None
-                 ) -> tuple[dict[str, SegmentationMetrics], dict[str, float]]:
+                 indices: Sequence[int] | None = None, advance: Callable[[int], None] | None = None,
+                 own_step: dict[str, Any] | None = None) -> tuple[dict[str, SegmentationMetrics], dict[str, float]]:
     """Every point on the dataset's images (each shard read once) -> ({label: metrics}, {label: seconds}).
 
     protocol: whose class prompts the features were computed with; background: the rule that turns
-    scores into labels (`parameters.background_rule`; None = LPOSS's synonym max). indices: the images
+    scores into labels (`parameters.background_rule`; None = LPOSS's synonym max); own_step: the head's
+    release's post-step, run by mode "own" (`lposs.models.protocols.own_step`). indices: the images
     (default all; `lposs.experiment.sharded` runs subsets); advance(1) after each image. The label maps of
     `predictions` images spread over the whole dataset go to prediction_dir/<label>/<image id>.png.
     """
     keep = prediction_indices(len(ds), predictions) if prediction_dir is not None else set()
-    run = SettingsRun(ds, points, device, background)
+    run = SettingsRun(ds, points, device, background, own_step)
     for i in tqdm(range(len(ds)) if indices is None else indices, desc=f"ablate {ds.name}", unit="img",
                   disable=not progress):
         record, sample = index["images"][i], ds[i]

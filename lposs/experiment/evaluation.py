@@ -23,7 +23,7 @@ from torch import Tensor
 from ..core.metrics import DeviceMetrics, SegmentationMetrics
 from ..core.scoring import labels_from_scores
 from ..segmentation import propagate_features
-from ..settings import Setting
+from ..settings import OWN_STEP, Setting
 from .extraction import to_image_features
 
 
@@ -69,11 +69,11 @@ class SettingsRun:
     """Accumulates every sweep point's metric counts and time over the images it is given."""
 
     def __init__(self, ds: Any, points: list[SweepPoint], device: str | torch.device = "cpu",
-                 background: dict[str, Any] | None = None):
+                 background: dict[str, Any] | None = None, own_step: dict[str, Any] | None = None):
         labels = [point.label for point in points]
         if len(set(labels)) != len(labels):
             raise ValueError(f"the settings repeat a label: {labels}")
-        self.points, self.device, self.background = list(points), device, background
+        self.points, self.device, self.background, self.own_step = list(points), device, background, own_step
         self.like = SegmentationMetrics(ds.num_classes, ds.ignore_index, ds.reduce_zero_label)
         self.counts = {point.label: DeviceMetrics(self.like, device) for point in points}
         self.clock = SettingClock(device)
@@ -89,10 +89,10 @@ class SettingsRun:
         for point in self.points:
             setting = point.setting
             with self.clock.timing(point.label):
-                features = to_image_features(shard, setting.graph.vm_feature, image if setting.mode == "lposs+"
-                                             else None)
+                needs_image = setting.mode in ("lposs+", OWN_STEP)
+                features = to_image_features(shard, setting.graph.vm_feature, image if needs_image else None)
                 scores = propagate_features(features, device=self.device, background=self.background,
-                                            setting=setting)
+                                            setting=setting, own_step=self.own_step)
                 labels = labels_from_scores(scores, self.background or {})  # [H, W]
                 self.counts[point.label].update(labels, label)
             if on_labels is not None:

@@ -108,6 +108,7 @@ def extract_shard(image_id: str, image: Any, class_names: list[str], vlm: Any, v
         "id": image_id,
         "seeds": place(feats.seeds.float().contiguous()),
         "owner": feats.owner.long(),
+        "text_affinity": feats.text_affinity.float().cpu(),
         "vm": {name: place(t.to(VM_DTYPES[vm_dtype]).contiguous()) for name, t in vm.items()},
         "layout": [tuple(int(v) for v in w) for w in feats.layout],
         "resized_hw": tuple(int(v) for v in feats.resized_hw),
@@ -143,7 +144,8 @@ class _OneForward:
 
 
 def to_image_features(shard: dict[str, Any], vm_feature: str, image: Any = None) -> ImageFeatures:
-    """A shard as `segment.ImageFeatures` with the chosen VM variant; image (the original) for LPOSS+."""
+    """A shard as `segment.ImageFeatures` with the chosen VM variant; image (the original) for LPOSS+ and the
+    own steps."""
     if vm_feature not in shard["vm"]:
         raise ValueError(f"vision feature {vm_feature!r} is not stored (stored: {sorted(shard['vm'])}); "
                          "add it to backbone.vm_features in params.yaml and re-run the features stage")
@@ -158,6 +160,7 @@ def to_image_features(shard: dict[str, Any], vm_feature: str, image: Any = None)
         seeds=shard["seeds"], vm_feats=shard["vm"][vm_feature].float(), owner=shard["owner"],
         layout=[tuple(w) for w in shard["layout"]], resized_hw=tuple(shard["resized_hw"]),
         original_hw=tuple(shard["original_hw"]), grid=shard["grid"], crop=shard["crop"], image_resized=resized,
+        text_affinity=shard["text_affinity"],
     )
 
 

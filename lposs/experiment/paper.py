@@ -14,7 +14,8 @@ import sys
 
 from ..models.factory import BackboneSpec, create_backbones
 from ..models.loading import BackboneUnavailable
-from ..models.protocols import PROTOCOLS, resolve
+from ..models.heads import HEADS
+from ..models.protocols import PROTOCOLS, own_step, resolve
 from .results import mess_entries
 from .staging import dataset_root, open_entry
 
@@ -25,7 +26,9 @@ PAPER_VMS = {"proxyclip": "dino_vitb8"}  # the graph a head's paper row uses by 
 def paper_overrides(head: str = "maskclip", protocol: str = "lposs", vm: str | None = None,
                     datasets: list[str] | None = None) -> list[str]:
     """`dvc exp run -S` overrides of the paper setting: the 8 benchmarks (or `datasets`), `head` seeds under
-    `protocol` (windows, class files, background rule, CLIP weights of its release), the graph `vm`."""
+    `protocol` (windows, class files, background rule, CLIP weights of its release, head parameters when the
+    head is the protocol's), the graph `vm`; the rows seeds, + own step (when the head's release has one),
+    + LPOSS, + LPOSS+."""
     resolve(protocol, "voc21")  # an unknown name stops here, with the choices
     vm = vm or PAPER_VMS.get(head, "dino_vitb16")
     return ["datasets=[" + ",".join(datasets or PAPER_DATASETS) + "]",
@@ -34,7 +37,12 @@ def paper_overrides(head: str = "maskclip", protocol: str = "lposs", vm: str | N
             "backbone.vm_dtype=float16", f"protocol.name={protocol}", "protocol.background=protocol",
             "windows.crop=protocol", "windows.stride=protocol", "windows.short_side=protocol",
             "windows.long_side=protocol",
-            "ablate.sweeps=[{param:mode,values:'[maskclip, lposs, lposs+]',mode:lposs+}]"]
+            f"ablate.sweeps=[{{param:mode,values:'[{', '.join(paper_modes(head))}]',mode:lposs+}}]"]
+
+
+def paper_modes(head: str) -> list[str]:
+    """The rows of a head's paper run: seeds, its release's own step when it has one, + LPOSS, + LPOSS+."""
+    return ["maskclip"] + (["own"] if own_step(head, PAPER_DATASETS[0]) else []) + ["lposs", "lposs+"]
 
 
 def paper_problems(data_dir: str, head: str = "maskclip", protocol: str = "lposs", vm: str | None = None,
@@ -67,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         sub = commands.add_parser(command, help=f"run {what} as a DVC experiment")
         sub.add_argument("--check", action="store_true", help="only check that data and weights are present")
         sub.add_argument("--data-dir", default="data")
-        sub.add_argument("--head", default="maskclip", help="dense head: maskclip sclip clearclip naclip proxyclip")
+        sub.add_argument("--head", default="maskclip", choices=tuple(HEADS), help="dense head")
         sub.add_argument("--protocol", default="lposs", help=f"evaluation protocol: {', '.join(PROTOCOLS)}")
         sub.add_argument("--vm", default=None, help="graph model (default dino_vitb16; dino_vitb8 for proxyclip)")
     args = parser.parse_args(argv)

@@ -22,8 +22,9 @@ import yaml
 
 from ..core.scoring import BACKGROUND_RULES
 from ..models.factory import BackboneSpec
+from ..models.heads import PROXY_HEADS
 from ..models.factory import resolve_device as factory_resolve_device
-from ..models.protocols import PROTOCOLS, WINDOW_KEYS, resolve
+from ..models.protocols import PROTOCOLS, WINDOW_KEYS, own_step, resolve
 from ..settings import SECTIONS, Setting, WindowSettings, refuse_unknown
 from .staging import split_entry
 from .store import VM_DTYPES
@@ -194,13 +195,34 @@ class PipelineParams:
         pretrained = backbone["vlm_pretrained"]
         return PROTOCOLS[self.protocol]["base"]["clip"] if pretrained == PROTOCOL_VALUE else pretrained
 
-    def backbone_spec(self, head: str, vm: str) -> BackboneSpec:
-        """The backbones of combination head + vm (the graph features params.yaml stores)."""
+    def backbone_spec(self, head: str, vm: str, entry: str | None = None) -> BackboneSpec:
+        """The backbones of combination head + vm (the graph features params.yaml stores). On a dataset entry,
+        a head that is the protocol's own gets the release's parameters there (ResCLIP's temp_thd, PEARL's
+        alpha_kk, ...: the protocol's head_params); they are part of the VLM's id, so of the store's manifest."""
         backbone = self.raw["backbone"]
         features = tuple(name.strip() for name in backbone["vm_features"].split(",") if name.strip())
         return BackboneSpec(vlm=backbone["vlm"], vlm_weights=self.clip_weights(), head=head, vm=vm,
                             vm_weights="none" if vm == "demo" else backbone["vm_pretrained"],
-                            vm_features=features, proxy=backbone["proxy"], bf16=backbone["bf16"])
+                            vm_features=features, proxy=backbone["proxy"], bf16=backbone["bf16"],
+                            head_params=tuple(self.head_params(head, entry).items()))
+
+    def head_params(self, head: str, entry: str | None) -> dict[str, Any]:
+        """The protocol's head_params on a dataset entry when `head` is the protocol's own head, else {}."""
+        if entry is None:
+            return {}
+        settings = resolve(self.protocol, split_entry(entry)[0])
+        return dict(settings.get("head_params", {})) if settings["head"] == head else {}
+
+    def built_on(self, head: str) -> dict[str, Any]:
+        """What a combination's numbers come from besides its graph: the CLIP model and weights, the head's
+        second vision model (ProxyCLIP, CASS); written beside the results, read by the results table."""
+        backbone = self.raw["backbone"]
+        clip = "none" if backbone["vlm"] == "demo" else f"{backbone['vlm']} {self.clip_weights()}"
+        return {"clip": clip, "proxy": backbone["proxy"] if head in PROXY_HEADS else None}
+
+    def own_step(self, head: str, entry: str) -> dict[str, Any] | None:
+        """The post-step of `head`'s release on a dataset entry (mode "own"; `lposs.models.protocols.own_step`)."""
+        return own_step(head, split_entry(entry)[0])
 
     def windows(self, entry: str) -> WindowSettings:
         """The windows on a dataset entry: params.yaml's ints, the protocol's values where it says "protocol"."""

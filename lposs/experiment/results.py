@@ -96,9 +96,11 @@ def table_runs(results: dict[str, dict[str, dict]]) -> list[dict[str, Any]]:
             if "mode" not in sweeps:
                 continue
             mode_run = sweeps["mode"]
+            built = mode_run.get("built_on", {})
             row = runs.setdefault((combo, mode_run["protocol"]["protocol"]), {
                 "head": mode_run["head"], "vm": mode_run["vm_name"], "protocol": mode_run["protocol"]["protocol"],
-                "deviations": [], "modes": {}})
+                "clip": built.get("clip", "?"), "proxy": built.get("proxy"),
+                "own_step": (mode_run.get("own_step") or {}).get("name"), "deviations": [], "modes": {}})
             row["modes"][dataset] = modes[dataset][combo]
             if "deviation" in mode_run["protocol"]:
                 row["deviations"].append(f"{dataset}: {mode_run['protocol']['deviation']}")

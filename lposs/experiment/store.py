@@ -31,9 +31,9 @@ import torch
 
 from ..io import atomic_write, atomic_write_bytes, safe_name
 
-FORMAT_VERSION = 1
-SHARD_KEYS = frozenset({"id", "seeds", "owner", "vm", "layout", "resized_hw", "original_hw", "grid", "crop",
-                        "class_names", "image_md5", "seconds"})
+FORMAT_VERSION = 2  # 2: shards keep the queries' text self-affinity (PEARL's TLP, the own-step mode)
+SHARD_KEYS = frozenset({"id", "seeds", "owner", "text_affinity", "vm", "layout", "resized_hw", "original_hw", "grid",
+                        "crop", "class_names", "image_md5", "seconds"})
 MANIFEST = "manifest.json"
 VM_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
@@ -148,6 +148,8 @@ class FeatureStore:
             fail(f"seeds should be [{patches}, C'], got {getattr(seeds, 'shape', type(seeds))}")
         if not (isinstance(owner, torch.Tensor) and owner.shape == (seeds.shape[1],)):
             fail(f"owner should be [{seeds.shape[1]}], got {getattr(owner, 'shape', type(owner))}")
+        if not (isinstance(shard["text_affinity"], torch.Tensor) and shard["text_affinity"].shape == owner.shape):
+            fail(f"text_affinity should be [{seeds.shape[1]}], got {getattr(shard['text_affinity'], 'shape', '?')}")
         if not isinstance(shard["vm"], dict) or tuple(sorted(shard["vm"])) != tuple(sorted(self.features)):
             fail(f"vision features {sorted(shard['vm']) if isinstance(shard['vm'], dict) else '?'}, "
                  f"expected {sorted(self.features)}")

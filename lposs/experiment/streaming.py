@@ -1,7 +1,7 @@
 """Streaming evaluation of a dataset: decode -> backbones -> propagation -> metrics, without a feature store.
 
     python -m lposs.experiment.streaming voc21|paxray:test_lungs [--data-dir data] [--device cuda] [--bf16] [--batch-images 4]
-        [--workers 4] [--modes maskclip,lposs,lposs+] [--store DIR] [--json OUT.json] [--limit N]
+        [--workers 4] [--modes maskclip,own,lposs,lposs+] [--store DIR] [--json OUT.json] [--limit N]
 
 The pipeline (stage -> features -> ablate) writes every image's features to disk first, which pays off
 when many settings are swept, and costs ~100 GB for the paper's 8 benchmarks. This evaluator runs the
@@ -35,12 +35,13 @@ from ..core.metrics import SegmentationMetrics
 from ..core.windows import crop_windows, resize_image, resized_size, window_layout
 from ..io import file_md5, write_json
 from ..models.factory import BackboneSpec, create_backbones, resolve_device
+from ..models.protocols import own_step
 from ..settings import Setting, WindowSettings
 from .ablation import sweep_points
 from .evaluation import SettingsRun, SweepPoint, records
 from .extraction import extract_shard, make_manifest
 from .parameters import background_rule
-from .staging import open_entry, prompts
+from .staging import open_entry, prompts, split_entry
 from .store import FeatureStore
 
 # --------------------------------------------------------------------------------------------------
@@ -152,12 +153,13 @@ class StreamedShards:
 def evaluate(ds: Any, vlm: Any, vm: Any, points: list[SweepPoint], device: str = "cpu",
              windows: WindowSettings | None = None, prompts: Any = None, background: dict[str, Any] | None = None,
              batch_images: int = 4, workers: int = 2, store: FeatureStore | None = None,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, own_step: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every point on every image of `ds` in one streaming pass -> {"records", "images", "seconds", ...}.
 
     points: as the ablation takes them (`ablation.sweep_points`; one graph feature for all, the one `vm`
     computes). prompts(i): the class prompts of image i (default the dataset's); background: the protocol
-    rule (None = LPOSS's synonym max). store: also write every image's shard there. The records are those
+    rule (None = LPOSS's synonym max); own_step: the head's release's post-step, for mode "own"
+    (`lposs.models.protocols.own_step`). store: also write every image's shard there. The records are those
     of the ablation (`evaluation.records`), computed by the same loop (`evaluation.SettingsRun`).
     """
     features = {point.setting.graph.vm_feature for point in points}
@@ -166,7 +168,7 @@ def evaluate(ds: Any, vlm: Any, vm: Any, points: list[SweepPoint], device: str =
                          "evaluate them in separate runs, or fill a feature store (the pipeline) to sweep it")
     windows, prompts = windows or WindowSettings(), prompts or ds.class_names_for
     shards = StreamedShards(vlm, vm, features.pop(), windows, device, store)
-    run = SettingsRun(ds, points, device, background)
+    run = SettingsRun(ds, points, device, background, own_step)
     names = [list(prompts(i)) for i in range(len(ds))]
     loader = DataLoader(DecodedImages(ds, names, with_md5=store is not None), batch_size=batch_images,
                         num_workers=workers, collate_fn=list, pin_memory=str(device).startswith("cuda"))
@@ -221,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--vm-pretrained", default="pretrained", help="pretrained | random")
     parser.add_argument("--vm-feature", default="v", help="q | k | v | tokens")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast in the backbones (CUDA)")
-    parser.add_argument("--modes", default="maskclip,lposs,lposs+", help="comma-separated, evaluated together")
+    parser.add_argument("--modes", default="maskclip,lposs,lposs+", help="comma-separated, evaluated together "
+                        "(own: the head's release's own post-step, e.g. PEARL's TLP)")
     parser.add_argument("--refiner", default="reference", help="LPOSS+ pixel refiner (lposs.core.refine.REFINERS)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--batch-images", type=int, default=4, help="images whose windows share a forward")
@@ -248,7 +251,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ds, rule, windows = open_protocol_entry(args.dataset, args.data_dir, args.protocol, args.background)
     if args.limit:
         ds.items = ds.items[: args.limit]
-    backbones = create_backbones(spec_from_args(args, rule), device)
+    spec = spec_from_args(args, rule)
+    backbones = create_backbones(spec, device)
     vm_feature = "clip" if args.vm == "clip" else args.vm_feature
     base = Setting.from_flat(vm_feature=vm_feature, refiner=args.refiner)
     points = sweep_points(base, "mode", args.modes.split(","), "lposs+")
@@ -259,7 +263,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         store = FeatureStore(args.store, manifest)
     result = evaluate(ds, backbones.vlm, backbones.vm, points, device, windows,
                       lambda i: prompts(ds, i, args.protocol),
-                      None if rule["background"] == "synonyms" else rule, args.batch_images, args.workers, store)
+                      None if rule["background"] == "synonyms" else rule, args.batch_images, args.workers, store,
+                      own_step=own_step(spec.head, split_entry(args.dataset)[0]))
     result.update({"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "bf16": args.bf16,
                    "protocol": args.protocol})
     for record in result["records"]:

@@ -1,4 +1,4 @@
-"""The results table: our rows per head x graph x {seeds, + LPOSS, + LPOSS+} beside each head's published numbers.
+"""The results table: our rows per head x graph x {seeds, + own step, + LPOSS, + LPOSS+} beside the published numbers.
 
 Published 8-benchmark mIoU at ViT-B/16 (docs/field.md section 7: the OV-Stitcher release's comparison table,
 the NACLIP README (sinahmr/NACLIP 0cac3a6), ResCLIP's figures) and the LPOSS paper (arXiv 2503.19777; docs/method.md
@@ -46,7 +46,8 @@ PUBLISHED: dict[str, list[tuple[str, list[float], float]]] = {  # head -> [(row 
 HEADS_2025_SOURCES = ("docs/field.md sections 7 and 16: ResCLIP's results figure; PEARL's results figure for PEARL "
                       "(TLP on) and its reproductions of SFP and CASS")
 TALK_AVERAGES = {"maskclip": 27.0, "lposs": 38.3, "lposs+": 41.3}  # the talk: MaskCLIP -> LPOSS -> LPOSS+
-METHODS = {"maskclip": "seeds", "lposs": "+ LPOSS", "lposs+": "+ LPOSS+"}
+METHODS = {"maskclip": "seeds", "own": "+ own step", "lposs": "+ LPOSS", "lposs+": "+ LPOSS+"}
+OWN_STEP_NAMES = {"tlp": "PEARL's TLP", "pamr": "PAMR"}
 _HEADS_2025 = ("scclip", "sfp", "resclip", "cass", "pearl", "trident", "corrclip")  # footnoted with their sources
 
 def published(head: str, dataset: str) -> list[tuple[str, float]]:
@@ -59,25 +60,28 @@ def published(head: str, dataset: str) -> list[tuple[str, float]]:
 def results_table(runs: list[dict[str, Any]], datasets: list[str]) -> str:
     """Markdown, one row per run x mode, then each head's published rows.
 
-    runs: [{"head", "vm", "protocol" (name), "deviations" (list of str), "modes": {dataset: {mode: {miou, biou}}}}].
-    A column per dataset; "avg of 8" when every paper benchmark was run.
+    runs: [{"head", "vm", "protocol" (name), "deviations" (list of str), "modes": {dataset: {mode: {miou, biou}}},
+    optional "clip" (CLIP weights tag), "proxy" (the head's second vision model), "own_step" (a name of
+    `lposs.core.own_steps.OWN_STEPS` or None)}]. A row per run and method (seeds, + own step, + LPOSS, + LPOSS+),
+    each saying what it is built on; a column per dataset; "avg of 8" when every paper benchmark was run.
     """
     full = all(d in datasets for d in PUBLISHED_ORDER)
     columns = datasets + (["avg of 8"] if full else [])
-    lines = ["| head | graph | protocol | method | " + " | ".join(columns) + " |",
-             "|---|---|---|---|" + "---|" * len(columns)]
+    lines = ["| head | graph | protocol | built on | method | " + " | ".join(columns) + " |",
+             "|---|---|---|---|---|" + "---|" * len(columns)]
     for run in runs:
-        for mode, method in METHODS.items():
+        for mode in METHODS:
             cells = [_cell(run["modes"].get(d, {}).get(mode)) for d in datasets]
             if full:
                 values = [run["modes"].get(d, {}).get(mode, {}).get("miou") for d in PUBLISHED_ORDER]
                 cells.append("-" if None in values else f"{np.mean(values):.1f}")
-            lines.append(f"| {run['head']} | {run['vm']} | {run['protocol']} | {method} | " + " | ".join(cells) + " |")
+            lines.append(f"| {run['head']} | {run['vm']} | {run['protocol']} | {built_on(run, mode)} | "
+                         f"{method_name(run, mode)} | " + " | ".join(cells) + " |")
     for head in dict.fromkeys(run["head"] for run in runs):
         for name, numbers, average in PUBLISHED.get(head, []):
             cells = [f"{numbers[PUBLISHED_ORDER.index(d)]:.1f}" if d in PUBLISHED_ORDER else "" for d in datasets]
             cells += [f"{average:.1f}"] if full else []
-            lines.append(f"| {head} | published | own | {name} | " + " | ".join(cells) + " |")
+            lines.append(f"| {head} | published | own | as its name says | {name} | " + " | ".join(cells) + " |")
     lines += ["", ("mIoU (Boundary IoU) in percent. Published rows: ViT-B/16, each under its own release's protocol "
               "(docs/field.md sections 5 and 7: the OV-Stitcher release's comparison table, the NACLIP README, ResCLIP's "
               "figures; LPOSS+: arXiv 2503.19777); the talk's averages of the 8: MaskCLIP "
@@ -93,6 +97,24 @@ def results_table(runs: list[dict[str, Any]], datasets: list[str]) -> str:
     if "demo" in datasets:
         lines.append(f"Note: {DEMO_NOTE}.")
     return "\n".join(lines) + "\n"
+
+
+def method_name(run: dict[str, Any], mode: str) -> str:
+    """A row's method: "+ own step" names the step of the head's release, or says it has none."""
+    if mode != "own":
+        return METHODS[mode]
+    step = run.get("own_step")
+    return f"+ own step ({OWN_STEP_NAMES.get(step, step)})" if step else "+ own step (none in its release)"
+
+
+def built_on(run: dict[str, Any], mode: str) -> str:
+    """What a row's numbers come from: the CLIP weights, the head's second model, the graph model when the
+    method propagates over it; and that nothing was trained for segmentation."""
+    if run["head"] == "demo":
+        return "demo stand-ins (no CLIP, no DINO)"
+    parts = [f"CLIP {run.get('clip', '?')}"] + ([f"{run['proxy']} proxy"] if run.get("proxy") else [])
+    parts += [f"{run['vm']} graph"] if mode in ("lposs", "lposs+") else []
+    return " + ".join(parts) + ", training-free"
 
 
 def _cell(scores: dict | None) -> str:

@@ -176,7 +176,8 @@ def create_backbones(spec: BackboneSpec, device: str = "cpu") -> Backbones:
         same = vm is not None and vm.model_name == timm_name(spec.proxy) and spec.proxy_checkpoint == spec.vm_checkpoint
         proxy = vm.with_feature(feature) if same else attempt(
             lambda: _vision_model(spec, spec.proxy, feature, spec.proxy_checkpoint, device))
-    vlm = attempt(lambda: _dense_clip(spec, proxy, device))
+    proxy_missing = spec.head in PROXY_HEADS and proxy is None  # its weights are missing: named below
+    vlm = None if proxy_missing else attempt(lambda: _dense_clip(spec, proxy, device))
     if missing:
         raise BackboneUnavailable("\n\n".join(map(str, missing)), [m for error in missing for m in error.missing])
     if vm is None:

@@ -18,9 +18,11 @@ three more kinds of record, merged key by key (a dataset's entry updates the bas
     post_params  PEARL's TLP post-step (lposs.core.tlp.tlp's names: grid)
     whole_image  the release runs the whole resized image as one window (slide_crop=0, e.g. 21 x 28 patches)
 
-Applied today: background rule, logit scale, thresholds, windows, short side, class files, CLIP weights,
-head (all through `resolve`). Recorded but not yet applied by the pipeline: head_params, text_params,
-post / post_params, and whole_image: those datasets keep crop/stride windows here, and say so in their
+Applied by the pipeline: background rule, logit scale, thresholds, windows, short side, class files, CLIP
+weights, head (all through `resolve`); head_params when the head runs is the protocol's own
+(`lposs.experiment.parameters.PipelineParams.backbone_spec`); post / post_params as the head's own step, the
+evaluation mode "own", for that head under any protocol (`own_step`). Recorded, not applied: text_params (CASS's
+query adjustment) and whole_image: those datasets keep crop/stride windows here, and say so in their
 `deviation`, as NACLIP's whole-image datasets do.
 """
 
@@ -165,6 +167,18 @@ def resolve(name: str, dataset: str, **overrides: Any) -> dict[str, Any]:
                          for key, value in layer.items()})
     check_rule(settings)
     return settings
+
+
+def own_step(head: str, dataset: str) -> dict[str, Any] | None:
+    """The post-step of `head`'s release on `dataset`, with that release's values there ({"name": "tlp", "grid":
+    80}, {"name": "pamr"}), or None when the release runs none (LPOSS's own, LPOSS+, is a mode of its own).
+    Found by head, not by the protocol in force: "head + own step" means the same under any protocol."""
+    releases = [name for name, protocol in PROTOCOLS.items()  # LPOSS's post, "lposs+", is an evaluation mode
+                if protocol["base"]["head"] == head and protocol["base"]["post"] not in (None, "lposs+")]
+    if not releases:
+        return None
+    settings = resolve(releases[0], dataset)
+    return {"name": settings["post"], **settings.get("post_params", {})}
 
 
 def class_names(protocol: str, dataset: str, default: list[str]) -> list[str]:
