@@ -84,9 +84,13 @@ def extract_features(
     dense = vlm.dense_features(crops, text=emb) if getattr(vlm, "needs_text", False) else vlm.dense_features(crops)
     reuses_vlm = getattr(vm, "vlm", None) is vlm  # the VLM's own features as the graph (no second model)
     graph = dense if reuses_vlm else vm.dense_features(crops)  # [B, g', g', Dv]
-    dense = to_graph_grid(dense, graph.shape[1:3])  # [B, g', g', D]
     grid = graph.shape[1]
-    seeds = dense.reshape(-1, dense.shape[-1]).float() @ emb.float().to(dense.device).T  # [N, C']
+    if getattr(vlm, "adjusts_queries", False):  # CASS's text step: queries adjusted to this image
+        scores = vlm.query_scores(dense, emb, crops, resized)  # [B, g, g, C'] at the CLIP grid
+        seeds = resize_grid(scores, graph.shape[1:3]).reshape(-1, scores.shape[-1]).float()  # [N, C']
+    else:
+        dense = to_graph_grid(dense, graph.shape[1:3])  # [B, g', g', D]
+        seeds = dense.reshape(-1, dense.shape[-1]).float() @ emb.float().to(dense.device).T  # [N, C']
     vm_feats = graph.reshape(-1, graph.shape[-1]).float()  # [N, Dv]
     if not keep_on_device:
         seeds, vm_feats = seeds.cpu(), vm_feats.cpu()
@@ -121,6 +125,15 @@ def to_graph_grid(dense: Tensor, grid: tuple[int, int]) -> Tensor:
         return dense
     resized = F.interpolate(dense.permute(0, 3, 1, 2).float(), size=tuple(grid), mode="bilinear", align_corners=False)
     return F.normalize(resized.permute(0, 2, 3, 1), dim=-1)
+
+
+def resize_grid(scores: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Patch scores [B, g, g, C] -> [B, g', g', C], bilinear (align_corners False), as `to_graph_grid` without
+    the normalisation (scores are not unit vectors)."""
+    if tuple(scores.shape[1:3]) == tuple(grid):
+        return scores
+    resized = F.interpolate(scores.permute(0, 3, 1, 2).float(), size=tuple(grid), mode="bilinear", align_corners=False)
+    return resized.permute(0, 2, 3, 1)
 
 
 def merge_patches(features: ImageFeatures, patch_scores: Tensor) -> Tensor:

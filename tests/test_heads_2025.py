@@ -579,3 +579,56 @@ def test_cass_text_side_equals_hand_recomputation(visual):
     torch.testing.assert_close(ours, expected, atol=1e-6, rtol=0)
     plain = cass_logits(features, text, global_embedding, 0.5, 0.0, 0.0)
     torch.testing.assert_close(plain, features @ text.T, atol=1e-6, rtol=0)  # no weights: plain cosines
+
+
+class _KeysProxy:
+    """Stands in for DINO B/8 in DenseCLIP: random last-block keys on the window's square /8 grid."""
+
+    patch_size, id = 8, "random-keys"
+
+    def dense_features_multi(self, windows, features):
+        side = min(windows.shape[2:]) // 8
+        return {"k_raw": torch.randn(len(windows), side, side, 768, generator=torch.Generator().manual_seed(4))}
+
+
+class _Graph:
+    def dense_features(self, windows):  # [B, 14, 14, 8]: a graph model at the CLIP grid
+        return F.normalize(torch.rand(len(windows), 14, 14, 8, generator=torch.Generator().manual_seed(5)), dim=-1)
+
+
+@pytest.mark.parametrize("global_from", ["image", "window"])
+def test_cass_text_step_makes_the_seeds_in_extract_features(global_from):
+    from lposs.image_features import extract_features
+    from lposs.models.backbones import CLIP_MEAN, CLIP_STD, DenseCLIP
+    from lposs.models.heads_2025.cass_text import cass_logits, clip_image_embedding
+
+    params = {"global_semantics_weight": 0.25, "mean_vector_weight": 0.3, "h_threshold": 0.5,
+              "global_from": global_from}
+    vlm = DenseCLIP("ViT-B-16", None, head="cass", proxy=_KeysProxy(), quick_gelu=True, text_cache=None,
+                    text_params=params)
+    assert vlm.adjusts_queries and "-global_semantics_weight_0.25" in vlm.id
+    image = torch.rand(3, 200, 290, generator=torch.Generator().manual_seed(6))  # resized to 224 x 325
+    names = ["sky", "road; street", "car"]
+    torch.manual_seed(0)  # CASS's head draws its low-rank bases from the global generator
+    features = extract_features(image, names, vlm, _Graph(), crop=224, stride=112, short_side=224, long_side=2048)
+    emb, _ = vlm.text_embeddings(names)
+    crops = torch.stack([features.image_resized[:, y1:y2, x1:x2] for y1, y2, x1, x2 in features.layout])
+    torch.manual_seed(0)
+    dense = vlm.dense_features(crops)  # [B, 14, 14, 512]
+    mean, std = torch.tensor(CLIP_MEAN).view(3, 1, 1), torch.tensor(CLIP_STD).view(3, 1, 1)
+    with torch.no_grad():
+        if global_from == "image":  # 224 x 325: the patch convolution uses 224 x 320
+            whole = ((features.image_resized - mean) / std)[:, :224, :320]
+            global_embedding = clip_image_embedding(vlm.model.visual, whole[None])
+        else:
+            global_embedding = torch.cat([clip_image_embedding(vlm.model.visual, ((c - mean) / std)[None])
+                                          for c in crops])
+    expected = cass_logits(dense, emb, global_embedding, 0.5, 0.3, 0.25).reshape(-1, len(emb))
+    torch.testing.assert_close(features.seeds, expected, atol=1e-5, rtol=0)
+    plain = (dense.reshape(-1, 512) @ emb.T)
+    assert (features.seeds - plain).abs().max() > 1e-3  # the step changed the seeds
+    with pytest.raises(ValueError, match="unknown \\['h'\\]"):
+        DenseCLIP("ViT-B-16", None, head="cass", proxy=_KeysProxy(), quick_gelu=True, text_cache=None,
+                  text_params={**params, "h": 1})
+    with pytest.raises(ValueError, match="head 'sclip' has none"):
+        DenseCLIP("ViT-B-16", None, head="sclip", quick_gelu=True, text_cache=None, text_params=params)

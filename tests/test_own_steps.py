@@ -91,7 +91,7 @@ def test_the_table_names_each_rows_step_and_what_it_is_built_on():
     assert tables.method_name(cass, "own") == "+ own step (none in its release)"
 
 
-def test_the_protocols_head_parameters_reach_only_its_own_head(tmp_path):
+def test_the_protocols_head_and_text_parameters_reach_only_its_own_head():
     params = PipelineParams.load("params.yaml", {"backbone": {"vlm": "ViT-B-16", "vlm_pretrained": "random",
                                                              "heads": ["resclip"], "vms": ["dino_vitb16"],
                                                              "vm_pretrained": "random"},
@@ -102,4 +102,11 @@ def test_the_protocols_head_parameters_reach_only_its_own_head(tmp_path):
     assert params.backbone_spec("scclip", "dino_vitb16", "voc20").head_params == ()  # not ResCLIP's head
     assert params.backbone_spec("resclip", "dino_vitb16").head_params == ()  # no dataset: the head's defaults
     assert params.built_on("cass") == {"clip": "ViT-B-16 random", "proxy": "dino_vitb8"}
+    cass = PipelineParams.load("params.yaml", {"backbone": {"vlm": "ViT-B-16", "vlm_pretrained": "random"},
+                                               "protocol": {"name": "cass"}})
+    spec = cass.backbone_spec("cass", "dino_vitb16", "cityscapes")
+    assert dict(spec.head_params) == {"rescale_singular": False}
+    assert dict(spec.text_params) == {"global_semantics_weight": 0.1, "mean_vector_weight": 0.03,
+                                      "h_threshold": 0.14, "global_from": "window"}
+    assert cass.backbone_spec("pearl", "dino_vitb16", "cityscapes").text_params == ()
     assert params.own_step("pearl", "cityscapes") == {"name": "tlp", "grid": 224}

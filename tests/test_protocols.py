@@ -163,7 +163,8 @@ def test_2025_protocols_resolve_each_release_per_dataset():
     assert cass["head_params"] == {"rescale_singular": False} and cass["text_params"]["global_semantics_weight"] == 0.4
     assert protocols.resolve("cass", "ade20k")["head_params"] == {} and protocols.resolve("cass", "cityscapes")["short_side"] == 560
     assert protocols.resolve("cass", "coco_stuff")["text_params"] == {"global_semantics_weight": 0.2, "mean_vector_weight": 0.02,
-                                                                     "h_threshold": 0.02}
+                                                                     "h_threshold": 0.02, "global_from": "image"}
+    assert protocols.resolve("cass", "cityscapes")["text_params"]["global_from"] == "window"  # the crop's CLS there
     pearl, city = protocols.resolve("pearl", "voc21"), protocols.resolve("pearl", "cityscapes")
     assert pearl["post"] == "tlp" and pearl["post_params"] == {"grid": 80} and pearl["whole_image"]
     assert city["post_params"] == {"grid": 224} and city["head_params"] == {"alpha_kk": 0.3} and city["short_side"] == 560
@@ -179,13 +180,14 @@ def test_2025_protocols_name_parameters_their_functions_take(name):
 
     from lposs.core.tlp import tlp
     from lposs.models.heads import head_settings
-    from lposs.models.heads_2025.cass_text import cass_logits
+    from lposs.models.heads_2025.cass_text import check_text_params
 
     for dataset in ("voc21", "context60", "coco_object", "voc20", "context59", "coco_stuff", "cityscapes", "ade20k"):
         settings = protocols.resolve(name, dataset)
         assert settings["head"] == name and settings["clip"] == "openai"
         head_settings(name, settings["head_params"])  # raises on a name the head does not take
-        assert set(settings.get("text_params", {})) <= set(inspect.signature(cass_logits).parameters)
+        if settings.get("text_params"):
+            check_text_params(settings["text_params"])  # raises on a name CASS's text step does not take
         assert set(settings.get("post_params", {})) <= set(inspect.signature(tlp).parameters)
 
 

@@ -198,20 +198,23 @@ class PipelineParams:
     def backbone_spec(self, head: str, vm: str, entry: str | None = None) -> BackboneSpec:
         """The backbones of combination head + vm (the graph features params.yaml stores). On a dataset entry,
         a head that is the protocol's own gets the release's parameters there (ResCLIP's temp_thd, PEARL's
-        alpha_kk, ...: the protocol's head_params); they are part of the VLM's id, so of the store's manifest."""
+        alpha_kk, ...: the protocol's head_params; CASS's text step: its text_params); they are part of the
+        VLM's id, so of the store's manifest."""
         backbone = self.raw["backbone"]
         features = tuple(name.strip() for name in backbone["vm_features"].split(",") if name.strip())
         return BackboneSpec(vlm=backbone["vlm"], vlm_weights=self.clip_weights(), head=head, vm=vm,
                             vm_weights="none" if vm == "demo" else backbone["vm_pretrained"],
                             vm_features=features, proxy=backbone["proxy"], bf16=backbone["bf16"],
-                            head_params=tuple(self.head_params(head, entry).items()))
+                            head_params=tuple(self.head_params(head, entry).items()),
+                            text_params=tuple(self.head_params(head, entry, "text_params").items()))
 
-    def head_params(self, head: str, entry: str | None) -> dict[str, Any]:
-        """The protocol's head_params on a dataset entry when `head` is the protocol's own head, else {}."""
+    def head_params(self, head: str, entry: str | None, kind: str = "head_params") -> dict[str, Any]:
+        """The protocol's head_params (or text_params: CASS's text step) on a dataset entry when `head` is the
+        protocol's own head, else {}."""
         if entry is None:
             return {}
         settings = resolve(self.protocol, split_entry(entry)[0])
-        return dict(settings.get("head_params", {})) if settings["head"] == head else {}
+        return dict(settings.get(kind, {})) if settings["head"] == head else {}
 
     def built_on(self, head: str) -> dict[str, Any]:
         """What a combination's numbers come from besides its graph: the CLIP model and weights, the head's

@@ -236,13 +236,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def spec_from_args(args: argparse.Namespace, rule: dict[str, Any]) -> BackboneSpec:
-    """The backbones the options name ("protocol" = the release's head and CLIP weights)."""
+    """The backbones the options name ("protocol" = the release's head and CLIP weights; the release's head and
+    text parameters on this dataset when the head is its own, as the pipeline's features stage does)."""
     if args.vlm == "demo":
         return BackboneSpec(vlm="demo", vlm_weights="none", head="demo", vm="demo", vm_weights="none",
                             vm_features=(args.vm_feature,))
+    head = protocol_value(args.head, rule["head"])
+    own = head == rule["head"]  # the release's head parameters and text step go with its own head only
     return BackboneSpec(vlm=args.vlm, vlm_weights=protocol_value(args.vlm_pretrained, rule["clip"]),
-                        head=protocol_value(args.head, rule["head"]), vm=args.vm, vm_weights=args.vm_pretrained,
-                        vm_features=(args.vm_feature,), bf16=args.bf16)
+                        head=head, vm=args.vm, vm_weights=args.vm_pretrained, vm_features=(args.vm_feature,),
+                        bf16=args.bf16, head_params=tuple(rule.get("head_params", {}).items()) if own else (),
+                        text_params=tuple(rule.get("text_params", {}).items()) if own else ())
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from .heads import (
     positional_embedding,
     tokens_before_last_block,
 )
+from .heads_2025.cass_text import cass_query_scores, check_text_params
 from .loading import (  # noqa: F401 - BackboneUnavailable, CLIP_WEIGHTS, VISION_MODELS, hf_cache_dir re-exported
     CLIP_WEIGHTS,
     VISION_MODELS,
@@ -133,6 +134,8 @@ class DenseCLIP:
         the whole 77-token context as open_clip does (reference mode); see `lposs.models.text`.
     text_cache: where class embeddings persist across runs (`lposs.models.text_cache`); "env" = the
         LPOSS_CACHE rule (default ~/.cache/lposs), None = no persistent cache.
+    text_params: CASS's text step (cass head only; `cass_text.TEXT_PARAMS`): the seeds become
+        `query_scores(...)`, the queries adjusted to each image; `extract_features` calls it.
     """
 
     def __init__(
@@ -150,6 +153,7 @@ class DenseCLIP:
         quick_gelu: bool | None = None,
         text_context: str = "fit",
         text_cache: TextCache | str | None = "env",
+        text_params: dict[str, Any] | None = None,
     ) -> None:
         import open_clip
 
@@ -170,6 +174,11 @@ class DenseCLIP:
                              f"{getattr(proxy, 'id', proxy)!r}); only {' and '.join(map(repr, PROXY_HEADS))} do")
         self.proxy = proxy
         self.needs_text = head in TEXT_HEADS
+        if text_params and head != "cass":
+            raise ValueError(f"text_params are CASS's text step; head {head!r} has none")
+        if text_params:
+            check_text_params(text_params)
+        self.text_params = dict(text_params or {})
         self.device = torch.device(device)
         self.bf16 = bf16 and native_bf16(self.device)
         quick = open_clip_quick_gelu(model_name, pretrained, quick_gelu)
@@ -183,7 +192,8 @@ class DenseCLIP:
         gelu = "-quickgelu" if quick and "quickgelu" not in model_name else ""
         weights = weights_label(pretrained, checkpoint, seed)
         proxy_label = f"-proxy_{proxy.id}" if proxy is not None else ""
-        self.id = f"openclip-{model_name}{gelu}-{weights}-{head_label(head, head_params)}{proxy_label}"
+        text_label = "".join(f"-{name}_{_label_value(v)}" for name, v in sorted(self.text_params.items()))
+        self.id = f"openclip-{model_name}{gelu}-{weights}-{head_label(head, head_params)}{text_label}{proxy_label}"
         self.id += "-bf16" if self.bf16 else ""
         self._text_cache: dict[tuple[str, ...], tuple[Tensor, Tensor]] = {}
 
@@ -214,6 +224,22 @@ class DenseCLIP:
         with _autocast(self.device, self.bf16):
             proxy = None if self.proxy is None else self._proxy_features(windows)
             return dense_clip_features(self.model.visual, x, self.head, proxy, **params)
+
+    @property
+    def adjusts_queries(self) -> bool:
+        """True when the seeds are not plain cosines: CASS's text step (`query_scores`)."""
+        return bool(self.text_params)
+
+    @torch.no_grad()
+    def query_scores(self, dense: Tensor, text: Tensor, windows: Tensor, image: Tensor) -> Tensor:
+        """CASS's text step: the head's features [B, h, w, D] against the queries [C', D] adjusted to this image,
+        blended with its global embedding (`cass_text.cass_query_scores`), windows [B, 3, s, s] and the whole
+        resized image [3, H, W] in [0, 1] -> [B, h, w, C']."""
+        x = _normalise_input(windows.to(self.device, torch.float32), CLIP_MEAN, CLIP_STD, self.clip_patch_size)
+        whole = _normalise_input(image[None].to(self.device, torch.float32), CLIP_MEAN, CLIP_STD, 1)[0]
+        with _autocast(self.device, self.bf16):
+            return cass_query_scores(self.model.visual, dense.to(self.device), text.to(self.device), x, whole,
+                                     self.text_params, self.settings["interpolation"])
 
     def _proxy_features(self, windows: Tensor) -> Tensor:
         """windows [B, 3, h, w] in [0, 1] -> what this head reads of its proxy, [B, h', w', Dv]."""

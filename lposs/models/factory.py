@@ -49,7 +49,8 @@ class BackboneSpec:
     vlm: an open_clip model name, or "demo"; vlm_weights: an open_clip pretrained tag, "random" (seeded
     random weights) or "none" (demo). quick_gelu: None = as the tag's config says (QuickGELU for OpenAI's
     weights); True builds random weights shaped like OpenAI's. head: a name of `lposs.models.heads.HEADS`
-    (or "demo"); head_params: overrides of its defaults, as (name, value) pairs.
+    (or "demo"); head_params: overrides of its defaults, as (name, value) pairs; text_params: CASS's text step
+    (`lposs.models.heads_2025.cass_text.TEXT_PARAMS`), as pairs.
     vm: a `VISION_MODELS` short name, a timm name, "clip" (the VLM's own features, no second model) or
     "demo"; vm_weights: pretrained | random | none; vm_features: the graph features to compute (q, k, v of
     the last block or the final tokens; ("clip",) for vm "clip"). proxy: the vision model of the proxy heads
@@ -68,6 +69,7 @@ class BackboneSpec:
     bf16: bool = False
     quick_gelu: bool | None = None
     head_params: tuple[tuple[str, Any], ...] = field(default=())
+    text_params: tuple[tuple[str, Any], ...] = field(default=())
     clip_checkpoint: str | None = None
     vm_checkpoint: str | None = None
     proxy_checkpoint: str | None = None
@@ -75,6 +77,7 @@ class BackboneSpec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "vm_features", tuple(self.vm_features))
         object.__setattr__(self, "head_params", tuple(sorted(dict(self.head_params).items())))
+        object.__setattr__(self, "text_params", tuple(sorted(dict(self.text_params).items())))
         if self.vm == "clip":
             object.__setattr__(self, "vm_features", ("clip",))
         self._check()
@@ -198,4 +201,5 @@ def _dense_clip(spec: BackboneSpec, proxy: Any, device: str) -> DenseCLIP:
     head_params = {**BATCHED_HEAD_PARAMS.get(spec.head, {}), **dict(spec.head_params)}
     return DenseCLIP(spec.vlm, pretrained=pretrained, device=device, bf16=spec.bf16,
                      checkpoint=None if random else spec.clip_checkpoint, head=spec.head,
-                     head_params=head_params or None, proxy=proxy, quick_gelu=quick)
+                     head_params=head_params or None, proxy=proxy, quick_gelu=quick,
+                     text_params=dict(spec.text_params) or None)

@@ -14,16 +14,16 @@ three more kinds of record, merged key by key (a dataset's entry updates the bas
 
     head_params  what the release passes its head on that dataset (ResCLIP's temp_thd, rcs/sfr weights;
                  CASS's rescale_singular; PEARL's alpha_kk), in lposs.models.heads' parameter names
-    text_params  CASS's text-side query adjustment (lposs.models.heads_2025.cass_text.cass_logits' names)
+    text_params  CASS's text-side query adjustment (lposs.models.heads_2025.cass_text.TEXT_PARAMS; its global
+                 embedding from the whole image, on Cityscapes from each window: global_from)
     post_params  PEARL's TLP post-step (lposs.core.tlp.tlp's names: grid)
     whole_image  the release runs the whole resized image as one window (slide_crop=0, e.g. 21 x 28 patches)
 
 Applied by the pipeline: background rule, logit scale, thresholds, windows, short side, class files, CLIP
-weights, head (all through `resolve`); head_params when the head runs is the protocol's own
+weights, head (all through `resolve`); head_params and text_params when the head that runs is the protocol's own
 (`lposs.experiment.parameters.PipelineParams.backbone_spec`); post / post_params as the head's own step, the
-evaluation mode "own", for that head under any protocol (`own_step`). Recorded, not applied: text_params (CASS's
-query adjustment) and whole_image: those datasets keep crop/stride windows here, and say so in their
-`deviation`, as NACLIP's whole-image datasets do.
+evaluation mode "own", for that head under any protocol (`own_step`). Recorded, not applied: whole_image: those
+datasets keep crop/stride windows here, and say so in their `deviation`, as NACLIP's whole-image datasets do.
 """
 
 from __future__ import annotations
@@ -99,8 +99,8 @@ def _resclip(prob_thd: float | None, temp_thd: float, rcs: tuple[float, float], 
     return entry | ({"prob_thd": prob_thd} if prob_thd is not None else {})
 
 
-def _cass(gsw: float, mvw: float, h: float, **more: Any) -> dict:
-    text = {"global_semantics_weight": gsw, "mean_vector_weight": mvw, "h_threshold": h}
+def _cass(gsw: float, mvw: float, h: float, global_from: str = "image", **more: Any) -> dict:
+    text = {"global_semantics_weight": gsw, "mean_vector_weight": mvw, "h_threshold": h, "global_from": global_from}
     return {"text_params": text, **more}
 
 
@@ -135,7 +135,8 @@ PROTOCOLS_2025: dict[str, dict[str, Any]] = {
                      "coco_object": _cass(0.25, 0.01, 0.10, prob_thd=0.1),
                      "voc20": _cass(0.4, 0.02, 0.10, head_params={"rescale_singular": False}),
                      "context59": _cass(0.25, 0.04, 0.09), "coco_stuff": _cass(0.2, 0.02, 0.02),
-                     "cityscapes": _cass(0.1, 0.03, 0.14, short_side=560, head_params={"rescale_singular": False}),
+                     "cityscapes": _cass(0.1, 0.03, 0.14, "window", short_side=560,  # its global: each window
+                                         head_params={"rescale_singular": False}),
                      "ade20k": _cass(0.3, 0.05, 0.06)},
     },
     "pearl": {

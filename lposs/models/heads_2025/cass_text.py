@@ -10,6 +10,8 @@ patch features most similar to it), a = mean_vector_weight; then logits = (1 - g
 g = global_semantics_weight. The release's per-dataset values (gsw, mvw, h): VOC21 .1, .03, .10; PC60 .25, .04,
 .09; Object .25, .01, .10; VOC20 .4, .02, .10; PC59 .25, .04, .09; Stuff .2, .02, .02; City .1, .03, .14;
 ADE .3, .05, .06. The global embedding comes from the whole resized image (on Cityscapes from the window).
+
+    scores = cass_query_scores(visual, features, text, windows, image, TEXT_PARAMS-like dict)   # what DenseCLIP runs
 """
 
 from __future__ import annotations
@@ -64,3 +66,32 @@ def cass_logits(features: Tensor, text: Tensor, global_embedding: Tensor, h_thre
         logits = feats @ adjusted_queries(feats, text, sim, clusters, mean_vector_weight).T  # [N, Q]
         out.append(logits * (1 - global_semantics_weight) + sim * global_semantics_weight)
     return torch.stack(out).reshape(*features.shape[:3], -1)
+
+
+TEXT_PARAMS = ("global_semantics_weight", "mean_vector_weight", "h_threshold", "global_from")
+GLOBAL_FROM = ("image", "window")  # CASS: the whole resized image, on Cityscapes each window
+
+
+def check_text_params(params: dict) -> None:
+    """ValueError naming any unknown or missing name of CASS's text step, or a wrong global_from."""
+    unknown, missing = set(params) - set(TEXT_PARAMS), set(TEXT_PARAMS[:3]) - set(params)
+    if unknown or missing:
+        raise ValueError(f"CASS's text step takes {', '.join(TEXT_PARAMS)} (global_from optional); "
+                         f"unknown {sorted(unknown)}, missing {sorted(missing)}")
+    if params.get("global_from", "image") not in GLOBAL_FROM:
+        raise ValueError(f"global_from={params['global_from']!r}: choose one of {', '.join(GLOBAL_FROM)}")
+
+
+def cass_query_scores(visual: nn.Module, features: Tensor, text: Tensor, windows: Tensor, image: Tensor,
+                      params: dict, interpolation: str = "sclip") -> Tensor:
+    """CASS's scores: features [B, h, w, D] (the head's, unit), text [Q, D] unit, the CLIP-normalised windows
+    [B, 3, s, s] and whole resized image [3, H, W] -> [B, h, w, Q]. The global embedding is the image's (cropped to
+    whole patches, as the patch convolution drops the rest) or, with global_from "window", each window's."""
+    patch = int(visual.patch_size[0])
+    if params.get("global_from", "image") == "window":
+        global_embedding = torch.cat([clip_image_embedding(visual, w[None], interpolation) for w in windows])  # [B, D]
+    else:
+        whole = image[:, : image.shape[1] // patch * patch, : image.shape[2] // patch * patch]
+        global_embedding = clip_image_embedding(visual, whole[None], interpolation)  # [1, D]
+    weights = {k: v for k, v in params.items() if k != "global_from"}
+    return cass_logits(features.float(), text.float(), global_embedding.float(), **weights)
