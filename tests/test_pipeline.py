@@ -137,6 +137,10 @@ def test_paper_overrides_name_head_protocol_and_graph():
     assert "backbone.vms=[dino_vitb16]" in paper_overrides()
     with pytest.raises(ValueError, match="unknown protocol"):
         paper_overrides("sclip", "nope")
+    assert "ablate.sweeps=[{param:mode,values:'[maskclip, lposs, lposs+]',mode:lposs+}]" in paper_overrides()
+    pearl = paper_overrides("pearl", "pearl")  # PEARL's release has TLP: its paper run gets the "+ own step" row
+    assert "ablate.sweeps=[{param:mode,values:'[maskclip, own, lposs, lposs+]',mode:lposs+}]" in pearl
+    assert "backbone.heads=[cass]" in paper_overrides("cass", "cass")
 
 
 def test_demo_backbones_must_go_together():
