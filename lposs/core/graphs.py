@@ -16,6 +16,7 @@ from ..kernels import cg_triton, stencil_triton
 from .color import scaled_lab
 from .defaults import GAMMA, PIXEL_R, PIXEL_TAU, SIGMA, K, P
 from .propagation import TorchSteps, normalize_adjacency
+from .regions import check_regions, region_factor
 
 STENCIL_BACKENDS = ("auto", "torch", "triton")
 
@@ -28,12 +29,17 @@ def patch_graph(
     sigma: float = SIGMA,
     p: float = P,
     form: str = "auto",
+    regions: Tensor | None = None,
+    region_beta: float = 1.0,
 ) -> Tensor:
     """Normalised patch graph: w_ij = max(cos_ij, 0)^gamma * exp(-sigma * d_ij^p) on the kNN edges.
 
     feats [N, D] L2-normalised vision features; centers [N, 2] patch centres in pixels.
     kNN by inner product with the node itself included (k capped at N); W <- W + W^T; zero diagonal.
     form: "dense" [N, N] tensor, "sparse" COO tensor, or "auto" (dense up to 20k nodes).
+    regions: [N, R] each patch's share of each mask region (`lposs.core.regions.patch_region_fractions`);
+    with region_beta < 1 the weights get a third factor beta + (1 - beta) <f_i, f_j> (`regions.region_factor`);
+    region_beta = 1 (the default) leaves the graph as it is.
     """
     n = feats.shape[0]
     if centers.shape != (n, 2):
@@ -44,6 +50,11 @@ def patch_graph(
     sims, nbrs = (feats @ feats.T).topk(k, dim=1)  # [N, k]
     dist = (centers[:, None, :] - centers[nbrs]).norm(dim=-1)  # [N, k]
     weights = sims.clamp(min=0).pow(gamma) * torch.exp(-sigma * dist.pow(p))  # [N, k]
+    if region_beta != 1.0:
+        if regions is None or regions.shape[0] != n:
+            raise ValueError(f"region_beta={region_beta} needs the patches' region fractions [N={n}, R], got "
+                             f"{None if regions is None else tuple(regions.shape)}")
+        weights = weights * region_factor(regions.to(weights), nbrs, region_beta)  # [N, k]
     if form == "dense":
         W = torch.zeros(n, n, dtype=feats.dtype, device=feats.device)
         W.scatter_(1, nbrs, weights)
@@ -109,7 +120,7 @@ class PixelGraph:
     band_elements = 2**19  # CPU accumulator size (floats) per band of rows: 2 MB, stays in cache
 
     def __init__(self, image: Tensor, r: int = PIXEL_R, tau: float = PIXEL_TAU, dilation: int = 1,
-                 backend: str | None = None):
+                 backend: str | None = None, regions: Tensor | None = None, region_beta: float = 1.0):
         if image.dim() != 3 or image.shape[0] != 3:
             raise ValueError(f"image must be [3, H, W] RGB in [0, 1], got shape {tuple(image.shape)}")
         if not tau > 0:
@@ -129,6 +140,9 @@ class PixelGraph:
             degree = self.weighted_sum(image.new_ones(1, height, width))[0]  # [H, W]
         else:
             self.weights, degree = self._banded_weights(lab, tau)
+        if region_beta != 1.0:  # edges across a mask-region boundary damped (lposs.core.regions)
+            self._damp_across_regions(regions, region_beta)
+            degree = self.weighted_sum(image.new_ones(1, height, width))[0]  # [H, W]
         degree = torch.where(degree == 0, torch.ones_like(degree), degree)
         self.inv_sqrt_degree = degree.rsqrt()  # [H, W]
 
@@ -146,6 +160,21 @@ class PixelGraph:
             degree[src] += w
             degree[dst] += w
         return weights, degree
+
+    def _damp_across_regions(self, regions: Tensor | None, beta: float) -> None:
+        """weights of pairs (p, p + o) whose pixels lie in different regions [H, W] times beta, in (0, 1)."""
+        if not 0 < beta < 1:
+            raise ValueError(f"the pixel graph's region_beta must lie in (0, 1], got {beta}")
+        if regions is None:
+            raise ValueError(f"region_beta={beta} needs the region map [{self.height}, {self.width}]")
+        check_regions(regions, self.height, self.width)
+        regions, h = regions.to(self.weights.device), self.pad
+        for k, (dy, dx) in enumerate(self.offsets):
+            if dy >= self.height or abs(dx) >= self.width:
+                continue
+            src, dst = _regions(dy, dx, self.height, self.width)
+            damp = torch.where(regions[src] == regions[dst], 1.0, beta).to(self.weights.dtype)
+            self.weights[k, _shift(src[0], h), _shift(src[1], h)] *= damp
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -1,0 +1,63 @@
+"""Mask-model regions inside LPOSS's graphs, beyond the releases: propagation that respects object regions.
+
+A region map is an integer map [H, W] at the resized image size (the canvas LPOSS+ refines): each pixel's region
+id, 0..R-1, from a class-agnostic mask model (SAM, SAM 2, or the demo's stand-in). Id 0 is whatever no mask
+covers, counted as one more region, so a map of zeros means "no regions" and changes nothing.
+
+    fractions = patch_region_fractions(regions, layout, grid, crop)   # [N, R] each patch's share of each region
+    factor = region_factor(fractions, neighbours, beta)               # [N, k]: beta + (1 - beta) <f_i, f_j>
+    voted = region_vote(scores, regions)                               # each region takes its mean scores
+
+Patch graph: the kNN weights get a third factor S_r = beta + (1 - beta) <f_i, f_j> (`lposs.core.graphs.patch_graph`
+`regions=`, `region_beta=`): 1 between two patches inside one region, beta between patches of different regions,
+in between for patches that straddle a boundary. beta = 1 gives today's graph exactly (the factor is not applied).
+Pixel graph: an edge whose two pixels lie in different regions is multiplied by beta (`PixelGraph(regions=,
+region_beta=)`). Region voting: after propagation every region's pixels take the region's mean scores.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .windows import Window
+
+
+def check_regions(regions: Tensor, height: int, width: int) -> None:
+    """ValueError unless regions is an integer map [height, width] of ids >= 0."""
+    if regions.dtype.is_floating_point or regions.dim() != 2 or tuple(regions.shape) != (height, width):
+        raise ValueError(f"regions must be an integer map [{height}, {width}] (the resized image), got "
+                         f"{regions.dtype} {tuple(regions.shape)}")
+    if regions.numel() and int(regions.min()) < 0:
+        raise ValueError("region ids must be >= 0 (0: pixels no mask covers)")
+
+
+def patch_region_fractions(regions: Tensor, layout: list[Window], grid: int, crop: int) -> Tensor:
+    """Region map [H, W] -> [N, R]: for each patch of each window (row-major, as the seeds), the share of its
+    pixels in each region (rows sum to 1). N = windows x grid x grid; R = the largest id + 1."""
+    count = int(regions.max()) + 1 if regions.numel() else 1
+    one_hot = F.one_hot(regions.long(), count).permute(2, 0, 1).float()  # [R, H, W]
+    patch = crop // grid
+    blocks = [F.avg_pool2d(one_hot[None, :, y1:y2, x1:x2], patch)[0] for y1, y2, x1, x2 in layout]  # [R, g, g] each
+    return torch.stack(blocks).permute(0, 2, 3, 1).reshape(-1, count)  # [N, R]
+
+
+def region_factor(fractions: Tensor, neighbours: Tensor, beta: float) -> Tensor:
+    """fractions [N, R], kNN indices [N, k] -> S_r [N, k] = beta + (1 - beta) * <f_i, f_j>."""
+    if not 0 < beta <= 1:
+        raise ValueError(f"the region factor beta must lie in (0, 1], got {beta}")
+    overlap = (fractions[:, None, :] * fractions[neighbours]).sum(dim=-1)  # [N, k]
+    return beta + (1 - beta) * overlap
+
+
+def region_vote(scores: Tensor, regions: Tensor) -> Tensor:
+    """scores [C, H, W] -> [C, H, W]: every pixel takes the mean scores of its region. Id 0 (no mask) keeps
+    its own scores: voting there would average whatever no mask covered."""
+    check_regions(regions, *scores.shape[1:])
+    flat, ids = scores.reshape(scores.shape[0], -1), regions.reshape(-1).long()  # [C, HW], [HW]
+    count = int(ids.max()) + 1 if ids.numel() else 1
+    sums = flat.new_zeros(flat.shape[0], count).index_add_(1, ids, flat)  # [C, R]
+    sizes = torch.bincount(ids, minlength=count).clamp_min(1).to(flat.dtype)  # [R]
+    voted = (sums / sizes)[:, ids]  # [C, HW]
+    return torch.where(ids == 0, flat, voted).reshape(scores.shape)
