@@ -38,6 +38,7 @@ class ImageFeatures:
     crop: int = 224
     image_resized: Tensor | None = field(default=None, repr=False)  # [3, H', W'] in [0, 1], for LPOSS+
     text_affinity: Tensor | None = field(default=None, repr=False)  # [C'] what PEARL's TLP reads of the text
+    regions: Tensor | None = field(default=None, repr=False)  # [H', W'] mask-region ids (lposs.core.regions)
 
 
 def as_image_tensor(image: Any) -> Tensor:

@@ -19,6 +19,7 @@ from .core.graphs import patch_graph
 from .core.own_steps import run_own_step
 from .core.propagation import propagate
 from .core.refine import refine_pixels
+from .core.regions import patch_region_fractions
 from .core.scoring import class_scores, labels_from_scores, pool_synonyms  # noqa: F401 - pool_synonyms re-exported
 from .core.windows import patch_centers
 from .image_features import ImageFeatures, as_image_tensor, extract_features, merge_patches, to_graph_grid  # noqa: F401 - re-exported
@@ -62,8 +63,12 @@ def propagate_features(
         canvas = run_own_step(canvas, _resized_image(features, "the own step", device), own_step,
                               features.text_affinity)
     if setting.mode == "lposs+":
-        canvas = refine_pixels(_resized_image(features, "LPOSS+", device), canvas, refiner=setting.pixel.refiner,
-                               **setting.pixel.refiner_overrides(setting.lp))
+        pixel = setting.pixel
+        needs_regions = pixel.refiner == "regions" or pixel.boundary_beta != 1.0
+        regions = _regions(features, "the regions refiner or pixel.boundary_beta") if needs_regions else None
+        canvas = refine_pixels(_resized_image(features, "LPOSS+", device), canvas, refiner=pixel.refiner,
+                               regions=regions, boundary_beta=pixel.boundary_beta,
+                               **pixel.refiner_overrides(setting.lp))
         if setting.pixel.refiner == "reference":  # linear in the scores: (1 - alpha) brings them back to
             cosine_scale *= 1 - setting.lp.alpha  # cosine size; PAMR averages, best/relaxed give probabilities
     rule = background or {"background": "synonyms"}
@@ -72,6 +77,13 @@ def propagate_features(
         return class_scores(canvas, features.owner, rule, cosine_scale)  # [K, H, W]
     scores = class_scores(canvas, features.owner, rule)  # [K, H', W']
     return F.interpolate(scores[None], size=features.original_hw, mode="bilinear", align_corners=False)[0]
+
+
+def _regions(features: ImageFeatures, who: str) -> Tensor:
+    if features.regions is None:
+        raise ValueError(f"{who} needs the image's mask regions: compute the features with a mask model "
+                         "(params.yaml backbone.masks, e.g. demo, then re-run the features stage)")
+    return features.regions  # [H', W']
 
 
 def _resized_image(features: ImageFeatures, who: str, device: str | torch.device) -> Tensor:
@@ -94,8 +106,12 @@ def propagate_patches(features: ImageFeatures, seeds: Tensor, setting: Setting, 
     graph, lp = setting.graph, setting.lp
     centers = patch_centers(features.layout, grid=features.grid, patch=features.crop // features.grid)  # [N, 2]
     vm_feats = features.vm_feats.to(device, non_blocking=True)  # [N, D]
+    fractions = None
+    if graph.region_beta != 1.0:
+        regions = _regions(features, "graph.region_beta")
+        fractions = patch_region_fractions(regions, features.layout, features.grid, features.crop).to(device)  # [N, R]
     S = patch_graph(vm_feats, centers.to(device, non_blocking=True), k=graph.k, gamma=graph.gamma,
-                    sigma=graph.sigma, p=graph.p)
+                    sigma=graph.sigma, p=graph.p, regions=fractions, region_beta=graph.region_beta)
     return propagate(S, seeds, alpha=lp.alpha, method=lp.solver, maxiter=lp.maxiter, tol=lp.tol)
 
 

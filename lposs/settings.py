@@ -44,6 +44,10 @@ def _in_unit_interval(value: Any) -> bool:
     return 0 < value < 1
 
 
+def _beta(value: Any) -> bool:
+    return 0 < value <= 1
+
+
 def _odd_at_least_3(value: Any) -> bool:
     return value >= 3 and value % 2 == 1
 
@@ -111,7 +115,8 @@ def check_value(name: str, value: Any, kind: Any, metadata: Mapping[str, Any]) -
 class GraphSettings(_Validated):
     """The patch graph: kNN (k) on graph-feature cosines to the power gamma, times a spatial Gaussian
     (sigma) over patch-centre distances; p: power of the degree normalisation; vm_feature: which stored
-    graph feature (q, k, v of the last block, final tokens, or clip = the VLM's own)."""
+    graph feature (q, k, v of the last block, final tokens, or clip = the VLM's own); region_beta: the weight
+    between patches of different mask regions (`lposs.core.regions`; 1 = regions ignored, the paper's graph)."""
 
     SECTION: ClassVar[str] = "graph"
     k: int = field(default=defaults.K, metadata=_check(_positive, "k must be a positive number of neighbours"))
@@ -119,6 +124,7 @@ class GraphSettings(_Validated):
     sigma: float = field(default=defaults.SIGMA, metadata=_check(_non_negative, "sigma must be >= 0 (0: no spatial term)"))
     p: float = field(default=defaults.P, metadata=_check(_non_negative, "p must be >= 0"))
     vm_feature: str = field(default="v", metadata={"choices": GRAPH_FEATURES})
+    region_beta: float = field(default=1.0, metadata=_check(_beta, "region_beta must lie in (0, 1] (1: no regions)"))
 
 
 @dataclass(frozen=True)
@@ -135,12 +141,14 @@ class PropagationSettings(_Validated):
 @dataclass(frozen=True)
 class PixelSettings(_Validated):
     """LPOSS+'s pixel refiner (a name of `lposs.core.refiners.REFINERS`); r, tau: the pixel graph's window and
-    colour temperature, null = the refiner's own (reference: 13 and 0.01, as released)."""
+    colour temperature, null = the refiner's own (reference: 13 and 0.01, as released); boundary_beta: the
+    weight of pixel edges across a mask-region boundary (`lposs.core.regions`; 1 = regions ignored)."""
 
     SECTION: ClassVar[str] = "pixel"
     refiner: str = field(default="reference", metadata={"choices": tuple(REFINERS)})
     r: int | None = field(default=None, metadata=_check(_odd_at_least_3, "r must be an odd window size >= 3"))
     tau: float | None = field(default=None, metadata=_check(_positive, "tau must be > 0"))
+    boundary_beta: float = field(default=1.0, metadata=_check(_beta, "boundary_beta must lie in (0, 1] (1: no regions)"))
 
     def refiner_overrides(self, lp: PropagationSettings) -> dict[str, Any]:
         """What the refiner takes from the setting, the one rule: the reference refiner (the released

@@ -618,13 +618,13 @@ def test_create_backbones_random_weights():
 def test_create_backbones_heads_proxy_and_graph_choices(tiny_clip_config):
     spec = BackboneSpec(vlm=TINY_CLIP, vlm_weights="random", vm="clip", head="sclip",
                         head_params={"interpolation": "lposs"})
-    vlm, graphs = create_backbones(spec)
+    vlm, graphs, _ = create_backbones(spec)
     vm = graphs["clip"]
     assert isinstance(vm, ClipGraphFeatures) and vm.vlm is vlm
     assert vm.id == f"clip:openclip-{TINY_CLIP}-random0-sclip-interpolation_lposs"
     spec = BackboneSpec(vlm=TINY_CLIP, vlm_weights="random", vm="vit_small_patch8_224.dino", vm_weights="random",
                         vm_features=("k",), head="proxyclip", proxy="vit_small_patch8_224.dino")
-    vlm, graphs = create_backbones(spec)
+    vlm, graphs, _ = create_backbones(spec)
     vm = graphs["k"]
     assert vlm.proxy.model is vm.model and vlm.proxy.id.endswith("-tokens") and vm.id.endswith("-k")
     assert vlm.patch_size == vm.patch_size == 8

@@ -370,7 +370,7 @@ def test_real_backbone_path_with_random_weights(tmp_path):
     from lposs.segmentation import propagate_features
 
     ds = get_dataset("demo", generate_demo(tmp_path / "demo", count=1, seed=2, size=(224, 240)))
-    vlm, vms = create_backbones(BackboneSpec(vlm_weights="random", vm="vit_base_patch16_224.dino", vm_weights="random",
+    vlm, vms, _ = create_backbones(BackboneSpec(vlm_weights="random", vm="vit_base_patch16_224.dino", vm_weights="random",
                                              vm_features=("k", "v")))
     assert vlm.id != vms["v"].id and vms["k"].id != vms["v"].id
     windows = dict(crop=224, stride=112, short_side=224, long_side=2048)

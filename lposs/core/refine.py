@@ -24,6 +24,7 @@ keyword arguments override single settings.
   shift of the scores changes its evidence (issue 13, the robustness mode of benchmarks/refine.py).
 - "pamr": PAMR (lposs/core/pamr.py), NACLIP's refiner: 10 iterations at dilations (8, 16) on the
   CLIP-normalised image; expects cosine logits (any scores work: it is linear and convex).
+- "regions": region voting (lposs/core/regions.py): every mask region takes its mean scores; needs regions.
 
 The two steps of "tempered" and "relaxed", on the graph with tau = 0.015:
   1. colour relaxation (`relax_steps`: 4 for "relaxed", 3 for "tempered"): each class is re-weighted by
@@ -49,24 +50,34 @@ from torch import Tensor
 from .graphs import PixelGraph
 from .pamr import pamr
 from .propagation import propagate
+from .regions import region_vote
 from .refiners import EVIDENCE, REFINERS  # noqa: F401 - the refiners' names and settings
 
 SUPPORT_EPS = 1e-6  # damps the colour affinity of a class with (almost) no pixels in the window
 
 
-def refine_pixels(image: Tensor, scores: Tensor, refiner: str = "reference", **overrides: Any) -> Tensor:
+def refine_pixels(image: Tensor, scores: Tensor, refiner: str = "reference", regions: Tensor | None = None,
+                  boundary_beta: float = 1.0, **overrides: Any) -> Tensor:
     """Refine class scores [C, H, W] with the pixel graph of image [3, H, W] in [0, 1] -> [C, H, W].
 
     refiner: a name of `REFINERS`; overrides: single settings of it (for the LP refiners r, tau, alpha,
     maxiter, tol, evidence, temperature, relax_steps, seed_confidence; for "pamr" iterations, dilations).
     The label map (argmax) of "reference", "tempered"/"best" and "pamr" does not change when a constant
     is added to all scores or they are scaled by a positive factor; "relaxed" clips them at 0.
+    regions: the image's mask regions [H, W] (`lposs.core.regions`): the "regions" refiner votes within them;
+    with boundary_beta < 1 the LP refiners' pixel graph damps the edges across them.
     """
     settings = refiner_settings(refiner, overrides)
     check_inputs(image, scores)
     if settings["method"] == "pamr":
         return pamr(image, scores, settings["iterations"], settings["dilations"])
-    graph = PixelGraph(image.to(scores.dtype), r=settings["r"], tau=settings["tau"])
+    if settings["method"] == "region_vote":
+        if regions is None:
+            raise ValueError("the 'regions' refiner needs the image's mask regions: compute features with a mask "
+                             "model (params.yaml backbone.masks, e.g. demo) or pass regions=")
+        return region_vote(scores, regions.to(scores.device))
+    graph = PixelGraph(image.to(scores.dtype), r=settings["r"], tau=settings["tau"], regions=regions,
+                       region_beta=boundary_beta)
     for _ in range(settings["smooth_steps"]):
         scores = colour_average(graph, scores)
     seeds = class_evidence(scores, settings["evidence"], settings["temperature"])

@@ -22,6 +22,7 @@ REFINERS: dict[str, dict[str, Any]] = {
     "tempered": {**_LP, "tau": 0.015, "maxiter": 5, "evidence": "tempered", "temperature": 0.25,
                  "smooth_steps": 2, "relax_steps": 3, "seed_confidence": 1.0},
     "pamr": {"method": "pamr", "iterations": PAMR_ITERATIONS, "dilations": PAMR_DILATIONS},
+    "regions": {"method": "region_vote"},  # each mask region takes its mean scores (lposs.core.regions)
 }
 REFINERS["best"] = REFINERS["tempered"]
 EVIDENCE = ("scores", "clipped", "tempered")  # how an LP refiner reads the scores (see `class_evidence`)

@@ -7,6 +7,7 @@ covers, counted as one more region, so a map of zeros means "no regions" and cha
     fractions = patch_region_fractions(regions, layout, grid, crop)   # [N, R] each patch's share of each region
     factor = region_factor(fractions, neighbours, beta)               # [N, k]: beta + (1 - beta) <f_i, f_j>
     voted = region_vote(scores, regions)                               # each region takes its mean scores
+    code = encode_regions(regions); regions = decode_regions(code)     # run-length code, as a feature store keeps it
 
 Patch graph: the kNN weights get a third factor S_r = beta + (1 - beta) <f_i, f_j> (`lposs.core.graphs.patch_graph`
 `regions=`, `region_beta=`): 1 between two patches inside one region, beta between patches of different regions,
@@ -61,3 +62,26 @@ def region_vote(scores: Tensor, regions: Tensor) -> Tensor:
     sizes = torch.bincount(ids, minlength=count).clamp_min(1).to(flat.dtype)  # [R]
     voted = (sums / sizes)[:, ids]  # [C, HW]
     return torch.where(ids == 0, flat, voted).reshape(scores.shape)
+
+
+def encode_regions(regions: Tensor) -> Tensor:
+    """Region map [H, W] -> int32 [2 + 2 * runs]: H, W, then (id, length) of each run of equal ids in row-major
+    order. Mask regions are piecewise constant, so a map of a few hundred kB takes a few kB (written as is by
+    torch.save, the same bytes on every machine)."""
+    height, width = regions.shape
+    flat = regions.reshape(-1).to(torch.int32)  # [H * W]
+    change = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)
+    change[1:] = flat[1:] != flat[:-1]
+    starts = change.nonzero().squeeze(1)  # [runs]
+    lengths = torch.diff(starts, append=torch.tensor([flat.numel()], device=flat.device)).to(torch.int32)
+    size = torch.tensor([height, width], dtype=torch.int32, device=flat.device)
+    return torch.cat([size, torch.stack([flat[starts], lengths], dim=1).reshape(-1)]).cpu()
+
+
+def decode_regions(code: Tensor) -> Tensor:
+    """`encode_regions`' int32 code -> the region map [H, W] (int64)."""
+    height, width = int(code[0]), int(code[1])
+    pairs = code[2:].reshape(-1, 2).long()  # [runs, 2]: id, length
+    if int(pairs[:, 1].sum()) != height * width:
+        raise ValueError(f"a region code of {int(pairs[:, 1].sum())} pixels for a {height} x {width} map: damaged")
+    return torch.repeat_interleave(pairs[:, 0], pairs[:, 1]).reshape(height, width)

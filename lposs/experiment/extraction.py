@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..core.regions import decode_regions, encode_regions
 from ..core.scoring import pool_synonyms
 from ..core.windows import crop_windows, resize_image
 from ..image_features import ImageFeatures, as_image_tensor, extract_features, merge_patches
@@ -54,24 +55,28 @@ def code_fingerprint() -> str:
     windows, the backbones, their factory and loading, the heads, the demo stand-ins."""
     from .. import image_features
     from ..core import windows
+    from ..core import regions
     from ..demo import backbones as demo_backbones
+    from ..demo import masks as demo_masks
     from ..models import backbones, factory, heads, loading
 
     sources = [inspect.getsource(f) for f in (extract_shard, _OneForward)]
-    modules = (image_features, windows, backbones, factory, heads, loading, demo_backbones)
+    modules = (image_features, windows, backbones, factory, heads, loading, demo_backbones, demo_masks, regions)
     sources += [inspect.getsource(m) for m in modules]
     return hashlib.md5("\n".join(sources).encode()).hexdigest()
 
 
 def make_manifest(dataset: str, class_names: list[str], vlm_id: str, vm_ids: dict[str, str],
-                  windows: WindowSettings | dict[str, int], vm_dtype: str = "float32") -> dict[str, Any]:
+                  windows: WindowSettings | dict[str, int], vm_dtype: str = "float32",
+                  masks: str | None = None) -> dict[str, Any]:
     """The identity of a store: change any of it and the stored features no longer apply.
 
     vm_dtype: storage type of the vision features ("float16" halves the disk; seeds stay float32).
+    masks: the id of the mask model whose regions each shard keeps (None: no regions, no "masks" key).
     """
     if vm_dtype not in VM_DTYPES:
         raise ValueError(f"vm_dtype must be one of {', '.join(VM_DTYPES)}, got {vm_dtype!r}")
-    return {
+    return ({"masks": masks} if masks else {}) | {
         "format": FORMAT_VERSION,
         "vm_dtype": vm_dtype,
         "dataset": dataset,
@@ -86,11 +91,12 @@ def make_manifest(dataset: str, class_names: list[str], vlm_id: str, vm_ids: dic
 
 def extract_shard(image_id: str, image: Any, class_names: list[str], vlm: Any, vms: dict[str, Any],
                   windows: WindowSettings | dict[str, int], image_md5: str = "", text: tuple | None = None,
-                  vm_dtype: str = "float32", keep_on_device: bool = False) -> dict[str, Any]:
+                  vm_dtype: str = "float32", keep_on_device: bool = False, masks: Any = None) -> dict[str, Any]:
     """Run the VLM once and every VM variant once over one image's windows -> a shard dict.
 
     keep_on_device: the tensors stay where the backbones ran (a streaming pass on a GPU that propagates
-    at once); a shard to be saved must be on the CPU (the default)."""
+    at once); a shard to be saved must be on the CPU (the default). masks: a mask model
+    (`lposs.models.masks`): the shard also keeps the resized image's regions, run-length coded."""
     start = time.perf_counter()
     first, *others = vms
     graph = _OneForward(vms) if others and _one_network(vms) else vms[first]
@@ -104,7 +110,8 @@ def extract_shard(image_id: str, image: Any, class_names: list[str], vlm: Any, v
             dense = vms[name].dense_features(batch)  # [B, g, g, D]
             vm[name] = dense.reshape(-1, dense.shape[-1]).float()
     place = (lambda t: t) if keep_on_device else (lambda t: t.cpu())  # the one place the shard leaves the device
-    return {
+    regions = {} if masks is None else {"regions": encode_regions(masks.regions(feats.image_resized))}
+    return regions | {
         "id": image_id,
         "seeds": place(feats.seeds.float().contiguous()),
         "owner": feats.owner.long(),
@@ -161,6 +168,7 @@ def to_image_features(shard: dict[str, Any], vm_feature: str, image: Any = None)
         layout=[tuple(w) for w in shard["layout"]], resized_hw=tuple(shard["resized_hw"]),
         original_hw=tuple(shard["original_hw"]), grid=shard["grid"], crop=shard["crop"], image_resized=resized,
         text_affinity=shard["text_affinity"],
+        regions=decode_regions(shard["regions"]) if "regions" in shard else None,
     )
 
 
@@ -220,8 +228,9 @@ class ShardComputer:
     """
 
     def __init__(self, dataset: Any, vlm: Any, vms: dict[str, Any], windows: WindowSettings | dict[str, int],
-                 prompts: Callable[[int], list[str]] | None = None, vm_dtype: str = "float32"):
+                 prompts: Callable[[int], list[str]] | None = None, vm_dtype: str = "float32", masks: Any = None):
         self.dataset, self.vlm, self.vms, self.windows, self.vm_dtype = dataset, vlm, vms, windows, vm_dtype
+        self.masks = masks
         self.prompts = prompts or dataset.class_names_for
         self.position = {item.id: i for i, item in enumerate(dataset.items)}
         first = self.prompts(0) if len(dataset) else []
@@ -235,7 +244,7 @@ class ShardComputer:
     def __call__(self, image_id: str, image_path: Path, class_names: list[str], md5: str) -> dict[str, Any]:
         sample = self.dataset[self.position[image_id]]
         return extract_shard(image_id, sample.image, class_names, self.vlm, self.vms, self.windows, md5,
-                             text=self.text, vm_dtype=self.vm_dtype)
+                             text=self.text, vm_dtype=self.vm_dtype, masks=self.masks)
 
 
 def fill_dataset(store: FeatureStore, dataset: Any, vlm: Any, vms: dict[str, Any],

@@ -32,7 +32,7 @@ def paper_overrides(head: str = "maskclip", protocol: str = "lposs", vm: str | N
     resolve(protocol, "voc21")  # an unknown name stops here, with the choices
     vm = vm or PAPER_VMS.get(head, "dino_vitb16")
     return ["datasets=[" + ",".join(datasets or PAPER_DATASETS) + "]",
-            "backbone.vlm=ViT-B-16", "backbone.vlm_pretrained=protocol", f"backbone.heads=[{head}]",
+            "backbone.vlm=ViT-B-16", "backbone.vlm_pretrained=protocol", "backbone.masks=none", f"backbone.heads=[{head}]",
             f"backbone.vms=[{vm}]", "backbone.vm_pretrained=pretrained", "backbone.vm_features=v",
             "backbone.vm_dtype=float16", f"protocol.name={protocol}", "protocol.background=protocol",
             "windows.crop=protocol", "windows.stride=protocol", "windows.short_side=protocol",

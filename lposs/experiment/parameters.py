@@ -23,6 +23,7 @@ import yaml
 from ..core.scoring import BACKGROUND_RULES
 from ..models.factory import BackboneSpec
 from ..models.heads import PROXY_HEADS
+from ..models.masks import MASK_MODELS
 from ..models.factory import resolve_device as factory_resolve_device
 from ..models.protocols import PROTOCOLS, WINDOW_KEYS, own_step, resolve
 from ..settings import SECTIONS, Setting, WindowSettings, refuse_unknown
@@ -42,13 +43,13 @@ SCHEMA: dict[str, Any] = {
     "datasets": list,
     "data": {"dir": str},
     "backbone": {"vlm": str, "vlm_pretrained": str, "heads": list, "vms": list, "vm_pretrained": str,
-                 "proxy": str, "vm_features": str, "vm_dtype": str, "bf16": bool, "device": str},
+                 "proxy": str, "masks": str, "vm_features": str, "vm_dtype": str, "bf16": bool, "device": str},
     "protocol": {"name": str, "background": str},
     "windows": {key: WindowSize for key in WINDOW_KEYS},
     **{name: "settings" for name in SECTIONS},
     "ablate": {"predictions": int, "sweeps": list},
 }
-CHOICES = {"backbone.vm_dtype": tuple(VM_DTYPES), "backbone.device": DEVICES, "protocol.name": tuple(PROTOCOLS),
+CHOICES = {"backbone.masks": MASK_MODELS, "backbone.vm_dtype": tuple(VM_DTYPES), "backbone.device": DEVICES, "protocol.name": tuple(PROTOCOLS),
            "protocol.background": (PROTOCOL_VALUE,) + BACKGROUND_RULES}
 SWEEP_KEYS = ("param", "values", "mode")
 
@@ -204,7 +205,7 @@ class PipelineParams:
         features = tuple(name.strip() for name in backbone["vm_features"].split(",") if name.strip())
         return BackboneSpec(vlm=backbone["vlm"], vlm_weights=self.clip_weights(), head=head, vm=vm,
                             vm_weights="none" if vm == "demo" else backbone["vm_pretrained"],
-                            vm_features=features, proxy=backbone["proxy"], bf16=backbone["bf16"],
+                            vm_features=features, proxy=backbone["proxy"], bf16=backbone["bf16"], masks=backbone["masks"],
                             head_params=tuple(self.head_params(head, entry).items()),
                             text_params=tuple(self.head_params(head, entry, "text_params").items()))
 

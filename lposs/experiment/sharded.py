@@ -41,9 +41,9 @@ Item = tuple[str, Path, list[str]]  # (image id, image path, class names): fill_
 class DatasetFeatures:
     """fill_store's compute for a staged dataset, picklable: each process builds the backbones once.
 
-    spec: the backbones (`BackboneSpec`); device "auto" is resolved where the work runs (a SLURM job's node,
-    not the login node); protocol: whose class prompts (None: the dataset's class names). `use(vlm, vms)`
-    hands over models this process has built already. The work itself is `extraction.ShardComputer`'s.
+    spec: the backbones (`BackboneSpec`, its mask model too); device "auto" is resolved where the work runs (a
+    SLURM job's node, not the login node); protocol: whose class prompts (None: the dataset's class names).
+    `use(vlm, vms, masks)` hands over models this process has built already. The work itself is `extraction.ShardComputer`'s.
     """
 
     staged_dir: str
@@ -58,9 +58,9 @@ class DatasetFeatures:
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_computer": None}  # models and dataset are rebuilt in each worker
 
-    def use(self, vlm: Any, vms: dict[str, Any]) -> "DatasetFeatures":
+    def use(self, vlm: Any, vms: dict[str, Any], masks: Any = None) -> "DatasetFeatures":
         ds, _ = open_staged(self.staged_dir, self.dataset)
-        self._computer = ShardComputer(ds, vlm, vms, self.windows, self.prompts(ds), self.vm_dtype)
+        self._computer = ShardComputer(ds, vlm, vms, self.windows, self.prompts(ds), self.vm_dtype, masks)
         return self
 
     def prompts(self, ds: Any) -> Callable[[int], list[str]]:
@@ -77,8 +77,14 @@ class DatasetFeatures:
                 backbones = create_backbones(self.spec, device=resolve_device(self.device))
             except BackboneUnavailable as error:  # the pipeline takes no weight files: only the fetch commands
                 raise BackboneUnavailable(error.without_files(), error.missing) from None
-            self.use(backbones.vlm, backbones.graphs)
+            self.use(backbones.vlm, backbones.graphs, backbones.masks)
         return self
+
+    @property
+    def masks_id(self) -> str | None:
+        """The mask model's id for the manifest (None without one)."""
+        masks = self.load()._computer.masks
+        return None if masks is None else masks.id
 
     @property
     def vlm(self) -> Any:

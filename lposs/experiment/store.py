@@ -137,9 +137,10 @@ class FeatureStore:
         def fail(why: str) -> None:
             raise CorruptShard(f"feature shard for {image_id!r} in {self.folder}: {why}")
 
-        if not isinstance(shard, dict) or set(shard) != SHARD_KEYS:
+        keys = SHARD_KEYS | ({"regions"} if self.manifest.get("masks") else set())  # a mask model's regions
+        if not isinstance(shard, dict) or set(shard) != keys:
             fail(f"keys {sorted(shard) if isinstance(shard, dict) else type(shard).__name__}, "
-                 f"expected {sorted(SHARD_KEYS)}")
+                 f"expected {sorted(keys)}")
         if shard["id"] != image_id:
             fail(f"holds image {shard['id']!r}")
         seeds, owner, layout, grid = shard["seeds"], shard["owner"], shard["layout"], shard["grid"]
@@ -158,6 +159,11 @@ class FeatureStore:
                 fail(f"vision feature {name!r} should be [{patches}, D], got {getattr(feats, 'shape', '?')}")
             if feats.dtype != self.vm_dtype:
                 fail(f"vision feature {name!r} is {feats.dtype}, the manifest says {self.vm_dtype}")
+        if "regions" in shard:
+            code = shard["regions"]
+            if not (isinstance(code, torch.Tensor) and code.dtype == torch.int32 and code.dim() == 1
+                    and code.numel() >= 4 and tuple(code[:2].tolist()) == tuple(shard["resized_hw"])):
+                fail(f"regions should be a run-length code of the {tuple(shard['resized_hw'])} resized image")
         if class_names is not None and list(shard["class_names"]) != list(class_names):
             fail("computed for other class names")
         if image_md5 is not None and shard["image_md5"] != image_md5:

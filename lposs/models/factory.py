@@ -31,6 +31,7 @@ from .backbones import (
 )
 from .heads import HEADS, PROXY_FEATURES, PROXY_HEADS
 from .loading import BackboneUnavailable, open_clip_quick_gelu, resolve_clip_weights, timm_name
+from .masks import MASK_MODELS, create_mask_model
 
 DEFAULT_VM = "dino_vitb16"  # DINO ViT-B/16, LPOSS's graph (lposs.models.loading.VISION_MODELS)
 VLM_WEIGHTS_SPECIAL = ("random", "none")  # seeded random weights | no weights (the demo stand-ins)
@@ -50,7 +51,8 @@ class BackboneSpec:
     random weights) or "none" (demo). quick_gelu: None = as the tag's config says (QuickGELU for OpenAI's
     weights); True builds random weights shaped like OpenAI's. head: a name of `lposs.models.heads.HEADS`
     (or "demo"); head_params: overrides of its defaults, as (name, value) pairs; text_params: CASS's text step
-    (`lposs.models.heads_2025.cass_text.TEXT_PARAMS`), as pairs.
+    (`lposs.models.heads_2025.cass_text.TEXT_PARAMS`), as pairs. masks: a class-agnostic mask model of
+    `lposs.models.masks.MASK_MODELS` whose regions the graphs can respect ("none": no regions).
     vm: a `VISION_MODELS` short name, a timm name, "clip" (the VLM's own features, no second model) or
     "demo"; vm_weights: pretrained | random | none; vm_features: the graph features to compute (q, k, v of
     the last block or the final tokens; ("clip",) for vm "clip"). proxy: the vision model of the proxy heads
@@ -70,6 +72,7 @@ class BackboneSpec:
     quick_gelu: bool | None = None
     head_params: tuple[tuple[str, Any], ...] = field(default=())
     text_params: tuple[tuple[str, Any], ...] = field(default=())
+    masks: str = "none"
     clip_checkpoint: str | None = None
     vm_checkpoint: str | None = None
     proxy_checkpoint: str | None = None
@@ -89,6 +92,8 @@ class BackboneSpec:
                              f"(got vlm {self.vlm!r}, head {self.head!r}, vm {self.vm!r})")
         if not self.is_demo and self.head not in HEADS:
             raise ValueError(f"unknown dense head {self.head!r}; choose one of {', '.join(HEADS)}")
+        if self.masks not in MASK_MODELS:
+            raise ValueError(f"masks={self.masks!r}: use one of {', '.join(MASK_MODELS)}")
         if self.vm_weights not in VM_WEIGHTS:
             raise ValueError(f"vm_weights={self.vm_weights!r}: use one of {', '.join(VM_WEIGHTS)}")
         allowed = DEMO_FEATURES if self.is_demo else ("clip",) if self.vm == "clip" else VM_FEATURES
@@ -151,6 +156,7 @@ def resolve_device(device: str, name: str = "device", fix: str = "device 'cpu'")
 class Backbones(NamedTuple):
     vlm: Any
     graphs: dict[str, Any]  # {feature: graph model}
+    masks: Any = None  # the mask model (lposs.models.masks), None without one
 
     @property
     def vm(self) -> Any:
@@ -160,8 +166,9 @@ class Backbones(NamedTuple):
 
 def create_backbones(spec: BackboneSpec, device: str = "cpu") -> Backbones:
     """Build the backbones a spec names, on `device`. Raises BackboneUnavailable naming every missing file."""
+    masks = create_mask_model(spec.masks, device)
     if spec.is_demo:
-        return Backbones(DemoVLM(device=device), {f: DemoVM(f, device=device) for f in spec.vm_features})
+        return Backbones(DemoVLM(device=device), {f: DemoVM(f, device=device) for f in spec.vm_features}, masks)
     missing: list[BackboneUnavailable] = []  # every unavailable weight file is named at once, not one per attempt
 
     def attempt(build: Callable[[], Any]) -> Any:
@@ -184,8 +191,8 @@ def create_backbones(spec: BackboneSpec, device: str = "cpu") -> Backbones:
     if missing:
         raise BackboneUnavailable("\n\n".join(map(str, missing)), [m for error in missing for m in error.missing])
     if vm is None:
-        return Backbones(vlm, {"clip": ClipGraphFeatures(vlm)})
-    return Backbones(vlm, {feature: vm.with_feature(feature) for feature in spec.vm_features})
+        return Backbones(vlm, {"clip": ClipGraphFeatures(vlm)}, masks)
+    return Backbones(vlm, {feature: vm.with_feature(feature) for feature in spec.vm_features}, masks)
 
 
 def _vision_model(spec: BackboneSpec, name: str, feature: str, checkpoint: str | None, device: str) -> VisionFeatures:
