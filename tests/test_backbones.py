@@ -632,7 +632,7 @@ def test_create_backbones_heads_proxy_and_graph_choices(tiny_clip_config):
     assert spec.proxy == "dino_vitb8" and spec.key().startswith(f"{DEEP_TINY_CLIP}.random+cass.dino_vitb8+")
     spec = BackboneSpec(vlm=DEEP_TINY_CLIP, vlm_weights="random", vm=SMALL_DINO, vm_weights="random", head="cass",
                         proxy=SMALL_DINO)
-    vlm, graphs = create_backbones(spec)
+    vlm, graphs, _ = create_backbones(spec)
     assert vlm.proxy.model is graphs["v"].model and vlm.proxy.feature == "k_raw" and vlm.patch_size == 16
     with pytest.raises(ValueError, match="unknown CLIP weights 'openclip'"):
         spec_from_clip_choice("openclip", random=True)

@@ -51,7 +51,7 @@ def staged(tmp_path_factory):
 
 
 def open_store(folder, ds):
-    vlm, vms = create_backbones(BACKBONE)
+    vlm, vms, _ = create_backbones(BACKBONE)
     manifest = make_manifest("demo", ds.class_names, vlm.id, {f: m.id for f, m in vms.items()}, WINDOWS)
     return FeatureStore(folder, manifest, reset=True), vlm, vms
 

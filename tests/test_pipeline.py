@@ -285,7 +285,7 @@ def test_repro_runs_every_stage_and_writes_meaningful_outputs(pipeline_copy):
     assert all(0 < m["miou"] <= 100 and 0 < m["biou"] <= 100 for m in metrics.values())
     assert metrics["maskclip"]["miou"] < metrics["lposs+"]["miou"]  # propagation helps on the demo
     table = (root / "results/table.md").read_text()
-    assert "| demo | demo | lposs | + LPOSS+ |" in table and "synthetic" in table
+    assert table_row(table, "demo", "demo", "lposs", "+ LPOSS+") and "synthetic" in table
     for figure in ("methods.png", "ablation-demo-demo+demo.png", "qualitative-demo-demo+demo.png", "timing.png"):
         assert (root / "plots/figures" / figure).stat().st_size > 10_000, figure
     sweep = (root / "plots/sweeps/demo-demo+demo-alpha.csv").read_text().splitlines()
