@@ -107,3 +107,23 @@ def test_region_vote_gives_each_region_its_mean_and_leaves_uncovered_pixels():
         inside = regions == region
         assert torch.allclose(voted[:, inside], scores[:, inside].mean(dim=1, keepdim=True).expand(-1, 12))
     assert torch.equal(voted[:, regions == 0], scores[:, regions == 0])
+
+
+def test_the_regions_refiner_and_the_region_settings_run_through_propagate_features():
+    from lposs.image_features import ImageFeatures
+    from lposs.segmentation import propagate_features
+
+    torch.manual_seed(3)
+    regions = two_regions() + 1  # [32, 48] at the resized size: regions 1 and 2, no uncovered pixel
+    features = ImageFeatures(seeds=torch.randn(32, 3), vm_feats=torch.nn.functional.normalize(torch.randn(32, 8), dim=-1),
+                             owner=torch.arange(3), layout=LAYOUT, resized_hw=(32, 48), original_hw=(32, 48), grid=4,
+                             crop=32, image_resized=torch.rand(3, 32, 48), regions=regions)
+    voted = propagate_features(features, "lposs+", refiner="regions", k=8)
+    left = voted[:, :, :24].reshape(3, -1)
+    assert torch.allclose(left, left[:, :1].expand_as(left), atol=1e-5)  # one region, one score per class
+    plain = propagate_features(features, "lposs+", k=8)
+    assert torch.equal(propagate_features(features, "lposs+", k=8, region_beta=1.0, boundary_beta=1.0), plain)
+    assert not torch.allclose(propagate_features(features, "lposs+", k=8, region_beta=0.1, boundary_beta=0.1), plain)
+    features.regions = None
+    with pytest.raises(ValueError, match="backbone.masks"):
+        propagate_features(features, "lposs", k=8, region_beta=0.5)

@@ -203,7 +203,7 @@ def refiner_settings(refiner: str, overrides: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"refiner {refiner!r} has no setting {sorted(unknown)}; "
                          f"its settings are {sorted(settings)}")
     settings.update(overrides)
-    if settings["method"] == "pamr":
+    if settings["method"] in ("pamr", "region_vote"):
         return settings
     if settings["evidence"] not in EVIDENCE:
         raise ValueError(f"evidence must be one of {', '.join(EVIDENCE)}, got {settings['evidence']!r}")
