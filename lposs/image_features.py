@@ -93,8 +93,9 @@ def extract_features(
         dense = to_graph_grid(dense, graph.shape[1:3])  # [B, g', g', D]
         seeds = dense.reshape(-1, dense.shape[-1]).float() @ emb.float().to(dense.device).T  # [N, C']
     vm_feats = graph.reshape(-1, graph.shape[-1]).float()  # [N, Dv]
+    text_affinity = text_self_affinity(emb.float())  # [C'], for PEARL's TLP
     if not keep_on_device:
-        seeds, vm_feats = seeds.cpu(), vm_feats.cpu()
+        seeds, vm_feats, text_affinity = seeds.cpu(), vm_feats.cpu(), text_affinity.cpu()
     return ImageFeatures(
         seeds=seeds,
         vm_feats=vm_feats,
@@ -105,7 +106,7 @@ def extract_features(
         grid=grid,
         crop=win.crop,
         image_resized=resized,
-        text_affinity=text_self_affinity(emb.float()).cpu(),
+        text_affinity=text_affinity,
     )
 
 

@@ -110,7 +110,7 @@ def test_a_streaming_shard_stays_on_the_gpu_and_a_stored_one_comes_to_the_host(k
                                   keep_on_device=keep_on_device)
     back = [c for c in counter.summary()["copies"] if c["direction"] == "device->host"]
     assert shard["seeds"].device.type == ("cuda" if keep_on_device else "cpu")
-    assert len(back) == (0 if keep_on_device else 2)  # seeds and graph features
+    assert len(back) == (0 if keep_on_device else 3)  # seeds, graph features, the text self-affinity
 
 
 @pytest.mark.gpu

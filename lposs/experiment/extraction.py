@@ -115,7 +115,7 @@ def extract_shard(image_id: str, image: Any, class_names: list[str], vlm: Any, v
         "id": image_id,
         "seeds": place(feats.seeds.float().contiguous()),
         "owner": feats.owner.long(),
-        "text_affinity": feats.text_affinity.float().cpu(),
+        "text_affinity": place(feats.text_affinity.float()),
         "vm": {name: place(t.to(VM_DTYPES[vm_dtype]).contiguous()) for name, t in vm.items()},
         "layout": [tuple(int(v) for v in w) for w in feats.layout],
         "resized_hw": tuple(int(v) for v in feats.resized_hw),
