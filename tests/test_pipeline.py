@@ -390,21 +390,27 @@ def test_real_backbone_path_with_random_weights(tmp_path):
 def grid_copy(tmp_path_factory):
     """Two dense heads x two graphs (DINOv2 /14 beside CLIP /16, and CLIP's own features), random weights,
     on two MESS datasets (2 and 3 classes: few prompts to encode) in their prepared layouts."""
+    return mess_grid(tmp_path_factory.mktemp("grid"), ["chase_db1", "cwfid"], ["maskclip", "sclip"],
+                     ["dinov2_vitb14_reg", "clip"], "sclip", TINY_SWEEPS[:1])
+
+
+def mess_grid(root: Path, datasets: list[str], heads: list[str], vms: list[str], protocol: str,
+              sweeps: list[dict]) -> tuple[Path, str]:
+    """The pipeline on MESS fixtures (2 images each) with random ViT-B/16 weights at 224: (root, dvc repro's log)."""
     from fixtures.mess_layouts import write_prepared
 
     from lposs.datasets.mess import MESS_DATASETS
 
-    root = tmp_path_factory.mktemp("grid")
     copy_pipeline(root)
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["datasets"] = ["chase_db1", "cwfid"]
-    params["backbone"].update(vlm="ViT-B-16", vlm_pretrained="random", heads=["maskclip", "sclip"],
-                              vms=["dinov2_vitb14_reg", "clip"], vm_pretrained="random", vm_features="v")
-    params["protocol"]["name"] = "sclip"
+    params["datasets"] = datasets
+    params["backbone"].update(vlm="ViT-B-16", vlm_pretrained="random", heads=heads, vms=vms, vm_pretrained="random",
+                              vm_features="v")
+    params["protocol"]["name"] = protocol
     params["windows"]["short_side"] = 224
-    params["ablate"].update(sweeps=TINY_SWEEPS[:1], predictions=1)
+    params["ablate"].update(sweeps=sweeps, predictions=1)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for name in params["datasets"]:
+    for name in datasets:
         spec = MESS_DATASETS[name]
         write_prepared(root / "data" / "mess", spec, spec.main_split, ids=("x0", "x1"))
     git_dvc_init(root)
@@ -462,25 +468,9 @@ def test_grid_propagation_change_reruns_no_features(grid_copy):
 def grid_2025(tmp_path_factory):
     """SC-CLIP and PEARL seeds on a DINOv3 S/16 graph under PEARL's protocol, the four rows of each, on one
     3-class MESS fixture: random weights at 224."""
-    from fixtures.mess_layouts import write_prepared
-
-    from lposs.datasets.mess import MESS_DATASETS
-
-    root = tmp_path_factory.mktemp("grid2025")
-    copy_pipeline(root)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["datasets"] = ["cwfid"]
-    params["backbone"].update(vlm="ViT-B-16", vlm_pretrained="random", heads=["scclip", "pearl"],
-                              vms=["dinov3_vits16"], vm_pretrained="random", vm_features="v")
-    params["protocol"]["name"] = "pearl"
-    params["windows"]["short_side"] = 224
-    params["ablate"].update(sweeps=[{"param": "mode", "values": "[maskclip, own, lposs, lposs+]", "mode": "lposs+"}],
-                            predictions=1)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    spec = MESS_DATASETS["cwfid"]
-    write_prepared(root / "data" / "mess", spec, spec.main_split, ids=("x0", "x1"))
-    git_dvc_init(root)
-    return root, run(["dvc", "repro"], root, timeout=1800)
+    sweeps = [{"param": "mode", "values": "[maskclip, own, lposs, lposs+]", "mode": "lposs+"}]
+    return mess_grid(tmp_path_factory.mktemp("grid2025"), ["cwfid"], ["scclip", "pearl"], ["dinov3_vits16"], "pearl",
+                     sweeps)
 
 
 @pytest.mark.slow

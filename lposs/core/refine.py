@@ -50,8 +50,8 @@ from torch import Tensor
 from .graphs import PixelGraph
 from .pamr import pamr
 from .propagation import propagate
-from .regions import region_vote
 from .refiners import EVIDENCE, REFINERS  # noqa: F401 - the refiners' names and settings
+from .regions import region_vote
 
 SUPPORT_EPS = 1e-6  # damps the colour affinity of a class with (almost) no pixels in the window
 

@@ -54,8 +54,7 @@ def code_fingerprint() -> str:
     """md5 of the source that turns an image into features: this extraction, `lposs.image_features`, the
     windows, the backbones, their factory and loading, the heads, the demo stand-ins."""
     from .. import image_features
-    from ..core import windows
-    from ..core import regions
+    from ..core import regions, windows
     from ..demo import backbones as demo_backbones
     from ..demo import masks as demo_masks
     from ..models import backbones, factory, heads, loading

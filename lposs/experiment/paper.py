@@ -13,8 +13,8 @@ import subprocess
 import sys
 
 from ..models.factory import BackboneSpec, create_backbones
-from ..models.loading import BackboneUnavailable
 from ..models.heads import HEADS
+from ..models.loading import BackboneUnavailable
 from ..models.protocols import PROTOCOLS, own_step, resolve
 from .results import mess_entries
 from .staging import dataset_root, open_entry

@@ -22,9 +22,9 @@ import yaml
 
 from ..core.scoring import BACKGROUND_RULES
 from ..models.factory import BackboneSpec
+from ..models.factory import resolve_device as factory_resolve_device
 from ..models.heads import PROXY_HEADS
 from ..models.masks import MASK_MODELS
-from ..models.factory import resolve_device as factory_resolve_device
 from ..models.protocols import PROTOCOLS, WINDOW_KEYS, own_step, resolve
 from ..settings import SECTIONS, Setting, WindowSettings, refuse_unknown
 from .staging import split_entry
