@@ -30,7 +30,8 @@ CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus"
 
 def build(head: str, device: str) -> dict:
     """The head's backbones (random weights), its text classifier and that classifier's seconds."""
-    vlm, graphs, _ = create_backbones(spec_from_clip_tag(DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, True, head=head), device)
+    spec = spec_from_clip_tag(DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, True, head=head)
+    vlm, graphs, _ = create_backbones(spec, device)
     vm = next(iter(graphs.values()))
     start = time.perf_counter()
     text = vlm.text_embeddings(CLASSES)
