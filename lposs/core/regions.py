@@ -81,6 +81,8 @@ def encode_regions(regions: Tensor) -> Tensor:
 def decode_regions(code: Tensor) -> Tensor:
     """`encode_regions`' int32 code -> the region map [H, W] (int64)."""
     height, width = int(code[0]), int(code[1])
+    if code.numel() % 2:
+        raise ValueError(f"a region code of odd length {code.numel()}: damaged")
     pairs = code[2:].reshape(-1, 2).long()  # [runs, 2]: id, length
     if int(pairs[:, 1].sum()) != height * width:
         raise ValueError(f"a region code of {int(pairs[:, 1].sum())} pixels for a {height} x {width} map: damaged")

@@ -52,7 +52,8 @@ class BackboneSpec:
     weights); True builds random weights shaped like OpenAI's. head: a name of `lposs.models.heads.HEADS`
     (or "demo"); head_params: overrides of its defaults, as (name, value) pairs; text_params: CASS's text step
     (`lposs.models.heads_2025.cass_text.TEXT_PARAMS`), as pairs. masks: a class-agnostic mask model of
-    `lposs.models.masks.MASK_MODELS` whose regions the graphs can respect ("none": no regions).
+    `lposs.models.masks.MASK_MODELS` whose regions the graphs can respect ("none": no regions);
+    masks_checkpoint: SAM's weight file (None: the cached or downloaded one).
     vm: a `VISION_MODELS` short name, a timm name, "clip" (the VLM's own features, no second model) or
     "demo"; vm_weights: pretrained | random | none; vm_features: the graph features to compute (q, k, v of
     the last block or the final tokens; ("clip",) for vm "clip"). proxy: the vision model of the proxy heads
@@ -73,6 +74,7 @@ class BackboneSpec:
     head_params: tuple[tuple[str, Any], ...] = field(default=())
     text_params: tuple[tuple[str, Any], ...] = field(default=())
     masks: str = "none"
+    masks_checkpoint: str | None = None
     clip_checkpoint: str | None = None
     vm_checkpoint: str | None = None
     proxy_checkpoint: str | None = None
@@ -166,9 +168,6 @@ class Backbones(NamedTuple):
 
 def create_backbones(spec: BackboneSpec, device: str = "cpu") -> Backbones:
     """Build the backbones a spec names, on `device`. Raises BackboneUnavailable naming every missing file."""
-    masks = create_mask_model(spec.masks, device)
-    if spec.is_demo:
-        return Backbones(DemoVLM(device=device), {f: DemoVM(f, device=device) for f in spec.vm_features}, masks)
     missing: list[BackboneUnavailable] = []  # every unavailable weight file is named at once, not one per attempt
 
     def attempt(build: Callable[[], Any]) -> Any:
@@ -177,6 +176,12 @@ def create_backbones(spec: BackboneSpec, device: str = "cpu") -> Backbones:
         except BackboneUnavailable as error:
             missing.append(error)
             return None
+
+    masks = attempt(lambda: create_mask_model(spec.masks, device, spec.masks_checkpoint))
+    if spec.is_demo:
+        if missing:
+            raise missing[0]
+        return Backbones(DemoVLM(device=device), {f: DemoVM(f, device=device) for f in spec.vm_features}, masks)
 
     vm = None if spec.vm == "clip" else attempt(lambda: _vision_model(spec, spec.vm, spec.vm_features[0],
                                                                        spec.vm_checkpoint, device))

@@ -1,0 +1,100 @@
+"""Mask models (issue 19): the demo's stand-in, SAM through segment-anything, and their offline errors."""
+
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+
+from lposs.core.regions import decode_regions, encode_regions
+from lposs.models import loading
+from lposs.models.factory import BackboneSpec, create_backbones
+from lposs.models.loading import BackboneUnavailable
+from lposs.models.masks import MASK_MODELS, create_mask_model
+
+
+def test_masks_become_one_map_by_corrclips_rule():
+    from lposs.models.sam_masks import regions_from_masks
+
+    big, inner, apart = (np.zeros((6, 8), dtype=bool) for _ in range(3))
+    big[:4, :5], inner[1:3, 1:3], apart[5, 6:] = True, True, True  # areas 20, 4, 2
+    regions = regions_from_masks([big, inner, apart], (6, 8))
+    expected = np.zeros((6, 8), dtype=np.int64)
+    expected[5, 6:], expected[:4, :5] = 1, 3  # ids by ascending area; the big mask paints over the inner one
+    assert torch.equal(regions, torch.from_numpy(expected))
+
+
+def test_the_demo_stand_in_gives_coloured_segments_and_a_compact_code():
+    image = torch.zeros(3, 40, 60)
+    image[:, :, 30:] = torch.tensor([0.9, 0.1, 0.1]).view(3, 1, 1)  # two flat colours side by side
+    regions = create_mask_model("demo").regions(image)
+    assert regions.shape == (40, 60) and regions.dtype == torch.int64
+    assert len(set(regions[:, :28].unique().tolist())) == 1 and len(set(regions[:, 32:].unique().tolist())) == 1
+    assert regions[0, 0] != regions[0, 59] and regions.min() >= 1  # two regions, every pixel covered
+    code = encode_regions(regions)
+    assert torch.equal(decode_regions(code), regions) and code.numel() < regions.numel() / 5  # runs, not pixels
+    with pytest.raises(ValueError, match="damaged"):
+        decode_regions(code[:-1])
+
+
+def tiny_sam():
+    """segment-anything's Sam at 64 px with one small block: the same code path as ViT-B, in a second on a CPU."""
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    torch.manual_seed(0)
+    return Sam(image_encoder=ImageEncoderViT(img_size=64, patch_size=16, embed_dim=32, depth=1, num_heads=2,
+                                             out_chans=32, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+                                             qkv_bias=True, use_rel_pos=True, window_size=2),
+               prompt_encoder=PromptEncoder(embed_dim=32, image_embedding_size=(4, 4), input_image_size=(64, 64),
+                                            mask_in_chans=4),
+               mask_decoder=MaskDecoder(num_multimask_outputs=3, transformer_dim=32, iou_head_depth=1,
+                                        iou_head_hidden_dim=16,
+                                        transformer=TwoWayTransformer(depth=1, embedding_dim=32, mlp_dim=64,
+                                                                      num_heads=2)),
+               pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375])
+
+
+def test_sam_masks_run_the_package_generator_and_return_a_region_map(monkeypatch):
+    pytest.importorskip("segment_anything")
+    from lposs.models import sam_masks
+
+    masks = sam_masks.SamMasks(model=tiny_sam())
+    found = {}
+    generate = masks.generator.generate
+
+    def spy(pixels):
+        found["pixels"] = pixels
+        found["masks"] = generate(pixels)
+        return found["masks"]
+
+    monkeypatch.setattr(masks.generator, "generate", spy)
+    image = torch.rand(3, 48, 72, generator=torch.Generator().manual_seed(1))
+    regions = masks.regions(image)
+    assert found["pixels"].shape == (48, 72, 3) and found["pixels"].dtype == np.uint8
+    assert regions.shape == (48, 72) and regions.dtype == torch.int64
+    expected = sam_masks.regions_from_masks([m["segmentation"] for m in found["masks"]], (48, 72))
+    assert torch.equal(regions, expected)
+    assert masks.generator.points_per_batch and masks.generator.pred_iou_thresh == 0.4
+    assert "points8" in masks.id and "sam_vit_b" in masks.id
+
+
+def test_sam_weights_offline_stop_at_once_naming_the_file_and_the_fetch(monkeypatch, tmp_path):
+    pytest.importorskip("segment_anything")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty torch hub cache
+    monkeypatch.setattr(loading, "_probe", lambda url, timeout=0: "no network (test)")
+    with pytest.raises(BackboneUnavailable) as error:
+        create_backbones(BackboneSpec(vlm="demo", vlm_weights="none", head="demo", vm="demo", vm_weights="none",
+                                      vm_features=("v",), masks="sam_vit_b"))
+    message = str(error.value)
+    assert "sam_vit_b_01ec64.pth" in message and "torch.hub.load_state_dict_from_url" in message
+    assert str(tmp_path) in message
+    with pytest.raises(BackboneUnavailable, match="does not exist"):
+        create_mask_model("sam_vit_b", checkpoint=str(tmp_path / "missing.pth"))
+
+
+def test_an_unknown_mask_model_is_refused_with_the_choices():
+    assert MASK_MODELS == ("none", "demo", "sam_vit_b") and create_mask_model("none") is None
+    with pytest.raises(ValueError, match="masks='sam2': use one of none, demo, sam_vit_b"):
+        BackboneSpec(masks="sam2")
+    with pytest.raises(ValueError, match="unknown mask model 'sam2'; choose one of none, demo, sam_vit_b"):
+        create_mask_model("sam2")
