@@ -199,13 +199,15 @@ def test_missing_weights_show_the_cli_message(tmp_path, scene_file, monkeypatch)
 
 def test_the_page_offers_what_the_registries_hold():
     from lposs.core.refine import REFINERS
+    from lposs.core.refiners import IMAGE_REFINERS
     from lposs.models.backbones import DEFAULT_DINO_MODEL, VISION_MODELS
     from lposs.models.heads import HEADS
 
     names = refiner_choices()
     assert names[0] == "reference" and set(names) <= set(REFINERS)
     assert len({id(REFINERS[n]) for n in names}) == len(names)  # aliases are not offered twice
-    assert {id(REFINERS[n]) for n in names} == {id(settings) for settings in REFINERS.values()}
+    assert {id(REFINERS[n]) for n in names} == {id(REFINERS[n]) for n in IMAGE_REFINERS}
+    assert "regions" in REFINERS and "regions" not in names  # it needs a mask model's regions
     assert head_choices("real")[0] == "maskclip" and set(head_choices("real")) == set(HEADS)
     models = vision_model_choices("real")
     assert VISION_MODELS[models[0]] == DEFAULT_DINO_MODEL and set(models) == set(VISION_MODELS) | {"clip"}

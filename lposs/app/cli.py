@@ -51,7 +51,7 @@ def cmd_segment(args: argparse.Namespace) -> None:
 
 def add_segment_arguments(seg: argparse.ArgumentParser) -> None:
     """The `segment` command's options (imports the models' registries, hence torch)."""
-    from ..core.refiners import REFINERS
+    from ..core.refiners import IMAGE_REFINERS
     from ..models import backbones
     from ..models.heads import HEADS
     from ..models.protocols import PROTOCOLS
@@ -75,7 +75,7 @@ def add_segment_arguments(seg: argparse.ArgumentParser) -> None:
     seg.add_argument("--head", default="maskclip", choices=list(HEADS), help="dense CLIP head for the seeds")
     seg.add_argument("--protocol", default="lposs", choices=list(PROTOCOLS),
                      help="windows and background rule: lposs (synonym max) or a peer's (softmax + threshold)")
-    seg.add_argument("--refiner", default="reference", choices=list(REFINERS), help="pixel refiner of LPOSS+")
+    seg.add_argument("--refiner", default="reference", choices=list(IMAGE_REFINERS), help="pixel refiner of LPOSS+")
     seg.add_argument("--dino-model", default=backbones.DEFAULT_DINO_MODEL,
                      help="graph model: dino_vitb16 dino_vitb8 dino_vits16 dinov2_vitb14_reg, a timm name, or clip")
     seg.add_argument("--dino-checkpoint", help="local timm DINO weights file (offline use)")

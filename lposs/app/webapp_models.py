@@ -49,12 +49,13 @@ def vision_model_choices(weights: str) -> list[str]:
 
 
 def refiner_choices() -> list[str]:
-    """Pixel refiners of lposs.core.refine.REFINERS ("reference" first), aliases (same settings, second name) left out."""
-    from ..core.refiners import REFINERS
+    """Pixel refiners of lposs.core.refine.REFINERS ("reference" first), aliases (same settings, second name) and
+    the region refiners (no mask model here) left out."""
+    from ..core.refiners import IMAGE_REFINERS, REFINERS
 
     names: list[str] = []
-    for name, settings in REFINERS.items():
-        if all(REFINERS[seen] is not settings for seen in names):
+    for name in IMAGE_REFINERS:
+        if all(REFINERS[seen] is not REFINERS[name] for seen in names):
             names.append(name)
     return _first(names, "reference")
 

@@ -25,4 +25,7 @@ REFINERS: dict[str, dict[str, Any]] = {
     "regions": {"method": "region_vote"},  # each mask region takes its mean scores (lposs.core.regions)
 }
 REFINERS["best"] = REFINERS["tempered"]
+# the refiners that need an image's mask regions (a feature store with backbone.masks); the CLI and the web
+# page segment a single image without a mask model, so they offer the others
+IMAGE_REFINERS = tuple(name for name, settings in REFINERS.items() if settings["method"] != "region_vote")
 EVIDENCE = ("scores", "clipped", "tempered")  # how an LP refiner reads the scores (see `class_evidence`)
