@@ -125,13 +125,12 @@ def to_graph_grid(dense: Tensor, grid: tuple[int, int]) -> Tensor:
     """
     if tuple(dense.shape[1:3]) == tuple(grid):
         return dense
-    resized = F.interpolate(dense.permute(0, 3, 1, 2).float(), size=tuple(grid), mode="bilinear", align_corners=False)
-    return F.normalize(resized.permute(0, 2, 3, 1), dim=-1)
+    return F.normalize(resize_grid(dense, grid), dim=-1)
 
 
 def resize_grid(scores: Tensor, grid: tuple[int, int]) -> Tensor:
-    """Patch scores [B, g, g, C] -> [B, g', g', C], bilinear (align_corners False), as `to_graph_grid` without
-    the normalisation (scores are not unit vectors)."""
+    """Patch values [B, g, g, C] -> [B, g', g', C] in float32, bilinear (align_corners False); scores use it as is,
+    features through `to_graph_grid`, which renormalises."""
     if tuple(scores.shape[1:3]) == tuple(grid):
         return scores
     resized = F.interpolate(scores.permute(0, 3, 1, 2).float(), size=tuple(grid), mode="bilinear", align_corners=False)

@@ -19,6 +19,7 @@ from .core.graphs import patch_graph
 from .core.own_steps import run_own_step
 from .core.propagation import propagate
 from .core.refine import refine_pixels
+from .core.refiners import REGION_REFINERS
 from .core.regions import patch_region_fractions
 from .core.scoring import class_scores, labels_from_scores, pool_synonyms  # noqa: F401 - pool_synonyms re-exported
 from .core.windows import patch_centers
@@ -39,10 +40,10 @@ def propagate_features(
     """Class scores [K, H, W] at the original image size for one propagation setting.
 
     setting: a `settings.Setting`, or its values by name: mode ("maskclip" seeds only, "lposs" patch LP,
-    "lposs+" patch LP then pixel LP, "own" the seeds then `own_step`), the graph's k, gamma, sigma, p, the propagation's alpha, maxiter,
-    tol, solver ("cg" batched, "cg_reference" one column at a time as the released code), the pixel
-    refiner (a name of `lposs.core.refine.REFINERS`) and its r, tau (`PixelSettings.refiner_overrides`
-    says what the refiner takes from the setting). Unknown names raise ValueError.
+    "lposs+" patch LP then pixel LP, "own" the seeds then `own_step`), the graph's k, gamma, sigma, p,
+    region_beta, the propagation's alpha, maxiter, tol, solver ("cg" batched, "cg_reference" one column at a
+    time as the released code), the pixel refiner (a name of `lposs.core.refine.REFINERS`) and its r, tau,
+    boundary_beta (`PixelSettings.refiner_overrides` says what the refiner takes from the setting). Unknown names raise ValueError.
     background: a rule of `lposs.core.scoring` (e.g. `lposs.models.protocols.resolve("sclip", "voc21")`);
     None or "synonyms" gives the max over synonyms (LPOSS); "softmax" gives class probabilities (SCLIP
     family), to be turned into labels by `scoring.labels_from_scores`.
@@ -64,7 +65,7 @@ def propagate_features(
                               features.text_affinity)
     if setting.mode == "lposs+":
         pixel = setting.pixel
-        needs_regions = pixel.refiner == "regions" or pixel.boundary_beta != 1.0
+        needs_regions = pixel.refiner in REGION_REFINERS or pixel.boundary_beta != 1.0
         regions = _regions(features, "the regions refiner or pixel.boundary_beta") if needs_regions else None
         canvas = refine_pixels(_resized_image(features, "LPOSS+", device), canvas, refiner=pixel.refiner,
                                regions=regions, boundary_beta=pixel.boundary_beta,

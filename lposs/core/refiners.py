@@ -27,5 +27,6 @@ REFINERS: dict[str, dict[str, Any]] = {
 REFINERS["best"] = REFINERS["tempered"]
 # the refiners that need an image's mask regions (a feature store with backbone.masks); the CLI and the web
 # page segment a single image without a mask model, so they offer the others
-IMAGE_REFINERS = tuple(name for name, settings in REFINERS.items() if settings["method"] != "region_vote")
+REGION_REFINERS = tuple(name for name, settings in REFINERS.items() if settings["method"] == "region_vote")
+IMAGE_REFINERS = tuple(name for name in REFINERS if name not in REGION_REFINERS)
 EVIDENCE = ("scores", "clipped", "tempered")  # how an LP refiner reads the scores (see `class_evidence`)

@@ -25,7 +25,7 @@ from ..models.factory import BackboneSpec
 from ..models.factory import resolve_device as factory_resolve_device
 from ..models.heads import PROXY_HEADS
 from ..models.masks import MASK_MODELS
-from ..models.protocols import PROTOCOLS, WINDOW_KEYS, own_step, resolve
+from ..models.protocols import PROTOCOLS, WINDOW_KEYS, own_head_params, own_step, resolve
 from ..settings import SECTIONS, Setting, WindowSettings, refuse_unknown
 from .staging import split_entry
 from .store import VM_DTYPES
@@ -49,8 +49,8 @@ SCHEMA: dict[str, Any] = {
     **{name: "settings" for name in SECTIONS},
     "ablate": {"predictions": int, "sweeps": list},
 }
-CHOICES = {"backbone.masks": MASK_MODELS, "backbone.vm_dtype": tuple(VM_DTYPES), "backbone.device": DEVICES, "protocol.name": tuple(PROTOCOLS),
-           "protocol.background": (PROTOCOL_VALUE,) + BACKGROUND_RULES}
+CHOICES = {"backbone.masks": MASK_MODELS, "backbone.vm_dtype": tuple(VM_DTYPES), "backbone.device": DEVICES,
+           "protocol.name": tuple(PROTOCOLS), "protocol.background": (PROTOCOL_VALUE,) + BACKGROUND_RULES}
 SWEEP_KEYS = ("param", "values", "mode")
 
 # The notebooks' parameters cells, by name and type (tests/test_notebooks_clean.py keeps the two in step)
@@ -205,17 +205,10 @@ class PipelineParams:
         features = tuple(name.strip() for name in backbone["vm_features"].split(",") if name.strip())
         return BackboneSpec(vlm=backbone["vlm"], vlm_weights=self.clip_weights(), head=head, vm=vm,
                             vm_weights="none" if vm == "demo" else backbone["vm_pretrained"],
-                            vm_features=features, proxy=backbone["proxy"], bf16=backbone["bf16"], masks=backbone["masks"],
-                            head_params=tuple(self.head_params(head, entry).items()),
-                            text_params=tuple(self.head_params(head, entry, "text_params").items()))
-
-    def head_params(self, head: str, entry: str | None, kind: str = "head_params") -> dict[str, Any]:
-        """The protocol's head_params (or text_params: CASS's text step) on a dataset entry when `head` is the
-        protocol's own head, else {}."""
-        if entry is None:
-            return {}
-        settings = resolve(self.protocol, split_entry(entry)[0])
-        return dict(settings.get(kind, {})) if settings["head"] == head else {}
+                            vm_features=features, proxy=backbone["proxy"], bf16=backbone["bf16"],
+                            masks=backbone["masks"],
+                            **({} if entry is None else own_head_params(resolve(self.protocol, split_entry(entry)[0]),
+                                                                        head)))
 
     def built_on(self, head: str) -> dict[str, Any]:
         """What a combination's numbers come from besides its graph: the CLIP model and weights, the head's

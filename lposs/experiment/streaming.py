@@ -35,7 +35,7 @@ from ..core.metrics import SegmentationMetrics
 from ..core.windows import crop_windows, resize_image, resized_size, window_layout
 from ..io import file_md5, write_json
 from ..models.factory import BackboneSpec, create_backbones, resolve_device
-from ..models.protocols import own_step
+from ..models.protocols import own_head_params, own_step
 from ..settings import Setting, WindowSettings
 from .ablation import sweep_points
 from .evaluation import SettingsRun, SweepPoint, records
@@ -242,11 +242,9 @@ def spec_from_args(args: argparse.Namespace, rule: dict[str, Any]) -> BackboneSp
         return BackboneSpec(vlm="demo", vlm_weights="none", head="demo", vm="demo", vm_weights="none",
                             vm_features=(args.vm_feature,))
     head = protocol_value(args.head, rule["head"])
-    own = head == rule["head"]  # the release's head parameters and text step go with its own head only
     return BackboneSpec(vlm=args.vlm, vlm_weights=protocol_value(args.vlm_pretrained, rule["clip"]),
                         head=head, vm=args.vm, vm_weights=args.vm_pretrained, vm_features=(args.vm_feature,),
-                        bf16=args.bf16, head_params=tuple(rule.get("head_params", {}).items()) if own else (),
-                        text_params=tuple(rule.get("text_params", {}).items()) if own else ())
+                        bf16=args.bf16, **own_head_params(rule, head))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

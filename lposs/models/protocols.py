@@ -170,6 +170,13 @@ def resolve(name: str, dataset: str, **overrides: Any) -> dict[str, Any]:
     return settings
 
 
+def own_head_params(settings: dict[str, Any], head: str) -> dict[str, tuple[tuple[str, Any], ...]]:
+    """The release's head_params and text_params of resolved `settings`, as `BackboneSpec` takes them, when `head`
+    is the protocol's own head; empty for any other head (a release's constants belong to its head)."""
+    own = settings["head"] == head
+    return {kind: tuple(settings.get(kind, {}).items()) if own else () for kind in ("head_params", "text_params")}
+
+
 def own_step(head: str, dataset: str) -> dict[str, Any] | None:
     """The post-step of `head`'s release on `dataset`, with that release's values there ({"name": "tlp", "grid":
     80}, {"name": "pamr"}), or None when the release runs none (LPOSS's own, LPOSS+, is a mode of its own).
