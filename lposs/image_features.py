@@ -64,6 +64,7 @@ def extract_features(
     *,
     text: tuple[Tensor, Tensor] | None = None,
     keep_on_device: bool = False,
+    masks: Any = None,
     **window_values: int,
 ) -> ImageFeatures:
     """Run both backbones over all windows of one image as one batch.
@@ -72,6 +73,8 @@ def extract_features(
     text: precomputed `vlm.text_embeddings(class_names)` to reuse over a dataset.
     keep_on_device: leave seeds and graph features where the backbones ran (a GPU streaming pass that
     propagates at once); by default they come to the CPU, as a feature store keeps them.
+    masks: a mask model (`lposs.models.masks`): the resized image's regions, computed once, go to `.regions`
+    (and to a head that reads them, corrclip). A head that needs them (`vlm.reads_regions`) refuses None.
     """
     win = window_settings(windows, window_values)
     image = as_image_tensor(image)
@@ -81,8 +84,8 @@ def extract_features(
     layout = window_layout(*resized_hw, crop=win.crop, stride=win.stride)
     crops = crop_windows(resized, layout, crop=win.crop)  # [B, 3, crop, crop]
     emb, owner = text if text is not None else vlm.text_embeddings(class_names)  # [C', D], [C']
-    # a head that reads the class list (ResCLIP) gets its query embeddings with the windows
-    dense = vlm.dense_features(crops, text=emb) if getattr(vlm, "needs_text", False) else vlm.dense_features(crops)
+    regions = None if masks is None else masks.regions(resized).cpu()  # [H', W'] region ids, 0 = no mask
+    dense = _head_features(vlm, image, resized, crops, layout, emb, regions)  # [B, g, g, D]
     reuses_vlm = getattr(vm, "vlm", None) is vlm  # the VLM's own features as the graph (no second model)
     graph = dense if reuses_vlm else vm.dense_features(crops)  # [B, g', g', Dv]
     grid = graph.shape[1]
@@ -107,7 +110,43 @@ def extract_features(
         crop=win.crop,
         image_resized=resized,
         text_affinity=text_affinity,
+        regions=regions,
     )
+
+
+def _head_features(vlm: Any, image: Tensor, resized: Tensor, crops: Tensor, layout: list[Window], emb: Tensor,
+                   regions: Tensor | None) -> Tensor:
+    """The VLM's dense features of each window [B, g, g, D], whatever its head reads besides the windows:
+    ResCLIP the class list's queries, CorrCLIP each window's regions, Trident the whole image (its features
+    at SAM's grid, sampled back into the windows by `window_cells`)."""
+    if getattr(vlm, "whole_image", False):
+        whole = vlm.whole_image_features(image, resized)  # [1, h_s, w_s, D]
+        return window_cells(whole, layout, tuple(resized.shape[1:]), crops.shape[-1], crops.shape[-1] // vlm.patch_size)
+    if getattr(vlm, "reads_regions", False):
+        if regions is None:
+            raise ValueError(f"head {vlm.head!r} reads mask regions: compute the features with a mask model "
+                             "(params.yaml backbone.masks, e.g. sam2_hiera_l as CorrCLIP, or demo offline)")
+        window_regions = crop_windows(regions[None].float(), layout, crop=crops.shape[-1])[:, 0].long()  # [B, s, s]
+        return vlm.dense_features(crops, regions=window_regions)
+    if getattr(vlm, "needs_text", False):  # a head that reads the class list (ResCLIP)
+        return vlm.dense_features(crops, text=emb)
+    return vlm.dense_features(crops)
+
+
+def window_cells(whole: Tensor, layout: list[Window], resized_hw: tuple[int, int], crop: int, grid: int) -> Tensor:
+    """Features of the whole image [1, h_s, w_s, D] -> each window's grid x grid cells [B, grid, grid, D].
+
+    Each window's crop x crop box (resized-image pixels; a padded window reaches past the image) is mapped onto the map's grid and averaged over grid x grid cells
+    (torchvision's roi_align, 2 x 2 bilinear samples per cell), then renormalised: how Trident's whole-image
+    features become per-window seeds for LPOSS's graph."""
+    from torchvision.ops import roi_align
+
+    scale_y, scale_x = whole.shape[1] / resized_hw[0], whole.shape[2] / resized_hw[1]
+    boxes = torch.tensor([[0, x1 * scale_x, y1 * scale_y, x2 * scale_x, y2 * scale_y] for y1, _, x1, _ in layout
+                          for y2, x2 in [(y1 + crop, x1 + crop)]],
+                         dtype=whole.dtype, device=whole.device)  # [B, 5]: batch index, x1, y1, x2, y2
+    cells = roi_align(whole.permute(0, 3, 1, 2), boxes, output_size=grid, sampling_ratio=2, aligned=True)
+    return F.normalize(cells.permute(0, 2, 3, 1), dim=-1)  # [B, grid, grid, D]
 
 
 def window_settings(windows: WindowSettings | None, values: dict[str, Any]) -> WindowSettings:

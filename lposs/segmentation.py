@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .core.graphs import patch_graph
-from .core.own_steps import run_own_step
+from .core.own_steps import LABEL_STEPS, run_label_step, run_own_step
 from .core.propagation import propagate
 from .core.refine import refine_pixels
 from .core.refiners import REGION_REFINERS
@@ -60,7 +60,8 @@ def propagate_features(
         patch_scores = propagate_patches(features, seeds, setting, device)  # [N, C']
         cosine_scale *= 1 - setting.lp.alpha
     canvas = merge_patches(features, patch_scores)  # [C', H', W']
-    if setting.mode == OWN_STEP and own_step is not None:
+    label_step = setting.mode == OWN_STEP and own_step is not None and own_step.get("name") in LABEL_STEPS
+    if setting.mode == OWN_STEP and own_step is not None and not label_step:
         canvas = run_own_step(canvas, _resized_image(features, "the own step", device), own_step,
                               features.text_affinity)
     if setting.mode == "lposs+":
@@ -75,9 +76,14 @@ def propagate_features(
     rule = background or {"background": "synonyms"}
     if rule.get("background") == "softmax":  # the releases resize the query logits, then softmax
         canvas = F.interpolate(canvas[None], size=features.original_hw, mode="bilinear", align_corners=False)[0]
-        return class_scores(canvas, features.owner, rule, cosine_scale)  # [K, H, W]
-    scores = class_scores(canvas, features.owner, rule)  # [K, H', W']
-    return F.interpolate(scores[None], size=features.original_hw, mode="bilinear", align_corners=False)[0]
+        scores = class_scores(canvas, features.owner, rule, cosine_scale)  # [K, H, W]
+    else:
+        scores = class_scores(canvas, features.owner, rule)  # [K, H', W']
+        scores = F.interpolate(scores[None], size=features.original_hw, mode="bilinear", align_corners=False)[0]
+    if label_step:  # e.g. CorrCLIP's map correction, on the labels at the original size
+        scores = run_label_step(scores, _regions(features, f"own step {own_step['name']}").to(scores.device),
+                                own_step, rule)
+    return scores
 
 
 def _regions(features: ImageFeatures, who: str) -> Tensor:
@@ -130,6 +136,7 @@ def segment(
     vm: Any = None,
     device: str | torch.device = "cpu",
     background: dict[str, Any] | None = None,
+    masks: Any = None,
     **values: Any,
 ) -> Tensor:
     """Label map [H, W] (class indices into class_names) for one image.
@@ -138,7 +145,8 @@ def segment(
     laion2b_s34b_b88k with MaskCLIP, DINO ViT-B/16), which need their weights. values: the windows (crop,
     stride, short_side, long_side: `settings.WindowSettings`) and the propagation setting (k, gamma, sigma,
     p, alpha, ..., refiner, r, tau: `settings.Setting`) by name. background: a protocol's rule, e.g.
-    `lposs.models.protocols.resolve("sclip", "voc21")`.
+    `lposs.models.protocols.resolve("sclip", "voc21")`. masks: a mask model (`lposs.models.masks`), whose
+    regions the corrclip head, graph.region_beta, pixel.boundary_beta and the regions refiner read.
     """
     if not class_names:
         raise ValueError("class_names is empty: give at least one class, e.g. ['cow', 'grass', 'sky']")
@@ -152,5 +160,5 @@ def segment(
         default = create_backbones(BackboneSpec(), device=str(device))
         vlm, vm = vlm or default.vlm, vm or default.vm
     image = as_image_tensor(image).to(device)
-    features = extract_features(image, class_names, vlm, vm, windows)
+    features = extract_features(image, class_names, vlm, vm, windows, masks=masks)
     return predict_labels(features, background=background, device=device, setting=setting)

@@ -22,7 +22,7 @@ from lposs.models.backbones import (
     split_synonyms,
 )
 from lposs.models.factory import BackboneSpec, create_backbones, spec_from_clip_choice
-from lposs.models.heads import HEADS, LAST_BLOCK_HEADS, PROXY_FEATURES, dense_clip_features
+from lposs.models.heads import HEADS, LAST_BLOCK_HEADS, PROXY_FEATURES, WHOLE_IMAGE_HEADS, dense_clip_features
 
 CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
 CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
@@ -31,6 +31,7 @@ IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 TINY_CLIP = "lposs-test-tiny-clip"
 DEEP_TINY_CLIP = "lposs-test-tiny-clip-12"  # 12 blocks, as the 2025 heads read blocks 4, 6-9 and 11
 SMALL_DINO = "vit_small_patch16_224.dino"
+WINDOW_HEADS = [head for head in HEADS if head not in WHOLE_IMAGE_HEADS]  # trident reads the whole image and SAM
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -200,14 +201,14 @@ def test_maskclip_loads_a_local_checkpoint(tiny_clip, tmp_path):
 
 def test_dense_clip_ids_name_the_head_its_changed_parameters_and_the_proxy(tiny_clip, small_dino):
     proxies = {head: small_dino.with_feature(feature) for head, feature in PROXY_FEATURES.items()}
-    made = {head: DenseCLIP(TINY_CLIP, None, head=head, proxy=proxies.get(head)) for head in HEADS}
+    made = {head: DenseCLIP(TINY_CLIP, None, head=head, proxy=proxies.get(head)) for head in WINDOW_HEADS}
     assert MaskCLIP is DenseCLIP and made["maskclip"].id == tiny_clip.id
     assert made["sclip"].id == f"openclip-{TINY_CLIP}-random0-sclip"
     assert made["proxyclip"].id == f"openclip-{TINY_CLIP}-random0-proxyclip-proxy_timm-{SMALL_DINO}-random0-tokens"
     changed = DenseCLIP(TINY_CLIP, None, head="naclip", head_params={"sigma": 3, "interpolation": "lposs"})
     assert changed.id == f"openclip-{TINY_CLIP}-random0-naclip-interpolation_lposs-sigma_3"
     assert DenseCLIP(TINY_CLIP, None, head="naclip", head_params={"sigma": 5}).id == made["naclip"].id
-    assert len({vlm.id for vlm in made.values()} | {changed.id}) == len(HEADS) + 1
+    assert len({vlm.id for vlm in made.values()} | {changed.id}) == len(WINDOW_HEADS) + 1
     assert made["cass"].id == f"openclip-{TINY_CLIP}-random0-cass-proxy_timm-{SMALL_DINO}-random0-k_raw"
     assert made["resclip"].id == f"openclip-{TINY_CLIP}-random0-resclip"  # temp_thd 0.5 is DenseCLIP's default
     resclip = DenseCLIP(TINY_CLIP, None, head="resclip", head_params={"temp_thd": 0.11, "sfr_weights": (1.8, 0.7)})
@@ -218,18 +219,22 @@ def test_dense_clip_ids_name_the_head_its_changed_parameters_and_the_proxy(tiny_
 
 
 def test_dense_clip_runs_every_head_of_the_registry(small_dino):
-    """Every head of HEADS through DenseCLIP (12 tiny blocks); resclip reads the queries given with the windows."""
+    """Every head of HEADS that reads only windows through DenseCLIP (12 tiny blocks); resclip reads the queries
+    given with the windows. (Trident reads the whole image and SAM: tests/test_trident.py.)"""
     proxies = {head: small_dino.with_feature(feature) for head, feature in PROXY_FEATURES.items()}
-    made = {head: DenseCLIP(DEEP_TINY_CLIP, None, head=head, proxy=proxies.get(head)) for head in HEADS}
+    made = {head: DenseCLIP(DEEP_TINY_CLIP, None, head=head, proxy=proxies.get(head)) for head in WINDOW_HEADS}
     text, _ = made["maskclip"].text_embeddings(["red", "green;grass", "sky"])  # [4, 32]
     images = windows(2, 112, 160, seed=8)
+    regions = torch.zeros(2, 112, 160, dtype=torch.long)  # corrclip's: 0 unsegmented, three regions
+    regions[:, :64, :80], regions[:, :64, 80:], regions[:, 80:, 32:] = 3, 5, 9
     torch.manual_seed(0)  # CASS's low-rank step draws from the global RNG
-    feats = {head: vlm.dense_features(images, text=text) for head, vlm in made.items()}
+    feats = {head: vlm.dense_features(images, text=text, **({"regions": regions} if vlm.reads_regions else {}))
+             for head, vlm in made.items()}
     for head, out in feats.items():
         assert out.shape == (2, 7, 10, 32) and made[head].patch_size == 16, head
         torch.testing.assert_close(out.norm(dim=-1), torch.ones(2, 7, 10), atol=1e-5, rtol=0)
         assert head == "maskclip" or (out - feats["maskclip"]).abs().max() > 1e-3, head
-    assert made["resclip"].needs_text and not any(made[head].needs_text for head in HEADS if head != "resclip")
+    assert made["resclip"].needs_text and not any(made[head].needs_text for head in made if head != "resclip")
     x = (images - CLIP_MEAN) / CLIP_STD
     expected = dense_clip_features(made["resclip"].model.visual, x, "resclip", text=text, temp_thd=0.5)
     torch.testing.assert_close(feats["resclip"], expected)

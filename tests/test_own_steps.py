@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lposs.core.own_steps import run_own_step
+from lposs.core.own_steps import run_label_step, run_own_step
+from lposs.core.regions import region_mode
 from lposs.core.pamr import clip_normalise, pamr
 from lposs.core.scoring import class_scores
 from lposs.core.tlp import text_self_affinity, tlp
@@ -20,7 +21,8 @@ def test_each_release_names_its_own_step_with_its_values_per_dataset():
     assert own_step("pearl", "voc21") == {"name": "tlp", "grid": 80}
     assert own_step("pearl", "cityscapes") == {"name": "tlp", "grid": 224}  # PEARL's coarser grid there
     assert own_step("naclip", "ade20k") == {"name": "pamr"}
-    for head in ("maskclip", "sclip", "clearclip", "proxyclip", "scclip", "sfp", "resclip", "cass"):
+    assert own_step("corrclip", "voc21") == {"name": "region_mode"}  # CorrCLIP's map correction
+    for head in ("maskclip", "sclip", "clearclip", "proxyclip", "scclip", "sfp", "resclip", "cass", "trident"):
         assert own_step(head, "voc21") is None, head  # PAMR off or absent in these releases
 
 
@@ -110,3 +112,46 @@ def test_the_protocols_head_and_text_parameters_reach_only_its_own_head():
                                       "h_threshold": 0.14, "global_from": "window"}
     assert cass.backbone_spec("pearl", "dino_vitb16", "cityscapes").text_params == ()
     assert params.own_step("pearl", "cityscapes") == {"name": "tlp", "grid": 224}
+
+
+def test_region_mode_gives_each_region_its_commonest_label_but_skips_the_smallest_id():
+    labels = torch.tensor([[0, 1, 1, 2], [0, 1, 2, 2], [3, 3, 3, 1]])
+    regions = torch.tensor([[0, 5, 5, 5], [0, 5, 5, 7], [7, 7, 9, 9]])
+    # region 5: labels 1, 1, 2, 1, 2 -> 1; region 7: 2, 3, 3 -> 3; region 9: 3, 1 tie -> the smaller, 1
+    expected = torch.tensor([[0, 1, 1, 1], [0, 1, 1, 3], [3, 3, 1, 1]])
+    assert torch.equal(region_mode(labels, regions), expected)
+    # no pixel of id 0: the smallest id present (5) is the release's "unsegmented" region and keeps its labels
+    covered = regions.masked_fill(regions == 0, 5)
+    kept = region_mode(labels, covered)
+    assert torch.equal(kept[covered == 5], labels[covered == 5]) and torch.equal(kept[2], expected[2])
+    for region in (7, 9):  # ties and modes as torch.mode computes them
+        assert (kept[covered == region] == torch.mode(labels[covered == region]).values).all()
+
+
+def test_the_label_step_rewrites_only_the_pixels_whose_label_changes():
+    torch.manual_seed(3)
+    scores = torch.rand(3, 6, 8)
+    regions = torch.zeros(3, 4, dtype=torch.long)
+    regions[:, 2:] = 1  # half of the image at a third of the size: resized by nearest neighbour
+    rule = {"background": "softmax", "logit_scale": 40.0, "prob_thd": 0.0, "area_thd": None}
+    out = run_label_step(scores, regions, {"name": "region_mode"}, rule)
+    labels = scores.argmax(0)
+    mode = torch.mode(labels[:, 4:].reshape(-1)).values
+    assert (out.argmax(0)[:, 4:] == mode).all() and torch.equal(out[:, :, :4], scores[:, :, :4])
+    with pytest.raises(ValueError, match="runs on labels"):
+        run_own_step(scores, torch.rand(3, 6, 8), {"name": "region_mode"})
+
+
+def test_mode_own_of_corrclip_corrects_the_labels_region_by_region():
+    features = _features()
+    features.regions = torch.zeros(32, 48, dtype=torch.long)
+    features.regions[:, 24:] = 3
+    rule = {"background": "softmax", "logit_scale": 40.0, "prob_thd": 0.0, "area_thd": None}
+    scores = propagate_features(features, "own", background=rule, own_step={"name": "region_mode"})
+    seeds = propagate_features(features, "maskclip", background=rule)
+    right = seeds.argmax(0)[:, 48:]
+    assert (scores.argmax(0)[:, 48:] == torch.mode(right.reshape(-1)).values).all()
+    assert torch.equal(scores[:, :, :48], seeds[:, :, :48])  # the smallest id (0) keeps its labels
+    features.regions = None
+    with pytest.raises(ValueError, match="mask regions"):
+        propagate_features(features, "own", background=rule, own_step={"name": "region_mode"})

@@ -36,7 +36,8 @@ def cmd_segment(args: argparse.Namespace) -> None:
     else:
         spec = spec_from_clip_tag(args.clip_model, args.clip_pretrained, args.random_weights, head=args.head,
                                   vm=args.dino_model, clip_checkpoint=args.clip_checkpoint,
-                                  vm_checkpoint=args.dino_checkpoint, bf16=args.bf16)
+                                  vm_checkpoint=args.dino_checkpoint, bf16=args.bf16, masks=args.masks,
+                                  masks_checkpoint=args.masks_checkpoint)
     backbones = create_backbones(spec, device=device)
     rule = resolve(args.protocol, "")  # no dataset: the protocol's defaults (windows, background rule)
     windows = {key: rule[key] for key in WINDOW_KEYS}
@@ -44,7 +45,7 @@ def cmd_segment(args: argparse.Namespace) -> None:
         windows["short_side"] = args.short_side
     with torch.no_grad():
         labels = segment(image, names, mode=args.mode, vlm=backbones.vlm, vm=backbones.vm, device=device,
-                         background=rule, refiner=args.refiner, **windows).cpu().numpy()
+                         background=rule, masks=backbones.masks, refiner=args.refiner, **windows).cpu().numpy()
     overlay = write_outputs(image, labels, names, Path(args.out), warning)
     print(f"wrote {args.out} (label map, palette index = class) and {overlay}")
 
@@ -54,6 +55,7 @@ def add_segment_arguments(seg: argparse.ArgumentParser) -> None:
     from ..core.refiners import IMAGE_REFINERS
     from ..models import backbones
     from ..models.heads import HEADS
+    from ..models.masks import MASK_MODELS
     from ..models.protocols import PROTOCOLS
 
     seg.add_argument("image", help="an RGB image file (png, jpg, ...)")
@@ -79,6 +81,10 @@ def add_segment_arguments(seg: argparse.ArgumentParser) -> None:
     seg.add_argument("--dino-model", default=backbones.DEFAULT_DINO_MODEL,
                      help="graph model: dino_vitb16 dino_vitb8 dino_vits16 dinov2_vitb14_reg, a timm name, or clip")
     seg.add_argument("--dino-checkpoint", help="local timm DINO weights file (offline use)")
+    seg.add_argument("--masks", default="none", choices=MASK_MODELS,
+                     help="class-agnostic mask model (the corrclip head needs one; sam2_hiera_l is CorrCLIP's)")
+    seg.add_argument("--masks-checkpoint", help="local SAM / SAM 2 weights file (offline use; trident reads SAM "
+                                                "ViT-B's from here too)")
     weights = seg.add_mutually_exclusive_group()
     weights.add_argument("--random-weights", action="store_true",
                          help="random backbones: smoke tests only, meaningless output")

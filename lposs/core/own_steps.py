@@ -7,6 +7,13 @@
     tlp    PEARL's text-aware label propagation (`lposs.core.tlp`) on the CLIP-normalised image; params: grid
     pamr   NACLIP's PAMR (`lposs.core.pamr`, 10 iterations at dilations 8 and 16); params: iterations, dilations
 
+    scores = run_label_step(scores, regions, {"name": "region_mode"}, rule)
+        scores [K, H, W] class scores at the original size, regions [H, W] mask-region ids, the background rule
+
+    region_mode  CorrCLIP's map correction (`lposs.core.regions.region_mode`): after the labels are taken,
+                 each mask region takes its commonest label; a pixel whose label changes gets that label's
+                 one-hot scores, so `scoring.labels_from_scores` reads the corrected map
+
 Which release has which step, with its per-dataset values: `lposs.models.protocols.own_step`. Both steps return
 scores of the size they were given, so the background rule and the argmax apply after them as after the head.
 Here they run on the canvas that LPOSS+ refines (the windows' scores merged at the resized image size), so the
@@ -20,10 +27,16 @@ from typing import Any
 
 from torch import Tensor
 
+import torch
+import torch.nn.functional as F
+
 from .pamr import clip_normalise, pamr
+from .regions import region_mode
+from .scoring import labels_from_scores
 from .tlp import tlp
 
-OWN_STEPS = ("tlp", "pamr")
+LABEL_STEPS = ("region_mode",)  # steps on the label map, after the background rule
+OWN_STEPS = ("tlp", "pamr", *LABEL_STEPS)
 
 
 def run_own_step(canvas: Tensor, image: Tensor, step: dict[str, Any], text_affinity: Tensor | None = None) -> Tensor:
@@ -31,6 +44,8 @@ def run_own_step(canvas: Tensor, image: Tensor, step: dict[str, Any], text_affin
     name, params = step.get("name"), {key: value for key, value in step.items() if key != "name"}
     if name not in OWN_STEPS:
         raise ValueError(f"unknown own step {name!r}; the steps are {', '.join(OWN_STEPS)}")
+    if name in LABEL_STEPS:
+        raise ValueError(f"own step {name} runs on labels: run_label_step(scores, regions, step, rule)")
     if tuple(image.shape[1:]) != tuple(canvas.shape[1:]):
         raise ValueError(f"own step {name}: image {tuple(image.shape)} and scores {tuple(canvas.shape)} differ in size")
     if name == "pamr":
@@ -41,3 +56,16 @@ def run_own_step(canvas: Tensor, image: Tensor, step: dict[str, Any], text_affin
                          "before it was kept must be recomputed (re-run the features stage)")
     normalised = clip_normalise(image.to(canvas.dtype))[None]  # [1, 3, H, W]
     return tlp(canvas[None], normalised, self_affinity=text_affinity.to(canvas), **params)[0]  # [C', H, W]
+
+
+def run_label_step(scores: Tensor, regions: Tensor, step: dict[str, Any], rule: dict[str, Any]) -> Tensor:
+    """Apply a label step ({"name": "region_mode"}) to class scores [K, H, W] with mask regions [H, W] (any size:
+    resized to the scores' by nearest neighbour) under background `rule` -> scores [K, H, W]."""
+    if step.get("name") not in LABEL_STEPS:
+        raise ValueError(f"{step.get('name')!r} is not a label step; the label steps are {', '.join(LABEL_STEPS)}")
+    if tuple(regions.shape) != tuple(scores.shape[1:]):
+        regions = F.interpolate(regions[None, None].float(), size=scores.shape[1:], mode="nearest")[0, 0].long()
+    labels = labels_from_scores(scores, rule)  # [H, W]
+    corrected = region_mode(labels, regions.to(labels.device))
+    one_hot = F.one_hot(corrected, scores.shape[0]).permute(2, 0, 1).to(scores.dtype)  # [K, H, W]
+    return torch.where((corrected != labels)[None], one_hot, scores)

@@ -7,6 +7,7 @@ covers, counted as one more region, so a map of zeros means "no regions" and cha
     fractions = patch_region_fractions(regions, layout, grid, crop)   # [N, R] each patch's share of each region
     factor = region_factor(fractions, neighbours, beta)               # [N, k]: beta + (1 - beta) <f_i, f_j>
     voted = region_vote(scores, regions)                               # each region takes its mean scores
+    labels = region_mode(labels, regions)                              # each region takes its commonest label
     code = encode_regions(regions); regions = decode_regions(code)     # run-length code, as a feature store keeps it
 
 Patch graph: the kNN weights get a third factor S_r = beta + (1 - beta) <f_i, f_j> (`lposs.core.graphs.patch_graph`
@@ -62,6 +63,25 @@ def region_vote(scores: Tensor, regions: Tensor) -> Tensor:
     sizes = torch.bincount(ids, minlength=count).clamp_min(1).to(flat.dtype)  # [R]
     voted = (sums / sizes)[:, ids]  # [C, HW]
     return torch.where(ids == 0, flat, voted).reshape(scores.shape)
+
+
+def region_mode(labels: Tensor, regions: Tensor) -> Tensor:
+    """CorrCLIP's map correction (zdk258/CorrCLIP corrclip_segmentor.py:216-222): labels [H, W] -> [H, W], every
+    region but the one of the SMALLEST id present takes its most frequent label (the smallest among ties, as
+    torch.mode). The release skips the smallest id as "unsegmented": 0 when some pixel has no mask, else a real
+    region, which then keeps its labels (reproduced)."""
+    check_regions(regions, *labels.shape)
+    ids = regions.reshape(-1).long()  # [HW]
+    flat = labels.reshape(-1).long()
+    present = torch.unique(ids)  # sorted
+    if present.numel() < 2:
+        return labels.clone()
+    index = torch.searchsorted(present, ids)  # [HW] region ranks 0..R-1
+    classes = int(flat.max()) + 1
+    counts = torch.bincount(index * classes + flat, minlength=present.numel() * classes).view(-1, classes)  # [R, K]
+    winners = counts.argmax(dim=1)  # [R] the first maximum: the smallest label among ties
+    corrected = torch.where(index == 0, flat, winners[index])
+    return corrected.view(labels.shape).to(labels.dtype)
 
 
 def encode_regions(regions: Tensor) -> Tensor:

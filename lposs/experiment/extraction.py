@@ -99,7 +99,8 @@ def extract_shard(image_id: str, image: Any, class_names: list[str], vlm: Any, v
     start = time.perf_counter()
     first, *others = vms
     graph = _OneForward(vms) if others and _one_network(vms) else vms[first]
-    feats = extract_features(image, class_names, vlm, graph, text=text, keep_on_device=True, **window_values(windows))
+    feats = extract_features(image, class_names, vlm, graph, text=text, keep_on_device=True, masks=masks,
+                             **window_values(windows))
     vm = {first: feats.vm_feats}
     if isinstance(graph, _OneForward):  # q, k, v, tokens of one network came from the same forward
         vm.update({name: graph.flat(name) for name in others})
@@ -109,7 +110,7 @@ def extract_shard(image_id: str, image: Any, class_names: list[str], vlm: Any, v
             dense = vms[name].dense_features(batch)  # [B, g, g, D]
             vm[name] = dense.reshape(-1, dense.shape[-1]).float()
     place = (lambda t: t) if keep_on_device else (lambda t: t.cpu())  # the one place the shard leaves the device
-    regions = {} if masks is None else {"regions": encode_regions(masks.regions(feats.image_resized))}
+    regions = {} if feats.regions is None else {"regions": encode_regions(feats.regions)}
     return regions | {
         "id": image_id,
         "seeds": place(feats.seeds.float().contiguous()),

@@ -23,7 +23,7 @@ import yaml
 from ..core.scoring import BACKGROUND_RULES
 from ..models.factory import BackboneSpec
 from ..models.factory import resolve_device as factory_resolve_device
-from ..models.heads import PROXY_HEADS
+from ..models.heads import PROXY_HEADS, REGION_HEADS, RELEASE_PROXIES, WHOLE_IMAGE_HEADS
 from ..models.masks import MASK_MODELS
 from ..models.protocols import PROTOCOLS, WINDOW_KEYS, own_head_params, own_step, resolve
 from ..settings import SECTIONS, Setting, WindowSettings, refuse_unknown
@@ -212,10 +212,13 @@ class PipelineParams:
 
     def built_on(self, head: str) -> dict[str, Any]:
         """What a combination's numbers come from besides its graph: the CLIP model and weights, the head's
-        second vision model (ProxyCLIP, CASS); written beside the results, read by the results table."""
+        second vision model (ProxyCLIP, CASS, Trident, CorrCLIP) and mask model (Trident's SAM, CorrCLIP's
+        regions); written beside the results, read by the results table."""
         backbone = self.raw["backbone"]
         clip = "none" if backbone["vlm"] == "demo" else f"{backbone['vlm']} {self.clip_weights()}"
-        return {"clip": clip, "proxy": backbone["proxy"] if head in PROXY_HEADS else None}
+        proxy = RELEASE_PROXIES.get(head) if backbone["proxy"] == "release" else backbone["proxy"]
+        masks = "sam_vit_b" if head in WHOLE_IMAGE_HEADS else backbone["masks"] if head in REGION_HEADS else None
+        return {"clip": clip, "proxy": proxy if head in PROXY_HEADS else None, "masks": masks}
 
     def own_step(self, head: str, entry: str) -> dict[str, Any] | None:
         """The post-step of `head`'s release on a dataset entry (mode "own"; `lposs.models.protocols.own_step`)."""

@@ -7,8 +7,8 @@ releases' section 16); each of our rows names the protocol it ran.
 
 The 2025 heads' rows (docs/field.md section 7, second table) come from ResCLIP's results figure (ResCLIP) and
 PEARL's results figure (PEARL with its TLP post-step; SFP and CASS as PEARL reproduced them). SC-CLIP's own
-per-dataset numbers, CASS's with its own DINO B/8 proxy and SFP's own table are not among them; Trident's and
-CorrCLIP's rows join when their heads do. Every row name says what the row is built on: CLIP weights, extra
+per-dataset numbers, CASS's with its own DINO B/8 proxy and SFP's own table are not among them. Trident's row
+comes from its results figure, CorrCLIP's (SAM 2 masks of 32 points per side) from its README. Every row name says what the row is built on: CLIP weights, extra
 models, training-free, whose run.
 """
 
@@ -42,12 +42,17 @@ PUBLISHED: dict[str, list[tuple[str, list[float], float]]] = {  # head -> [(row 
               [62.3, 34.0, 36.0, 87.6, 36.2, 37.6, 18.8, 25.4], 42.2)],
     "sfp": [("SFP (OpenAI CLIP, training-free, no extra model; PEARL's reproduction)",
              [56.8, 32.3, 32.1, 83.4, 34.1, 36.0, 18.1, 24.0], 39.6)],
+    # the two heads that read a mask model (docs/field.md sections 7 and 14)
+    "trident": [("Trident (OpenAI CLIP + DINO B/16 proxy + SAM ViT-B, training-free)",
+                 [67.1, 38.6, 41.1, 84.5, 42.9, 42.2, 21.9, 28.3], 45.8)],
+    "corrclip": [("CorrCLIP (MetaCLIP + DINO B/8 proxy + SAM 2 hiera-L masks of 32 points, training-free; with its "
+                  "map correction)", [74.8, 44.2, 43.7, 88.8, 49.4, 48.8, 26.9, 31.6], 51.0)],
 }
 HEADS_2025_SOURCES = ("docs/field.md sections 7 and 16: ResCLIP's results figure; PEARL's results figure for PEARL "
-                      "(TLP on) and its reproductions of SFP and CASS")
+                      "(TLP on) and its reproductions of SFP and CASS; Trident's results figure; CorrCLIP's README")
 TALK_AVERAGES = {"maskclip": 27.0, "lposs": 38.3, "lposs+": 41.3}  # the talk: MaskCLIP -> LPOSS -> LPOSS+
 METHODS = {"maskclip": "seeds", "own": "+ own step", "lposs": "+ LPOSS", "lposs+": "+ LPOSS+"}
-OWN_STEP_NAMES = {"tlp": "PEARL's TLP", "pamr": "PAMR"}
+OWN_STEP_NAMES = {"tlp": "PEARL's TLP", "pamr": "PAMR", "region_mode": "CorrCLIP's map correction"}
 _HEADS_2025 = ("scclip", "sfp", "resclip", "cass", "pearl", "trident", "corrclip")  # footnoted with their sources
 
 def published(head: str, dataset: str) -> list[tuple[str, float]]:
@@ -108,11 +113,12 @@ def method_name(run: dict[str, Any], mode: str) -> str:
 
 
 def built_on(run: dict[str, Any], mode: str) -> str:
-    """What a row's numbers come from: the CLIP weights, the head's second model, the graph model when the
-    method propagates over it; and that nothing was trained for segmentation."""
+    """What a row's numbers come from: the CLIP weights, the head's second model and mask model, the graph model
+    when the method propagates over it; and that nothing was trained for segmentation."""
     if run["head"] == "demo":
         return "demo stand-ins (no CLIP, no DINO)"
     parts = [f"CLIP {run.get('clip', '?')}"] + ([f"{run['proxy']} proxy"] if run.get("proxy") else [])
+    parts += [f"{run['masks']} masks"] if run.get("masks") else []
     parts += [f"{run['vm']} graph"] if mode in ("lposs", "lposs+") else []
     return " + ".join(parts) + ", training-free"
 

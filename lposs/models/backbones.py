@@ -9,8 +9,10 @@ The classes follow the interface of the rest of the package (docs/method.md sect
     .text_embeddings(class_names) -> (emb [C', D], owner [C'])      (DenseCLIP only)
 
 - `DenseCLIP` (alias `MaskCLIP`): an open_clip ViT with one of the dense heads of `lposs.models.heads.HEADS`
-  (maskclip, sclip, clearclip, naclip, proxyclip; scclip, sfp, pearl, resclip, cass), with a prompt-ensemble
-  text classifier. resclip reads the class list's query embeddings: `dense_features(windows, text=emb)`.
+  (maskclip, sclip, clearclip, naclip, proxyclip; scclip, sfp, pearl, resclip, cass; trident, corrclip), with a
+  prompt-ensemble text classifier. resclip reads the class list's query embeddings: `dense_features(windows,
+  text=emb)`; corrclip each window's mask regions (`regions=`); trident reads the whole image instead of
+  windows (`whole_image_features`).
 - `VisionFeatures` (alias `DinoFeatures`): any timm ViT of `VISION_MODELS` (or a timm name); features are the
   last block's attention q, k or v, or the final normalised tokens; several of them from one forward. As a
   proxy it also gives "k_raw": CASS's raw last-block keys on the window resized to a square.
@@ -37,13 +39,17 @@ from .heads import (
     HEADS,
     PROXY_FEATURES,
     PROXY_HEADS,
+    REGION_HEADS,
     TEXT_HEADS,
+    WHOLE_IMAGE_HEADS,
     dense_clip_features,
     head_settings,
     positional_embedding,
     tokens_before_last_block,
 )
 from .heads_2025.cass_text import cass_query_scores, check_text_params
+from .heads_masks.corrclip import regions_at_grid
+from .heads_masks.trident import release_windows
 from .loading import (  # noqa: F401 - BackboneUnavailable, CLIP_WEIGHTS, VISION_MODELS, hf_cache_dir re-exported
     CLIP_WEIGHTS,
     VISION_MODELS,
@@ -64,7 +70,7 @@ DEFAULT_CLIP_MODEL = "ViT-B-16"
 DEFAULT_CLIP_PRETRAINED = "laion2b_s34b_b88k"
 DEFAULT_DINO_MODEL = "vit_base_patch16_224.dino"
 DEFAULT_PROXY_MODEL = "dino_vitb8"
-VM_FEATURES = ("q", "k", "v", "tokens", "q_rope", "k_rope")  # graph features (unit norm)
+VM_FEATURES = ("q", "k", "v", "tokens", "q_rope", "k_rope", "qk")  # graph features (unit norm); qk = q + k
 ROPE_FEATURES = {"q_rope": "q", "k_rope": "k"}  # after RoPE (models with rotary embeddings: DINOv3)
 RAW_FEATURES = ("k_raw",)  # proxy features, not normalised (CASS's keys)
 # What DenseCLIP fills in where a head's pure function has no default. ResCLIP's temp_thd: its VOC21 value,
@@ -136,6 +142,9 @@ class DenseCLIP:
         LPOSS_CACHE rule (default ~/.cache/lposs), None = no persistent cache.
     text_params: CASS's text step (cass head only; `cass_text.TEXT_PARAMS`): the seeds become
         `query_scores(...)`, the queries adjusted to each image; `extract_features` calls it.
+    sam: trident's SAM (`lposs.models.sam_attention.SamAttention`): the head reads the whole image
+        (`whole_image_features`), not windows. corrclip reads each window's mask regions:
+        `dense_features(windows, regions=...)` (`.reads_regions`).
     """
 
     def __init__(
@@ -154,6 +163,7 @@ class DenseCLIP:
         text_context: str = "fit",
         text_cache: TextCache | str | None = "env",
         text_params: dict[str, Any] | None = None,
+        sam: Any = None,
     ) -> None:
         import open_clip
 
@@ -173,7 +183,13 @@ class DenseCLIP:
                              if head in PROXY_HEADS else f"head {head!r} takes no proxy (got "
                              f"{getattr(proxy, 'id', proxy)!r}); only {' and '.join(map(repr, PROXY_HEADS))} do")
         self.proxy = proxy
+        if (head in WHOLE_IMAGE_HEADS) != (sam is not None):
+            raise ValueError(f"head {head!r} needs sam=SamAttention() (SAM's last block)" if head in WHOLE_IMAGE_HEADS
+                             else f"head {head!r} takes no sam; only {' and '.join(map(repr, WHOLE_IMAGE_HEADS))}")
+        self.sam = sam
         self.needs_text = head in TEXT_HEADS
+        self.reads_regions = head in REGION_HEADS
+        self.whole_image = head in WHOLE_IMAGE_HEADS
         if text_params and head != "cass":
             raise ValueError(f"text_params are CASS's text step; head {head!r} has none")
         if text_params:
@@ -187,11 +203,13 @@ class DenseCLIP:
         self.model_name = model_name
         self._check_visual(model_name)
         self.clip_patch_size = int(self.model.visual.patch_size[0])
-        self.patch_size = int(proxy.patch_size) if head == "proxyclip" else self.clip_patch_size
+        at_proxy_grid = head in ("proxyclip", "corrclip", "trident")
+        self.patch_size = int(proxy.patch_size) if at_proxy_grid else self.clip_patch_size
         self.embed_dim = int(self.model.visual.proj.shape[1])
         gelu = "-quickgelu" if quick and "quickgelu" not in model_name else ""
         weights = weights_label(pretrained, checkpoint, seed)
         proxy_label = f"-proxy_{proxy.id}" if proxy is not None else ""
+        proxy_label += f"-sam_{sam.id}" if sam is not None else ""
         text_label = "".join(f"-{name}_{_label_value(v)}" for name, v in sorted(self.text_params.items()))
         self.id = f"openclip-{model_name}{gelu}-{weights}-{head_label(head, head_params)}{text_label}{proxy_label}"
         self.id += "-bf16" if self.bf16 else ""
@@ -209,21 +227,48 @@ class DenseCLIP:
     # --- image ---------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def dense_features(self, windows: Tensor, text: Tensor | None = None) -> Tensor:
+    def dense_features(self, windows: Tensor, text: Tensor | None = None, regions: Tensor | None = None) -> Tensor:
         """windows [B, 3, h, w] in [0, 1] -> the head's patch features [B, h/p, w/p, D], unit norm.
 
         text: the current class list's query embeddings [C', D] (`text_embeddings(...)[0]`, every synonym in
         order); resclip needs them (its first pass labels the patches), the other heads ignore them.
+        regions: corrclip's mask-region ids of each window [B, h, w] (pixels; 0 = no mask), which it reads at
+        its proxy's grid (`corrclip.regions_at_grid`); the other heads take none.
         """
         if self.needs_text and text is None:
             raise ValueError(f"head {self.head!r} needs the class list's query embeddings: "
                              "dense_features(windows, text=vlm.text_embeddings(class_names)[0])")
+        if self.whole_image:
+            raise ValueError(f"head {self.head!r} reads the whole image: whole_image_features(image, resized)")
+        if self.reads_regions and (regions is None or regions.shape != (windows.shape[0], *windows.shape[2:])):
+            raise ValueError(f"head {self.head!r} needs each window's mask regions [B, h, w] = "
+                             f"{(windows.shape[0], *windows.shape[2:])}: compute features with a mask model "
+                             f"(backbone.masks), got {None if regions is None else tuple(regions.shape)}")
         windows = windows.to(self.device, torch.float32)
         x = _normalise_input(windows, CLIP_MEAN, CLIP_STD, self.clip_patch_size)
         params = {**self.head_params, **({"text": text.to(self.device)} if self.needs_text else {})}
         with _autocast(self.device, self.bf16):
             proxy = None if self.proxy is None else self._proxy_features(windows)
+            if self.reads_regions:
+                grid = tuple(proxy.shape[1:3])
+                params["regions"] = torch.stack([regions_at_grid(r, grid) for r in regions.to(self.device)])
             return dense_clip_features(self.model.visual, x, self.head, proxy, **params)
+
+    @torch.no_grad()
+    def whole_image_features(self, image: Tensor, resized: Tensor) -> Tensor:
+        """trident: the image [3, H, W] and its resized copy [3, H', W'] in [0, 1] -> the resized image's
+        features at SAM's grid [1, h_s, w_s, D], unit norm. SAM reads the image as given (the release reads the
+        image file); CLIP and DINO the release's windows of the resized image (`trident.release_windows`)."""
+        settings = self.settings
+        windows, cells, canvas = release_windows(resized.to(self.device, torch.float32), settings["slide_crop"],
+                                                 settings["slide_stride"], self.clip_patch_size)
+        sam_attn, sam_v = self.sam(image)
+        x = _normalise_input(windows, CLIP_MEAN, CLIP_STD, self.clip_patch_size)
+        with _autocast(self.device, self.bf16):
+            proxy = self._proxy_features(windows)
+            return dense_clip_features(self.model.visual, x, self.head, proxy, cells=cells, canvas=canvas,
+                                       sam_attn=sam_attn.to(self.device), sam_v=sam_v.to(self.device),
+                                       **self.head_params)
 
     @property
     def adjusts_queries(self) -> bool:
@@ -302,6 +347,7 @@ class VisionFeatures:
     On models with rotary embeddings (DINOv3: `.has_rope`), q and k are taken before RoPE and "q_rope" /
     "k_rope" after it, as the block rotates them (`lposs.models.rope`); v is never rotated.
 
+    "qk" is q + k of the last block, then normalised (CorrCLIP's proxy, corrclip_segmentor.py:92-115).
     "k_raw" (a proxy feature, CASS's: MICV-yonsei/CASS@228ecdd clip/model.py:107-112, dino/dino_attention.py
     :74-94) is the last block's keys as they are: not normalised, heads concatenated head-major [.., heads*d],
     computed on the window resized (bicubic) to a square of side min(h, w), so at grid min(h, w)/p squared.
@@ -410,7 +456,9 @@ class VisionFeatures:
         tokens, qkv, grid = self._forward(windows)
         out = {}
         for feature in features:
-            feats = tokens if feature == "tokens" else self._qkv_part(qkv, feature)
+            feats = (tokens if feature == "tokens" else
+                     self._qkv_part(qkv, "q") + self._qkv_part(qkv, "k") if feature == "qk" else  # CorrCLIP's
+                     self._qkv_part(qkv, feature))
             feats = F.normalize(feats[:, self.num_prefix_tokens :], dim=-1)  # [B, gh*gw, D]
             out[feature] = feats.reshape(windows.shape[0], grid[0], grid[1], -1)
         return out

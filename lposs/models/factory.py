@@ -29,7 +29,7 @@ from .backbones import (
     DenseCLIP,
     VisionFeatures,
 )
-from .heads import HEADS, PROXY_FEATURES, PROXY_HEADS
+from .heads import HEADS, PROXY_FEATURES, PROXY_HEADS, REGION_HEADS, RELEASE_PROXIES, WHOLE_IMAGE_HEADS
 from .loading import BackboneUnavailable, open_clip_quick_gelu, resolve_clip_weights, timm_name
 from .masks import MASK_MODELS, create_mask_model
 
@@ -53,12 +53,14 @@ class BackboneSpec:
     (or "demo"); head_params: overrides of its defaults, as (name, value) pairs; text_params: CASS's text step
     (`lposs.models.heads_2025.cass_text.TEXT_PARAMS`), as pairs. masks: a class-agnostic mask model of
     `lposs.models.masks.MASK_MODELS` whose regions the graphs can respect ("none": no regions);
-    masks_checkpoint: SAM's weight file (None: the cached or downloaded one).
+    masks_checkpoint: SAM's weight file (None: the cached or downloaded one); the trident head reads SAM ViT-B
+    from it too (random weights when vlm_weights is "random"). corrclip needs a mask model (masks not "none").
     vm: a `VISION_MODELS` short name, a timm name, "clip" (the VLM's own features, no second model) or
     "demo"; vm_weights: pretrained | random | none; vm_features: the graph features to compute (q, k, v of
     the last block or the final tokens; ("clip",) for vm "clip"). proxy: the vision model of the proxy heads
-    (`PROXY_HEADS`): DINO ViT-B/8 by default, as both releases use it (ProxyCLIP: its final tokens; CASS:
-    its raw last-block keys, MICV-yonsei/CASS@228ecdd cass_segmentor.py:72-76); ignored by the other heads.
+    (`PROXY_HEADS`): "release" (the default) = the one the head's release reads (`RELEASE_PROXIES`: DINO ViT-B/8
+    for ProxyCLIP's final tokens, CASS's raw last-block keys (MICV-yonsei/CASS@228ecdd cass_segmentor.py:72-76)
+    and CorrCLIP's q + k; DINO ViT-B/16 for Trident's tokens); ignored by the other heads.
     *_checkpoint: local weight files used instead of the tags (offline use).
     """
 
@@ -68,7 +70,7 @@ class BackboneSpec:
     vm: str = DEFAULT_VM
     vm_weights: str = "pretrained"
     vm_features: tuple[str, ...] = ("v",)
-    proxy: str = DEFAULT_PROXY_MODEL
+    proxy: str = "release"
     bf16: bool = False
     quick_gelu: bool | None = None
     head_params: tuple[tuple[str, Any], ...] = field(default=())
@@ -80,6 +82,8 @@ class BackboneSpec:
     proxy_checkpoint: str | None = None
 
     def __post_init__(self) -> None:
+        if self.proxy == "release":  # the proxy the head's release reads (DINO B/8; Trident's DINO B/16)
+            object.__setattr__(self, "proxy", RELEASE_PROXIES.get(self.head, DEFAULT_PROXY_MODEL))
         object.__setattr__(self, "vm_features", tuple(self.vm_features))
         object.__setattr__(self, "head_params", tuple(sorted(dict(self.head_params).items())))
         object.__setattr__(self, "text_params", tuple(sorted(dict(self.text_params).items())))
@@ -96,6 +100,9 @@ class BackboneSpec:
             raise ValueError(f"unknown dense head {self.head!r}; choose one of {', '.join(HEADS)}")
         if self.masks not in MASK_MODELS:
             raise ValueError(f"masks={self.masks!r}: use one of {', '.join(MASK_MODELS)}")
+        if self.head in REGION_HEADS and self.masks == "none":
+            raise ValueError(f"head {self.head!r} reads a mask model's regions: set masks (one of "
+                             f"{', '.join(MASK_MODELS[1:])}; its release uses SAM 2, the offline demo 'demo')")
         if self.vm_weights not in VM_WEIGHTS:
             raise ValueError(f"vm_weights={self.vm_weights!r}: use one of {', '.join(VM_WEIGHTS)}")
         allowed = DEMO_FEATURES if self.is_demo else ("clip",) if self.vm == "clip" else VM_FEATURES
@@ -192,7 +199,9 @@ def create_backbones(spec: BackboneSpec, device: str = "cpu") -> Backbones:
         proxy = vm.with_feature(feature) if same else attempt(
             lambda: _vision_model(spec, spec.proxy, feature, spec.proxy_checkpoint, device))
     proxy_missing = spec.head in PROXY_HEADS and proxy is None  # its weights are missing: named below
-    vlm = None if proxy_missing else attempt(lambda: _dense_clip(spec, proxy, device))
+    sam = attempt(lambda: _trident_sam(spec, device)) if spec.head in WHOLE_IMAGE_HEADS else None
+    sam_missing = spec.head in WHOLE_IMAGE_HEADS and sam is None
+    vlm = None if proxy_missing or sam_missing else attempt(lambda: _dense_clip(spec, proxy, device, sam))
     if missing:
         raise BackboneUnavailable("\n\n".join(map(str, missing)), [m for error in missing for m in error.missing])
     if vm is None:
@@ -206,7 +215,19 @@ def _vision_model(spec: BackboneSpec, name: str, feature: str, checkpoint: str |
                           checkpoint=None if random else checkpoint, bf16=spec.bf16)
 
 
-def _dense_clip(spec: BackboneSpec, proxy: Any, device: str) -> DenseCLIP:
+def _trident_sam(spec: BackboneSpec, device: str) -> Any:
+    """SAM ViT-B's last block for the trident head: masks_checkpoint (or the cached weights); random weights
+    with a random VLM."""
+    from .sam_attention import SamAttention
+
+    checkpoint = "random" if spec.vlm_weights == "random" else spec.masks_checkpoint
+    try:
+        return SamAttention(checkpoint, device)
+    except ImportError as error:
+        raise ImportError(f"head 'trident' needs the segment-anything package: pip install -e .[masks] ({error})") from error
+
+
+def _dense_clip(spec: BackboneSpec, proxy: Any, device: str, sam: Any = None) -> DenseCLIP:
     random = spec.vlm_weights in VLM_WEIGHTS_SPECIAL
     pretrained = None if random else spec.vlm_weights
     quick = open_clip_quick_gelu(spec.vlm, pretrained, spec.quick_gelu)
@@ -214,4 +235,4 @@ def _dense_clip(spec: BackboneSpec, proxy: Any, device: str) -> DenseCLIP:
     return DenseCLIP(spec.vlm, pretrained=pretrained, device=device, bf16=spec.bf16,
                      checkpoint=None if random else spec.clip_checkpoint, head=spec.head,
                      head_params=head_params or None, proxy=proxy, quick_gelu=quick,
-                     text_params=dict(spec.text_params) or None)
+                     text_params=dict(spec.text_params) or None, sam=sam)

@@ -21,8 +21,8 @@ samples other points. Windows are CLIP-normalised; the batch dimension comes fir
 The 2025 heads (scclip, sfp, pearl, resclip, cass: lposs.models.heads_2025) read intermediate blocks too; the
 same `dense_clip_features` runs them window by window. `HEADS` is the one registry of all ten (what the
 factory, the CLI, the web app and the benchmarks offer; `head_settings` validates against it);
-`LAST_BLOCK_HEADS` holds the five above, `HEADS_2025` the others. Heads that need mask models (Trident,
-CorrCLIP) join `HEADS` as a third table of the same shape. `PROXY_HEADS` take a second vision model's
+`LAST_BLOCK_HEADS` holds the five above, `HEADS_2025` the 2025 ones, `HEADS_MASKS` the two that read a mask
+model (trident, corrclip: lposs.models.heads_masks). `PROXY_HEADS` take a second vision model's
 features (`PROXY_FEATURES` says which), `TEXT_HEADS` the class-list's query embeddings (`text=`).
 
 Release quirks deliberately NOT reproduced (they only bite on grids the releases' protocols never use):
@@ -40,14 +40,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .heads_2025 import HEAD_FUNCTIONS_2025, HEADS_2025, REQUIRED_2025, WindowTrace
-from .vit import (  # noqa: F401 - positional_embedding, tokens_before_last_block, qkv_per_head re-exported
+from .heads_masks import HEADS_MASKS, REGION_HEADS, WHOLE_IMAGE_HEADS
+from .heads_masks.corrclip import corrclip
+from .heads_masks.trident import trident
+from .vit import (  # noqa: F401 - positional_embedding, tokens_before_last_block, qkv_per_head, proxy_affinity re-exported
     INTERPOLATIONS,
     attend,
     hidden_states_as_released,
     keep_residual_and_ffn,
     neighbourhood_prior,
     positional_embedding,
+    proxy_affinity,
     qkv_per_head,
+    resize_patch_values,
     softmax_similarity,
     tokens_before_last_block,
 )
@@ -61,11 +66,17 @@ LAST_BLOCK_HEADS: dict[str, dict[str, Any]] = {
     "proxyclip": {"interpolation": "sclip", "beta": 1.2, "gamma": 3.0, "affinity_mean": "batch"},
 }
 AFFINITY_MEANS = ("batch", "window")
-HEADS: dict[str, dict[str, Any]] = {**LAST_BLOCK_HEADS, **HEADS_2025}  # the one registry: every head
+HEADS: dict[str, dict[str, Any]] = {**LAST_BLOCK_HEADS, **HEADS_2025, **HEADS_MASKS}  # the one registry: every head
 # The feature of the proxy model each proxy head reads (lposs.models.backbones.VisionFeatures names them):
-# ProxyCLIP the final normalised tokens, CASS the raw last-block keys on the window resized to a square.
-PROXY_FEATURES = {"proxyclip": "tokens", "cass": "k_raw"}
+# ProxyCLIP and Trident the final normalised tokens, CASS the raw last-block keys on the window resized to a
+# square, CorrCLIP the sum of the last block's q and k.
+PROXY_FEATURES = {"proxyclip": "tokens", "cass": "k_raw", "trident": "tokens", "corrclip": "qk"}
 PROXY_HEADS = tuple(PROXY_FEATURES)
+# The vision model each release reads as its proxy (what proxy "release" means in a BackboneSpec).
+RELEASE_PROXIES = {"proxyclip": "dino_vitb8", "cass": "dino_vitb8", "trident": "dino_vitb16", "corrclip": "dino_vitb8"}
+PROXY_DESCRIPTIONS = {"tokens": "the vision model's final patch tokens [B, h', w', Dv]",
+                      "k_raw": "DINO's last-block keys [B, h', w', heads * 64] (CLS dropped, heads concatenated)",
+                      "qk": "DINO's last-block q + k [B, h', w', heads * 64] (CLS dropped, heads concatenated)"}
 TEXT_HEADS = tuple(head for head, required in REQUIRED_2025.items() if "text" in required)  # ("resclip",)
 
 
@@ -83,34 +94,6 @@ def head_settings(head: str, head_params: dict[str, Any] | None = None) -> dict[
     if settings.get("affinity_mean", "batch") not in AFFINITY_MEANS:
         raise ValueError(f"affinity_mean={settings['affinity_mean']!r}: use one of {AFFINITY_MEANS}")
     return settings
-
-
-# ----------------------------------------------------------------------------------------------------
-# ProxyCLIP's pieces (the block pieces shared by every head live in lposs.models.vit)
-# ----------------------------------------------------------------------------------------------------
-
-
-def proxy_affinity(proxy: Tensor, beta: float, gamma: float, mean_over: str = "batch") -> Tensor:
-    """ProxyCLIP's A [B, N', N'] from proxy tokens [B, h', w', Dv] (docs/field.md section 3).
-
-    S = F F^T of the L2-normalised tokens; gamma (S - beta mean(S)), entries < 0 -> -inf; row softmax.
-    mean_over "batch": the mean over every entry of the batch tensor (the release, which runs one crop per
-    batch); "window": each window's own mean (independent of how windows are batched).
-    """
-    feats = F.normalize(proxy.flatten(1, 2), dim=-1)  # [B, N', Dv]
-    similarity = feats @ feats.transpose(1, 2)  # [B, N', N']
-    mean = similarity.mean() if mean_over == "batch" else similarity.mean(dim=(1, 2), keepdim=True)
-    logits = gamma * (similarity - beta * mean)
-    logits = logits.masked_fill(logits < 0, float("-inf"))
-    return torch.softmax(logits, dim=-1)
-
-
-def resize_patch_values(v: Tensor, grid: tuple[int, int], size: tuple[int, int]) -> Tensor:
-    """v [B, heads, 1 + gh*gw, d] -> patch values bilinearly resized to `size`, [B, heads, h'*w', d]."""
-    batch, heads, _, dim = v.shape
-    patches = v[:, :, 1:].reshape(batch * heads, grid[0], grid[1], dim).permute(0, 3, 1, 2)  # [B*heads, d, gh, gw]
-    patches = F.interpolate(patches, size=size, mode="bilinear", align_corners=False)  # [B*heads, d, h', w']
-    return patches.flatten(2).transpose(1, 2).reshape(batch, heads, size[0] * size[1], dim)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -169,12 +152,10 @@ def _check_inputs(visual: nn.Module, windows: Tensor, head: str, proxy: Tensor |
     if head in PROXY_HEADS:
         if proxy is None or proxy.ndim != 4 or proxy.shape[0] != windows.shape[0]:
             got = None if proxy is None else tuple(proxy.shape)
-            what = ("the vision model's final patch tokens [B, h', w', Dv]" if head == "proxyclip" else
-                    "DINO's last-block keys [B, h', w', heads * 64] (CLS dropped, heads concatenated)")
-            raise ValueError(f"head {head!r} needs proxy = {what} with B = {windows.shape[0]} windows (got {got})"
-                             + ("; e.g. VisionFeatures('dino_vitb8', feature='tokens').dense_features(windows)"
-                                if head == "proxyclip" else
-                                "; e.g. VisionFeatures('dino_vitb8', feature='k_raw').dense_features(windows)"))
+            feature = PROXY_FEATURES[head]
+            raise ValueError(f"head {head!r} needs proxy = {PROXY_DESCRIPTIONS[feature]} with B = {windows.shape[0]} "
+                             f"windows (got {got}); e.g. VisionFeatures('dino_vitb8', feature={feature!r})"
+                             ".dense_features(windows)")
     elif proxy is not None:
         raise ValueError(f"head {head!r} takes no proxy; only {' and '.join(map(repr, PROXY_HEADS))} do")
 
@@ -199,19 +180,61 @@ def _window_by_window(visual: nn.Module, windows: Tensor, head: str, settings: d
     return torch.stack(tokens)
 
 
+MASK_INPUTS = {"corrclip": ("regions",), "trident": ("cells", "canvas", "sam_attn", "sam_v")}
+
+
+def _check_mask_inputs(head: str, inputs: dict[str, Any]) -> None:
+    """Each mask head gets exactly its own extra inputs (MASK_INPUTS), the other heads none."""
+    needed = MASK_INPUTS.get(head, ())
+    given = {name for name, value in inputs.items() if value is not None}
+    if given - set(needed):
+        raise ValueError(f"head {head!r} takes no {' or '.join(sorted(given - set(needed)))}; "
+                         + (f"it reads {', '.join(needed)}" if needed else "only trident and corrclip read mask inputs"))
+    if set(needed) - given:
+        what = ("regions = [B, h', w'] mask-region ids of each window at the proxy grid (corrclip.regions_at_grid)"
+                if head == "corrclip" else "cells, canvas (trident.release_windows) and SAM's sam_attn, sam_v "
+                "(lposs.models.sam_attention.SamAttention)")
+        raise ValueError(f"head {head!r} needs {what}; missing: {', '.join(sorted(set(needed) - given))}")
+
+
+def _mask_head(visual: nn.Module, windows: Tensor, head: str, settings: dict[str, Any], proxy: Tensor,
+               inputs: dict[str, Any]) -> Tensor:
+    """trident: the image's features [1, h_s, w_s, D]; corrclip: window by window, [B, h', w', D] (after proj)."""
+    if head == "trident":
+        return trident(visual, windows, proxy, inputs["cells"], tuple(inputs["canvas"]), inputs["sam_attn"],
+                       inputs["sam_v"], settings)
+    regions = inputs["regions"]
+    if regions.shape != proxy.shape[:3]:
+        raise ValueError(f"corrclip: regions {tuple(regions.shape)} must be [B, h', w'] at the proxy grid "
+                         f"{tuple(proxy.shape[:3])}")
+    return torch.stack([corrclip(visual, windows[b : b + 1], proxy[b], regions[b], settings)
+                        for b in range(windows.shape[0])])
+
+
 def dense_clip_features(
-    visual: nn.Module, windows: Tensor, head: str = "maskclip", proxy: Tensor | None = None, **head_params: Any
+    visual: nn.Module, windows: Tensor, head: str = "maskclip", proxy: Tensor | None = None, *,
+    regions: Tensor | None = None, cells: Tensor | None = None, canvas: tuple[int, int] | None = None,
+    sam_attn: Tensor | None = None, sam_v: Tensor | None = None, **head_params: Any
 ) -> Tensor:
     """CLIP-normalised windows [B, 3, H, W] -> the head's patch features [B, h, w, D], L2-normalised.
 
     visual: an open_clip VisionTransformer (`model.visual`). head: a name in `HEADS`;
     head_params override its defaults (sigma for naclip; beta, gamma, affinity_mean for proxyclip; those of
-    lposs.models.heads_2025 for the 2025 heads; interpolation "lposs" | "sclip" for all). proxy: proxyclip's
-    vision-model tokens [B, h', w', Dv] (its output is then at the proxy grid), or cass's DINO keys.
+    lposs.models.heads_2025 and lposs.models.heads_masks for the others; interpolation "lposs" | "sclip" for
+    all). proxy: proxyclip's and trident's vision-model tokens [B, h', w', Dv] (the output is then at the proxy
+    grid), cass's DINO keys, corrclip's DINO q + k. The mask heads' inputs (MASK_INPUTS): corrclip's
+    `regions` [B, h', w'] (each window's region ids at the proxy grid); trident's `cells` [B, 4] and `canvas`
+    (the windows' patch cells on the whole image, `heads_masks.trident.release_windows`), `sam_attn`
+    [heads, n, n] and `sam_v` [heads, h_s, w_s, d] (`lposs.models.sam_attention`): trident's windows are ALL
+    windows of one image, and its output is that image's features at SAM's grid, [1, h_s, w_s, D].
     """
     settings = head_settings(head, head_params)
     _check_inputs(visual, windows, head, proxy)
     _check_required(head, settings)
+    mask_inputs = {"regions": regions, "cells": cells, "canvas": canvas, "sam_attn": sam_attn, "sam_v": sam_v}
+    _check_mask_inputs(head, mask_inputs)
+    if head in HEADS_MASKS:
+        return F.normalize(_mask_head(visual, windows, head, settings, proxy, mask_inputs).float(), dim=-1)
     patch = int(visual.patch_size[0])
     grid = (windows.shape[2] // patch, windows.shape[3] // patch)
     if head in HEAD_FUNCTIONS_2025:

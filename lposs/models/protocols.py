@@ -9,14 +9,16 @@ short side, its class files (lposs/models/protocol_classes/<protocol>/, converte
 numbers were published with. `resolve(name, dataset)` merges them once into a flat dict that the pipeline
 writes next to every result, so no setting stays hidden.
 
-The 2025 releases (scclip, sfp, resclip, cass, pearl; `PROTOCOLS_2025`) are declared the same way, with
+The 2025 releases (scclip, sfp, resclip, cass, pearl; `PROTOCOLS_2025`; trident and corrclip, which read a mask
+model, `PROTOCOLS_MASKS`) are declared the same way, with
 three more kinds of record, merged key by key (a dataset's entry updates the base's, it does not replace it):
 
     head_params  what the release passes its head on that dataset (ResCLIP's temp_thd, rcs/sfr weights;
                  CASS's rescale_singular; PEARL's alpha_kk), in lposs.models.heads' parameter names
     text_params  CASS's text-side query adjustment (lposs.models.heads_2025.cass_text.TEXT_PARAMS; its global
                  embedding from the whole image, on Cityscapes from each window: global_from)
-    post_params  PEARL's TLP post-step (lposs.core.tlp.tlp's names: grid)
+    post_params  PEARL's TLP post-step (lposs.core.tlp.tlp's names: grid); CorrCLIP's post is a label step
+                 (region_mode, lposs.core.own_steps.run_label_step)
     whole_image  the release runs the whole resized image as one window (slide_crop=0, e.g. 21 x 28 patches)
 
 Applied by the pipeline: background rule, logit scale, thresholds, windows, short side, class files, CLIP
@@ -149,7 +151,44 @@ PROTOCOLS_2025: dict[str, dict[str, Any]] = {
                      "ade20k": {"head_params": {"alpha_kk": 0.3}}},
     },
 }
+
+# ---------------------------------------------------------------------------------------------------
+# The two releases that read a mask model (windows 336, short side 336 unless a config says other)
+# ---------------------------------------------------------------------------------------------------
+
+
+def _trident(prob_thd: float | None = None, short_side: int | None = None, **head_params: Any) -> dict:
+    entry = {"prob_thd": prob_thd, "short_side": short_side}
+    return {key: value for key, value in entry.items() if value is not None} | (
+        {"head_params": head_params} if head_params else {})
+
+
+PROTOCOLS_MASKS: dict[str, dict[str, Any]] = {
+    "trident": {
+        # configs/base_config.py: windows 336 / 224 (the head's own slide_crop / slide_stride), cos_fac 1.2,
+        # sam_refinement False (the README's command adds --sam_refine: not implemented here, see deviation)
+        "base": {**_2025, "head": "trident", "crop": 336, "stride": 224, "classes": "proxyclip",
+                 "head_params": {"slide_crop": 336, "slide_stride": 224},
+                 "deviation": "SAM sees the whole image (the release: Cityscapes as two halves); no --sam_refine",
+                 "source": "YuHengsss/Trident a93b346 configs/cfg_*.py"},
+        "datasets": {"voc21": _trident(0.2, 448), "context60": _trident(0.15, 576),
+                     "coco_object": _trident(0.25, 448),
+                     "voc20": {**_trident(short_side=336, cos_fac=0.0, slide_stride=112), "stride": 112},
+                     "context59": _trident(short_side=576), "coco_stuff": _trident(short_side=448),
+                     "cityscapes": _trident(short_side=688, cos_fac=3.0), "ade20k": _trident(short_side=576)},
+    },
+    "corrclip": {
+        # configs/base_config.py: MetaCLIP fullcc ViT-B/16 (QuickGELU), DINO B/8; windows 336 / 112; masks from
+        # SAM 2 hiera-L (8 points, the 50.4 row); map correction after the labels (corrclip_segmentor.py:216-222)
+        "base": {**_2025, "head": "corrclip", "crop": 336, "stride": 112, "classes": "corrclip",
+                 "clip": "metaclip_fullcc", "post": "region_mode",
+                 "source": "zdk258/CorrCLIP 103bc18 CorrCLIPv1/configs/cfg_*.py"},
+        "datasets": {"voc21": {"prob_thd": 0.2}, "context60": {"prob_thd": 0.15}, "coco_object": {"prob_thd": 0.25},
+                     "cityscapes": {"crop": 224, "stride": 112, "short_side": 448}, "ade20k": {"short_side": 448}},
+    },
+}
 PROTOCOLS.update(PROTOCOLS_2025)
+PROTOCOLS.update(PROTOCOLS_MASKS)
 WINDOW_KEYS = ("crop", "stride", "short_side", "long_side")
 MERGED_KEYS = ("head_params", "text_params", "post_params")  # dict settings: a dataset's entry updates the base's
 

@@ -138,3 +138,31 @@ def neighbourhood_prior(grid: tuple[int, int], sigma: float, device=None, dtype=
     omega = torch.exp(-torch.cdist(positions, positions).square() / (2 * sigma**2))  # [N, N]
     omega = F.pad(omega, (1, 0, 1, 0))  # CLS row and column: no prior
     return omega.to(device=device, dtype=dtype or torch.float32)
+
+
+# ----------------------------------------------------------------------------------------------------
+# ProxyCLIP's pieces (its head and Trident's first half)
+# ----------------------------------------------------------------------------------------------------
+
+
+def proxy_affinity(proxy: Tensor, beta: float, gamma: float, mean_over: str = "batch") -> Tensor:
+    """ProxyCLIP's A [B, N', N'] from proxy tokens [B, h', w', Dv] (docs/field.md section 3).
+
+    S = F F^T of the L2-normalised tokens; gamma (S - beta mean(S)), entries < 0 -> -inf; row softmax.
+    mean_over "batch": the mean over every entry of the batch tensor (the release, which runs one crop per
+    batch); "window": each window's own mean (independent of how windows are batched).
+    """
+    feats = F.normalize(proxy.flatten(1, 2), dim=-1)  # [B, N', Dv]
+    similarity = feats @ feats.transpose(1, 2)  # [B, N', N']
+    mean = similarity.mean() if mean_over == "batch" else similarity.mean(dim=(1, 2), keepdim=True)
+    logits = gamma * (similarity - beta * mean)
+    logits = logits.masked_fill(logits < 0, float("-inf"))
+    return torch.softmax(logits, dim=-1)
+
+
+def resize_patch_values(v: Tensor, grid: tuple[int, int], size: tuple[int, int]) -> Tensor:
+    """v [B, heads, 1 + gh*gw, d] -> patch values bilinearly resized to `size`, [B, heads, h'*w', d]."""
+    batch, heads, _, dim = v.shape
+    patches = v[:, :, 1:].reshape(batch * heads, grid[0], grid[1], dim).permute(0, 3, 1, 2)  # [B*heads, d, gh, gw]
+    patches = F.interpolate(patches, size=size, mode="bilinear", align_corners=False)  # [B*heads, d, h', w']
+    return patches.flatten(2).transpose(1, 2).reshape(batch, heads, size[0] * size[1], dim)
