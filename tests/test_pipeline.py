@@ -503,6 +503,46 @@ def test_the_2025_grid_reruns_no_features_for_a_propagation_change(grid_2025):
     assert stages_run(log) and not any(name.startswith("features@") for name in stages_run(log))
 
 
+# ----------------- the two mask-model heads, each with its own step, on the demo's stand-in regions (slow)
+
+@pytest.fixture(scope="module")
+def grid_masks(tmp_path_factory):
+    """Trident (SAM ViT-B, DINO B/16) and CorrCLIP (DINO B/8, the demo's regions) seeds on a DINO S/16 graph under
+    CorrCLIP's protocol, the four rows of each, on one 3-class MESS fixture: random weights at 224."""
+    sweeps = [{"param": "mode", "values": "[maskclip, own, lposs, lposs+]", "mode": "lposs+"}]
+    return mess_grid(tmp_path_factory.mktemp("gridmasks"), ["cwfid"], ["trident", "corrclip"], ["dino_vits16"],
+                     "corrclip", sweeps)
+
+
+@pytest.mark.slow
+def test_the_mask_heads_grid_gives_each_head_its_four_rows(grid_masks):
+    root, log = grid_masks
+    assert {"features@cwfid-trident-dino_vits16", "features@cwfid-corrclip-dino_vits16"} <= stages_run(log)
+    table = (root / "results/table.md").read_text()
+    methods = ("seeds", "+ own step (CorrCLIP's map correction)", "+ LPOSS", "+ LPOSS+")
+    rows = {method: table_row(table, "corrclip", "dino_vits16", "corrclip", method) for method in methods}
+    assert all(rows.values()), table
+    assert rows["seeds"][3] == "CLIP ViT-B-16 random + dino_vitb8 proxy + demo masks, training-free"
+    assert all(cell != "-" for row in rows.values() for cell in row[5:]), rows  # every mode ran
+    trident = table_row(table, "trident", "dino_vits16", "corrclip", "+ LPOSS")
+    assert trident and trident[3] == ("CLIP ViT-B-16 random + dino_vitb16 proxy + sam_vit_b masks + dino_vits16 "
+                                      "graph, training-free")
+    assert table_row(table, "trident", "dino_vits16", "corrclip", "+ own step (none in its release)")
+    results = json.loads((root / "ablations/cwfid/corrclip+dino_vits16/mode/results.json").read_text())
+    assert results["own_step"] == {"name": "region_mode"} and results["built_on"]["masks"] == "demo"
+    manifest = json.loads(next((root / "features/cwfid/corrclip+dino_vits16").glob("*/manifest.json")).read_text())
+    assert manifest["masks"].startswith("demo") and "corrclip" in manifest["vlm"]
+    trident_manifest = json.loads(next((root / "features/cwfid/trident+dino_vits16").glob("*/manifest.json")).read_text())
+    assert "sam_sam_vit_b-random" in trident_manifest["vlm"]
+
+
+@pytest.mark.slow
+def test_the_mask_heads_grid_reruns_neither_features_nor_masks_for_a_propagation_change(grid_masks):
+    root, _ = grid_masks
+    log = run(["dvc", "exp", "run", "-S", "graph.region_beta=0.5"], root, timeout=1800)
+    assert stages_run(log) and not any(name.startswith("features@") for name in stages_run(log))
+
+
 # --------------------------------------------------- the same pipeline on 2 local workers (slow, issue 11)
 
 def lock_hashes(root: Path) -> dict[str, str]:
