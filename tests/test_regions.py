@@ -25,6 +25,10 @@ def test_patch_fractions_are_each_patchs_share_of_each_region():
     first_row = fractions[:4]  # window 0, patches at x 0-8, 8-16, 16-24, 24-32
     assert torch.equal(first_row, torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.5, 0.5], [0.0, 1.0]]))
     assert torch.equal(fractions[16:20, 1], torch.tensor([0.5, 1.0, 1.0, 1.0]))  # window 1 starts at x 16
+    # an image shorter than the crop: its one window is padded, as its pixels are, so N still counts g x g
+    padded = patch_region_fractions(regions[:20], [(0, 20, 0, 32)], grid=4, crop=32)  # rows 20-32 past the image
+    assert padded.shape == (16, 2) and torch.equal(padded[12:].sum(dim=1), torch.zeros(4))
+    assert torch.allclose(padded[8:12].sum(dim=1), torch.full((4,), 0.5))  # patch rows 16-24: half inside
 
 
 def test_region_factor_is_one_inside_a_region_and_beta_across():

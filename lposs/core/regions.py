@@ -37,11 +37,14 @@ def check_regions(regions: Tensor, height: int, width: int) -> None:
 
 def patch_region_fractions(regions: Tensor, layout: list[Window], grid: int, crop: int) -> Tensor:
     """Region map [H, W] -> [N, R]: for each patch of each window (row-major, as the seeds), the share of its
-    pixels in each region (rows sum to 1). N = windows x grid x grid; R = the largest id + 1."""
+    pixels in each region (rows sum to 1). N = windows x grid x grid; R = the largest id + 1. A window smaller
+    than crop (an image side below it) is zero-padded as its pixels are (`windows.crop_windows`): its patches
+    past the image have shares summing to less than 1."""
     count = int(regions.max()) + 1 if regions.numel() else 1
     one_hot = F.one_hot(regions.long(), count).permute(2, 0, 1).float()  # [R, H, W]
     patch = crop // grid
-    blocks = [F.avg_pool2d(one_hot[None, :, y1:y2, x1:x2], patch)[0] for y1, y2, x1, x2 in layout]  # [R, g, g] each
+    blocks = [F.avg_pool2d(F.pad(one_hot[None, :, y1:y2, x1:x2], (0, crop - (x2 - x1), 0, crop - (y2 - y1))),
+                           patch)[0] for y1, y2, x1, x2 in layout]  # [R, g, g] each
     return torch.stack(blocks).permute(0, 2, 3, 1).reshape(-1, count)  # [N, R]
 
 

@@ -21,6 +21,7 @@ from .staging import dataset_root, open_entry
 
 PAPER_DATASETS = ["voc21", "context60", "coco_object", "voc20", "context59", "coco_stuff", "cityscapes", "ade20k"]
 PAPER_VMS = {"proxyclip": "dino_vitb8"}  # the graph a head's paper row uses by default (else DINO B/16)
+PAPER_MASKS = {"corrclip": "sam2_hiera_l"}  # the mask model a head's release reads (CorrCLIP: SAM 2, 8 points)
 
 
 def paper_overrides(head: str = "maskclip", protocol: str = "lposs", vm: str | None = None,
@@ -32,7 +33,8 @@ def paper_overrides(head: str = "maskclip", protocol: str = "lposs", vm: str | N
     resolve(protocol, "voc21")  # an unknown name stops here, with the choices
     vm = vm or PAPER_VMS.get(head, "dino_vitb16")
     return ["datasets=[" + ",".join(datasets or PAPER_DATASETS) + "]",
-            "backbone.vlm=ViT-B-16", "backbone.vlm_pretrained=protocol", "backbone.masks=none", f"backbone.heads=[{head}]",
+            "backbone.vlm=ViT-B-16", "backbone.vlm_pretrained=protocol", f"backbone.masks={PAPER_MASKS.get(head, 'none')}",
+            f"backbone.heads=[{head}]",
             f"backbone.vms=[{vm}]", "backbone.vm_pretrained=pretrained", "backbone.vm_features=v",
             "backbone.vm_dtype=float16", f"protocol.name={protocol}", "protocol.background=protocol",
             "windows.crop=protocol", "windows.stride=protocol", "windows.short_side=protocol",
@@ -60,7 +62,8 @@ def paper_problems(data_dir: str, head: str = "maskclip", protocol: str = "lposs
     weights = PROTOCOLS[protocol]["base"]["clip"]
     vm = vm or PAPER_VMS.get(head, "dino_vitb16")
     try:
-        create_backbones(BackboneSpec(vlm="ViT-B-16", vlm_weights=weights, head=head, vm=vm), "cpu")
+        create_backbones(BackboneSpec(vlm="ViT-B-16", vlm_weights=weights, head=head, vm=vm,
+                                      masks=PAPER_MASKS.get(head, "none")), "cpu")
     except BackboneUnavailable as error:  # this command takes no weight files: name the commands that cache them
         problems.append(f"weights ({head} head on ViT-B-16 {weights}, graph {vm}): {error.without_files()}")
     except Exception as error:  # noqa: BLE001 - anything else that stops the backbones: report it
