@@ -122,8 +122,8 @@ def mask_class_tokens(visual: nn.Module, hidden: list[Tensor], token_regions: Te
     bias = bias.masked_fill(~allowed, float("-inf"))  # [R, 1 + N]
     tokens = hidden[0][:1].expand(len(ids), -1)  # [R, W]
     for block, x in zip(visual.transformer.resblocks, hidden):
-        q, _, _ = qkv_per_head(block, tokens)  # [heads, R, d]
-        _, k, v = qkv_per_head(block, x)  # [heads, 1 + N, d]
+        q, k, v = qkv_per_head(block, torch.cat([tokens, x]))  # [heads, R + 1 + N, d]
+        q, k, v = q[:, : len(ids)], k[:, len(ids) :], v[:, len(ids) :]  # the tokens' queries, x's keys and values
         tokens = keep_residual_and_ffn(block, tokens, attend(block, softmax_similarity(q, k, bias), v))
     return ids, tokens
 
