@@ -21,9 +21,11 @@ to the DINO grid (:545); the lowest id is "unsegmented". x_l = output of CLIP bl
 Release quirks kept:
   * the lowest id is "unsegmented" whatever it is: a window whose every pixel lies in real regions still has
     its lowest-id region excluded from merging and given the S > mean rule instead of its own block;
-  * merging runs only when the window holds more than 2 ids, so two real regions (or one and the unsegmented)
-    are never merged; merged ids are cluster + 10000, the same value the segmentor pads masks with (:160), so
-    when the unsegmented id is >= 10000 a merged region can become the lowest id;
+  * DBSCAN runs only when the window holds more than 2 ids (with 2 there is nothing to merge, and the ids are
+    left as they are); the distance is measured from the global max of the similarity matrix, not from 1;
+  * merged ids are cluster + 10000, the id the segmentor pads masks with (corrclip_segmentor.py:160): its
+    padding is a region like any other (merged by its DINO features), and when the lowest id is >= 10000 a
+    merged region can become the lowest id and so "unsegmented";
   * the spatial branch averages x_{L-1-n} .. x_{L-2} with n = 5, 12, 28 for 12, 24, 32 blocks, else L - 4
     (:529-537, :599: block indices L-2-n .. L-3 counted from 0), i.e. x_6..x_10 for ViT-B;
   * the semantic map goes DINO grid -> CLIP grid -> DINO grid by nearest sampling (:582, :620): a DINO patch
@@ -39,8 +41,8 @@ unresized (:518); region ids are resampled in float64, not float32 (ids above 2^
 Padding: the release pads each crop to a multiple of 56 px, the image with zeros and the masks with id 10000
 (corrclip_segmentor.py:148-160); a padded side that is not a multiple of 16 (168, 280) is then floored by CLIP's
 patch conv (:508), its last rows unseen by CLIP while the values are stretched over the whole DINO grid. Here the
-window is never padded and must be a multiple of the patch size (our windows are multiples of 56 and of 16, e.g.
-224 or the release's 336 crop), so neither happens; the proxy grid is whatever the caller's DINO gives (H / 8).
+window is never padded and must be a multiple of the patch size (e.g. 224, or the release's 336 crop: both are
+multiples of 56 too, so the release would not pad them either); the proxy grid is the caller's DINO grid (H / 8).
 Batch 1 only, as released (:581).
 """
 
@@ -102,9 +104,9 @@ def merge_regions(regions: Tensor, feats: Tensor, eps: float, min_samples: int, 
 def scoped_affinity(feats: Tensor, regions: Tensor, tau: float) -> Tensor:
     """A [N', N'] = softmax(tau S) over allowed pairs (:564-578). feats [N', C] L2-normalised, regions [h', w']."""
     similarity = feats @ feats.T  # [N', N']
-    _, masks = region_masks(regions)
-    same = (masks[1:, :, None] & masks[1:, None, :]).any(dim=0)  # inside one region (not the lowest id)
-    lowest = masks[0]
+    _, rank = torch.unique(regions.flatten(), return_inverse=True)  # [N'], 0 = the lowest id
+    same = (rank[:, None] == rank[None, :]) & (rank[:, None] > 0)  # inside one region (not the lowest id)
+    lowest = rank == 0
     touching = (lowest[:, None] | lowest[None, :]) & (similarity > similarity.mean())
     logits = (similarity * tau).masked_fill(~(same | touching), float("-inf"))
     return logits.softmax(dim=-1)
@@ -122,8 +124,8 @@ def mask_class_tokens(visual: nn.Module, hidden: list[Tensor], token_regions: Te
     bias = bias.masked_fill(~allowed, float("-inf"))  # [R, 1 + N]
     tokens = hidden[0][:1].expand(len(ids), -1)  # [R, W]
     for block, x in zip(visual.transformer.resblocks, hidden):
-        q, _, _ = qkv_per_head(block, tokens)  # [heads, R, d]
-        _, k, v = qkv_per_head(block, x)  # [heads, 1 + N, d]
+        q, k, v = qkv_per_head(block, torch.cat([tokens, x]))  # [heads, R + 1 + N, d]
+        q, k, v = q[:, : len(ids)], k[:, len(ids) :], v[:, len(ids) :]  # the tokens' queries, x's keys and values
         tokens = keep_residual_and_ffn(block, tokens, attend(block, softmax_similarity(q, k, bias), v))
     return ids, tokens
 
@@ -160,7 +162,8 @@ def _check(visual: nn.Module, window: Tensor, proxy: Tensor, regions: Tensor) ->
 def corrclip(visual: nn.Module, window: Tensor, proxy: Tensor, regions: Tensor, settings: dict[str, Any]) -> Tensor:
     """One window [1, 3, H, W] -> CorrCLIP's features [h', w', D] at the proxy grid, after proj, not normalised.
 
-    proxy [h', w', C]: DINO last-block q + k, CLS dropped, not normalised; regions [h', w']: ids at that grid."""
+    proxy [h', w', C]: DINO last-block q + k, CLS dropped, not normalised (normalised here, as the segmentor does);
+    regions [h', w']: the window's pixel ids at that grid, regions_at_grid(ids [H, W], (h', w')) as released."""
     _check(visual, window, proxy, regions)
     size = tuple(proxy.shape[:2])
     grid = (window.shape[2] // visual.conv1.kernel_size[0], window.shape[3] // visual.conv1.kernel_size[1])
