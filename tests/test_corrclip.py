@@ -251,3 +251,51 @@ def test_spatial_layers_follow_the_release():
     assert spatial_layers(24) == slice(11, 23)
     assert spatial_layers(32) == slice(3, 31)
     assert spatial_layers(16) == slice(3, 15)
+
+
+# ---------------------------------------------------------------------------------------------------
+# End to end: DenseCLIP with a DINO q + k proxy, the mask model's regions, segment
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_dino_qk_is_the_normalised_sum_of_the_last_blocks_q_and_k():
+    from lposs.models.backbones import VisionFeatures
+
+    dino = VisionFeatures("dino_vits16", pretrained=False, feature="qk")
+    windows = torch.rand(2, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+    parts = dino.dense_features_multi(windows, ("qk",))
+    _, qkv, _ = dino._forward(windows)
+    expected = F.normalize(dino._qkv_part(qkv, "q") + dino._qkv_part(qkv, "k"), dim=-1)[:, 1:].reshape(2, 4, 6, -1)
+    assert torch.allclose(parts["qk"], expected, atol=1e-6)
+
+
+def test_corrclip_runs_end_to_end_on_the_mask_models_regions():
+    from lposs.demo.masks import DemoMasks
+    from lposs.image_features import extract_features
+    from lposs.models.backbones import DenseCLIP, VisionFeatures
+    from lposs.models.heads_masks.corrclip import regions_at_grid
+    from lposs.segmentation import segment
+
+    dino = VisionFeatures("dino_vits16", pretrained=False)
+    vlm = DenseCLIP("ViT-B-16", pretrained=None, head="corrclip", proxy=dino.with_feature("qk"), quick_gelu=True,
+                    text_cache=None)
+    assert vlm.reads_regions and not vlm.whole_image
+    image = torch.zeros(3, 200, 260)
+    image[:, :, 130:] = torch.tensor([0.9, 0.2, 0.1]).view(3, 1, 1)  # two flat colours: two demo regions
+    image += 0.05 * torch.rand(3, 200, 260, generator=torch.Generator().manual_seed(2))
+    names = ["cow", "grass", "sky"]
+    masks = DemoMasks()
+    feats = extract_features(image, names, vlm, dino, masks=masks, crop=224, stride=112, short_side=224)
+    assert feats.regions is not None and feats.regions.shape == feats.resized_hw
+    crops = torch.stack([F.pad(feats.image_resized[:, y1:y2, x1:x2], (0, 224 - (x2 - x1), 0, 224 - (y2 - y1)))
+                         for y1, y2, x1, x2 in feats.layout])
+    window_regions = torch.stack([F.pad(feats.regions[y1:y2, x1:x2], (0, 224 - (x2 - x1), 0, 224 - (y2 - y1)))
+                                  for y1, y2, x1, x2 in feats.layout])
+    dense = vlm.dense_features(crops, regions=window_regions)  # [B, 14, 14, D] at DINO S/16's grid
+    emb, _ = vlm.text_embeddings(names)
+    assert torch.allclose(feats.seeds, dense.reshape(-1, dense.shape[-1]) @ emb.T, atol=1e-5)
+    assert regions_at_grid(window_regions[0], (14, 14)).unique().numel() >= 2  # the head saw both regions
+    labels = segment(image, names, "lposs+", vlm=vlm, vm=dino, masks=masks, crop=224, stride=112, short_side=224)
+    assert labels.shape == (200, 260) and labels.max() < 3
+    with pytest.raises(ValueError, match="reads mask regions"):
+        segment(image, names, "lposs", vlm=vlm, vm=dino, crop=224, stride=112, short_side=224)
