@@ -30,12 +30,13 @@ def clip_weight_choices(weights: str, first: str | None = None) -> list[str]:
 
 
 def head_choices(weights: str) -> list[str]:
-    """Dense CLIP heads of lposs.models.heads.HEADS (MaskCLIP, LPOSS's, first)."""
+    """Dense CLIP heads of lposs.models.heads.HEADS (MaskCLIP, LPOSS's, first), but those that read a mask
+    model's regions (corrclip): the page runs no mask model (the CLI does: `segment --masks`)."""
     if weights == "demo":
         return [DEMO_CHOICE[1]]
-    from ..models.heads import HEADS
+    from ..models.heads import HEADS, REGION_HEADS
 
-    return _first(list(HEADS), "maskclip")
+    return _first([head for head in HEADS if head not in REGION_HEADS], "maskclip")
 
 
 def vision_model_choices(weights: str) -> list[str]:
