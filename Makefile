@@ -10,6 +10,11 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export JUPYTER_PREFER_ENV_PATH := 1
 # plain tqdm bars print one line per update under papermill: keep them sparse
 export TQDM_MININTERVAL ?= 5
+# sam2 (the masks extra) ships as an sdist whose setup.py compiles an optional CUDA extension (connected components
+# for hole filling, which the mask generator runs only with min_mask_region_area > 0; CorrCLIP's setting is 0). Skip
+# it: no nvcc attempt on a CPU machine (which fails and goes on anyway), and where a toolkit exists no extension built
+# against the build environment's own torch, which may not be the torch installed beside it
+export SAM2_BUILD_CUDA ?= 0
 
 .PHONY: install repro paper mess test test-fast lab demo clean-results
 

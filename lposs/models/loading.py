@@ -194,6 +194,23 @@ def _check_checkpoint(checkpoint: str | os.PathLike, what: str, cli_flag: str) -
     return str(path)
 
 
+def torch_hub_weights(checkpoint: str | os.PathLike | None, url: str, what: str, cli_flag: str) -> str:
+    """The local path of a weight file published at `url`: `checkpoint` when given, else torch hub's cached copy
+    (`$TORCH_HOME/hub/checkpoints`, where `torch.hub.load_state_dict_from_url` puts it), downloaded there when the
+    network answers. Offline without it: BackboneUnavailable at once, naming the file, the folder and the command
+    that fetches it (the mask models' SAM ViT-B and SAM 2 weights)."""
+    if checkpoint is not None:
+        return _check_checkpoint(checkpoint, what, cli_flag)
+    cache = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+    fetch = f"python -c \"import torch; torch.hub.load_state_dict_from_url('{url}')\""
+    path = _resolve_download(what, None, [], url, cache, fetch, cli_flag)
+    if path is None:  # downloadable: into the same cache
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(cache))
+        path = str(cache)
+    return path
+
+
 def weights_label(pretrained: str | None, checkpoint: str | os.PathLike | None, seed: int) -> str:
     """The weights part of a backbone id: the tag, the checkpoint file name, or random<seed>."""
     if checkpoint is not None:

@@ -7,22 +7,21 @@
 `segment_anything.SamAutomaticMaskGenerator` prompts SAM with a points_per_side x points_per_side grid (8, the
 grid of CorrCLIP's SAM 2 option) and keeps masks whose predicted IoU and stability pass 0.4 (CorrCLIP's
 thresholds); every other setting is the package's default. The masks become one map by CorrCLIP's rule
-(`regions_from_masks`). Weights come from torch hub's checkpoint folder (`$TORCH_HOME/hub/checkpoints`), where
-`torch.hub.load_state_dict_from_url` puts them; offline without them, loading stops at once naming the file and
-the command that fetches it (`lposs.models.loading`).
+(`regions_from_masks`, shared with SAM 2: `lposs.models.sam2_masks`). Weights come from torch hub's checkpoint
+folder (`$TORCH_HOME/hub/checkpoints`), where `torch.hub.load_state_dict_from_url` puts them; offline without them,
+loading stops at once naming the file and the command that fetches it (`lposs.models.loading.torch_hub_weights`).
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .loading import _check_checkpoint, _resolve_download, seeded
+from .loading import seeded, torch_hub_weights
 
 SAM_VIT_B_URL = "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth"
 POINTS_PER_SIDE = 8
@@ -41,20 +40,30 @@ def regions_from_masks(masks: list[np.ndarray], shape: tuple[int, int]) -> Tenso
 
 def sam_vit_b_weights(checkpoint: str | os.PathLike | None) -> str:
     """The local path of SAM ViT-B's weights: `checkpoint`, or torch hub's cached copy, downloaded when possible."""
-    what = "SAM ViT-B (segment-anything)"
-    if checkpoint is not None:
-        return _check_checkpoint(checkpoint, what, "masks_checkpoint")
-    cache = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(SAM_VIT_B_URL)
-    fetch = f"python -c \"import torch; torch.hub.load_state_dict_from_url('{SAM_VIT_B_URL}')\""
-    path = _resolve_download(what, None, [], SAM_VIT_B_URL, cache, fetch, "masks_checkpoint")
-    if path is None:  # downloadable: into the same cache
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(SAM_VIT_B_URL, str(cache))
-        path = str(cache)
-    return path
+    return torch_hub_weights(checkpoint, SAM_VIT_B_URL, "SAM ViT-B (segment-anything)", "masks_checkpoint")
 
 
-class SamMasks:
+def image_pixels(image: Tensor) -> np.ndarray:
+    """image [3, H, W] float in [0, 1] -> [H, W, 3] uint8, what the automatic mask generators take."""
+    return (image.detach().float().cpu().clamp(0, 1).permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+
+
+class AutomaticMasks:
+    """A mask model around an automatic mask generator (`self.generator.generate(pixels)` -> records with a
+    "segmentation" [H, W] bool each, segment-anything's and sam2's alike); subclasses build it and set `id`."""
+
+    generator: Any
+    id: str
+
+    @torch.no_grad()
+    def regions(self, image: Tensor) -> Tensor:
+        """image [3, H, W] in [0, 1] -> region ids [H, W] (int64; 0 = no mask)."""
+        pixels = image_pixels(image)
+        masks = [m["segmentation"] for m in self.generator.generate(pixels)]  # [H, W] bool each
+        return regions_from_masks(masks, tuple(pixels.shape[:2]))
+
+
+class SamMasks(AutomaticMasks):
     """SAM's automatic mask generator as a mask model (see the module docstring). model: a built
     `segment_anything.modeling.Sam` to use instead of ViT-B (tests build a small one)."""
 
@@ -72,10 +81,3 @@ class SamMasks:
                                                    pred_iou_thresh=IOU_THRESHOLD,
                                                    stability_score_thresh=STABILITY_THRESHOLD)
         self.id = f"sam_vit_b-{weights}-points{points_per_side}-iou{IOU_THRESHOLD:g}-stability{STABILITY_THRESHOLD:g}"
-
-    @torch.no_grad()
-    def regions(self, image: Tensor) -> Tensor:
-        """image [3, H, W] in [0, 1] -> region ids [H, W] (int64; 0 = no mask)."""
-        pixels = (image.detach().float().cpu().clamp(0, 1).permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
-        masks = [m["segmentation"] for m in self.generator.generate(pixels)]  # [H, W] bool each
-        return regions_from_masks(masks, tuple(pixels.shape[:2]))
