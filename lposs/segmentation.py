@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .core.graphs import patch_graph
-from .core.own_steps import LABEL_STEPS, run_label_step, run_own_step
+from .core.own_steps import LABEL_STEPS, relabel, run_label_step, run_own_step
 from .core.propagation import propagate
 from .core.refine import refine_pixels
 from .core.refiners import REGION_REFINERS
@@ -80,10 +80,19 @@ def propagate_features(
     else:
         scores = class_scores(canvas, features.owner, rule)  # [K, H', W']
         scores = F.interpolate(scores[None], size=features.original_hw, mode="bilinear", align_corners=False)[0]
-    if label_step:  # e.g. CorrCLIP's map correction, on the labels at the original size
-        scores = run_label_step(scores, _regions(features, f"own step {own_step['name']}").to(scores.device),
-                                own_step, rule)
+    if label_step:  # CorrCLIP's map correction, Trident's SAM refinement: on the labels at the original size
+        scores = _label_step(features, scores, own_step, rule)
     return scores
+
+
+def _label_step(features: ImageFeatures, scores: Tensor, step: dict[str, Any], rule: dict[str, Any]) -> Tensor:
+    if step["name"] == "sam_refine":  # SAM on the resized image, prompted by the label map's regions
+        from .models.sam_refine import refine_with_sam
+
+        labels = labels_from_scores(scores, rule)
+        image = _resized_image(features, "own step sam_refine", "cpu")
+        return relabel(scores, labels, refine_with_sam(image, labels.cpu(), scores.float().cpu(), step))
+    return run_label_step(scores, _regions(features, f"own step {step['name']}").to(scores.device), step, rule)
 
 
 def _regions(features: ImageFeatures, who: str) -> Tensor:

@@ -38,16 +38,18 @@ def test_the_demo_stand_in_gives_coloured_segments_and_a_compact_code():
         decode_regions(code[:-1])
 
 
-def tiny_sam():
-    """segment-anything's Sam at 64 px with one small block: the same code path as ViT-B, in a second on a CPU."""
+def tiny_sam(size: int = 64):
+    """segment-anything's Sam at `size` px with one small block: the same code path as ViT-B, in a second on a CPU
+    (size 1024: SAM's own input and 256 px mask prompts, as Trident's refinement hard-codes them)."""
     from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
     torch.manual_seed(0)
-    return Sam(image_encoder=ImageEncoderViT(img_size=64, patch_size=16, embed_dim=32, depth=1, num_heads=2,
+    grid = size // 16
+    return Sam(image_encoder=ImageEncoderViT(img_size=size, patch_size=16, embed_dim=32, depth=1, num_heads=2,
                                              out_chans=32, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
                                              qkv_bias=True, use_rel_pos=True, window_size=2),
-               prompt_encoder=PromptEncoder(embed_dim=32, image_embedding_size=(4, 4), input_image_size=(64, 64),
-                                            mask_in_chans=4),
+               prompt_encoder=PromptEncoder(embed_dim=32, image_embedding_size=(grid, grid),
+                                            input_image_size=(size, size), mask_in_chans=4),
                mask_decoder=MaskDecoder(num_multimask_outputs=3, transformer_dim=32, iou_head_depth=1,
                                         iou_head_hidden_dim=16,
                                         transformer=TwoWayTransformer(depth=1, embedding_dim=32, mlp_dim=64,

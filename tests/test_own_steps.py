@@ -22,7 +22,10 @@ def test_each_release_names_its_own_step_with_its_values_per_dataset():
     assert own_step("pearl", "cityscapes") == {"name": "tlp", "grid": 224}  # PEARL's coarser grid there
     assert own_step("naclip", "ade20k") == {"name": "pamr"}
     assert own_step("corrclip", "voc21") == {"name": "region_mode"}  # CorrCLIP's map correction
-    for head in ("maskclip", "sclip", "clearclip", "proxyclip", "scclip", "sfp", "resclip", "cass", "trident"):
+    assert own_step("trident", "ade20k", sam="random") == {"name": "sam_refine", "coarse_thresh": 0.05,
+                                                          "minimal_area": 225, "sam_mask_coff": 0.005,
+                                                          "sam_iou_thresh": 0.8, "sam": "random"}
+    for head in ("maskclip", "sclip", "clearclip", "proxyclip", "scclip", "sfp", "resclip", "cass"):
         assert own_step(head, "voc21") is None, head  # PAMR off or absent in these releases
 
 
@@ -103,7 +106,9 @@ def test_the_protocols_head_and_text_parameters_reach_only_its_own_head():
     assert dict(params.backbone_spec("resclip", "dino_vitb16", "ade20k").head_params)["temp_thd"] == 0.25
     assert params.backbone_spec("scclip", "dino_vitb16", "voc20").head_params == ()  # not ResCLIP's head
     assert params.backbone_spec("resclip", "dino_vitb16").head_params == ()  # no dataset: the head's defaults
-    assert params.built_on("cass") == {"clip": "ViT-B-16 random", "proxy": "dino_vitb8"}
+    assert params.built_on("cass") == {"clip": "ViT-B-16 random", "proxy": "dino_vitb8", "masks": None}
+    assert params.built_on("trident") == {"clip": "ViT-B-16 random", "proxy": "dino_vitb16", "masks": "sam_vit_b"}
+    assert params.own_step("trident", "voc21")["sam"] == "random"  # random CLIP: random SAM for its refinement
     cass = PipelineParams.load("params.yaml", {"backbone": {"vlm": "ViT-B-16", "vlm_pretrained": "random"},
                                                "protocol": {"name": "cass"}})
     spec = cass.backbone_spec("cass", "dino_vitb16", "cityscapes")

@@ -527,13 +527,15 @@ def test_the_mask_heads_grid_gives_each_head_its_four_rows(grid_masks):
     trident = table_row(table, "trident", "dino_vits16", "corrclip", "+ LPOSS")
     assert trident and trident[3] == ("CLIP ViT-B-16 random + dino_vitb16 proxy + sam_vit_b masks + dino_vits16 "
                                       "graph, training-free")
-    assert table_row(table, "trident", "dino_vits16", "corrclip", "+ own step (none in its release)")
+    assert table_row(table, "trident", "dino_vits16", "corrclip", "+ own step (Trident's SAM refinement)")
     results = json.loads((root / "ablations/cwfid/corrclip+dino_vits16/mode/results.json").read_text())
     assert results["own_step"] == {"name": "region_mode"} and results["built_on"]["masks"] == "demo"
     manifest = json.loads(next((root / "features/cwfid/corrclip+dino_vits16").glob("*/manifest.json")).read_text())
     assert manifest["masks"].startswith("demo") and "corrclip" in manifest["vlm"]
     trident_manifest = json.loads(next((root / "features/cwfid/trident+dino_vits16").glob("*/manifest.json")).read_text())
     assert "sam_sam_vit_b-random" in trident_manifest["vlm"]
+    trident_results = json.loads((root / "ablations/cwfid/trident+dino_vits16/mode/results.json").read_text())
+    assert trident_results["own_step"]["name"] == "sam_refine" and trident_results["own_step"]["sam"] == "random"
 
 
 @pytest.mark.slow

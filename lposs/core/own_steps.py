@@ -11,8 +11,11 @@
         scores [K, H, W] class scores at the original size, regions [H, W] mask-region ids, the background rule
 
     region_mode  CorrCLIP's map correction (`lposs.core.regions.region_mode`): after the labels are taken,
-                 each mask region takes its commonest label; a pixel whose label changes gets that label's
-                 one-hot scores, so `scoring.labels_from_scores` reads the corrected map
+                 each mask region takes its commonest label
+    sam_refine   Trident's SAM refinement (`lposs.models.sam_refine`, run by `lposs.segmentation`: it needs
+                 SAM); params: coarse_thresh, minimal_area, sam_mask_coff, sam_iou_thresh, sam (the weights)
+A label step returns scores in which a pixel whose label it changes gets that label's one-hot scores
+(`relabel`), so `scoring.labels_from_scores` reads the corrected map.
 
 Which release has which step, with its per-dataset values: `lposs.models.protocols.own_step`. Both steps return
 scores of the size they were given, so the background rule and the argmax apply after them as after the head.
@@ -35,7 +38,8 @@ from .regions import region_mode
 from .scoring import labels_from_scores
 from .tlp import tlp
 
-LABEL_STEPS = ("region_mode",)  # steps on the label map, after the background rule
+LABEL_STEPS = ("region_mode", "sam_refine")  # steps on the label map, after the background rule
+# sam_refine (Trident's) prompts SAM: it runs in lposs.segmentation through lposs.models.sam_refine
 OWN_STEPS = ("tlp", "pamr", *LABEL_STEPS)
 
 
@@ -59,13 +63,18 @@ def run_own_step(canvas: Tensor, image: Tensor, step: dict[str, Any], text_affin
 
 
 def run_label_step(scores: Tensor, regions: Tensor, step: dict[str, Any], rule: dict[str, Any]) -> Tensor:
-    """Apply a label step ({"name": "region_mode"}) to class scores [K, H, W] with mask regions [H, W] (any size:
+    """Apply CorrCLIP's label step ({"name": "region_mode"}) to class scores [K, H, W] with mask regions [H, W] (any size:
     resized to the scores' by nearest neighbour) under background `rule` -> scores [K, H, W]."""
-    if step.get("name") not in LABEL_STEPS:
-        raise ValueError(f"{step.get('name')!r} is not a label step; the label steps are {', '.join(LABEL_STEPS)}")
+    if step.get("name") != "region_mode":
+        raise ValueError(f"{step.get('name')!r} is not a label step of lposs.core; here: region_mode")
     if tuple(regions.shape) != tuple(scores.shape[1:]):
         regions = F.interpolate(regions[None, None].float(), size=scores.shape[1:], mode="nearest")[0, 0].long()
     labels = labels_from_scores(scores, rule)  # [H, W]
-    corrected = region_mode(labels, regions.to(labels.device))
-    one_hot = F.one_hot(corrected, scores.shape[0]).permute(2, 0, 1).to(scores.dtype)  # [K, H, W]
-    return torch.where((corrected != labels)[None], one_hot, scores)
+    return relabel(scores, labels, region_mode(labels, regions.to(labels.device)))
+
+
+def relabel(scores: Tensor, labels: Tensor, corrected: Tensor) -> Tensor:
+    """scores [K, H, W] whose labels were `labels` [H, W] -> scores whose labels are `corrected`: each pixel
+    whose label changed gets its new label's one-hot scores, the others keep theirs."""
+    one_hot = F.one_hot(corrected.to(scores.device), scores.shape[0]).permute(2, 0, 1).to(scores.dtype)  # [K, H, W]
+    return torch.where((corrected.to(scores.device) != labels.to(scores.device))[None], one_hot, scores)

@@ -52,7 +52,8 @@ HEADS_2025_SOURCES = ("docs/field.md sections 7 and 16: ResCLIP's results figure
                       "(TLP on) and its reproductions of SFP and CASS; Trident's results figure; CorrCLIP's README")
 TALK_AVERAGES = {"maskclip": 27.0, "lposs": 38.3, "lposs+": 41.3}  # the talk: MaskCLIP -> LPOSS -> LPOSS+
 METHODS = {"maskclip": "seeds", "own": "+ own step", "lposs": "+ LPOSS", "lposs+": "+ LPOSS+"}
-OWN_STEP_NAMES = {"tlp": "PEARL's TLP", "pamr": "PAMR", "region_mode": "CorrCLIP's map correction"}
+OWN_STEP_NAMES = {"tlp": "PEARL's TLP", "pamr": "PAMR", "region_mode": "CorrCLIP's map correction",
+                  "sam_refine": "Trident's SAM refinement"}
 _HEADS_2025 = ("scclip", "sfp", "resclip", "cass", "pearl", "trident", "corrclip")  # footnoted with their sources
 
 def published(head: str, dataset: str) -> list[tuple[str, float]]:

@@ -157,25 +157,30 @@ PROTOCOLS_2025: dict[str, dict[str, Any]] = {
 # ---------------------------------------------------------------------------------------------------
 
 
-def _trident(prob_thd: float | None = None, short_side: int | None = None, **head_params: Any) -> dict:
+def _trident(coarse_thresh: float, prob_thd: float | None = None, short_side: int | None = None,
+             **head_params: Any) -> dict:
     entry = {"prob_thd": prob_thd, "short_side": short_side}
     return {key: value for key, value in entry.items() if value is not None} | (
-        {"head_params": head_params} if head_params else {})
+        {"head_params": head_params} if head_params else {}) | {"post_params": {"coarse_thresh": coarse_thresh}}
 
 
 PROTOCOLS_MASKS: dict[str, dict[str, Any]] = {
     "trident": {
-        # configs/base_config.py: windows 336 / 224 (the head's own slide_crop / slide_stride), cos_fac 1.2,
-        # sam_refinement False (the README's command adds --sam_refine: not implemented here, see deviation)
+        # configs/base_config.py: windows 336 / 224 (the head's own slide_crop / slide_stride), cos_fac 1.2; its
+        # SAM refinement (eval.py --sam_refine, the README's command) as the own step, coarse_thresh per dataset,
+        # minimal_area 225, sam_iou_thresh 0.8 (base_config), sam_mask_coff 0.005 (trident.py:36)
         "base": {**_2025, "head": "trident", "crop": 336, "stride": 224, "classes": "proxyclip",
-                 "head_params": {"slide_crop": 336, "slide_stride": 224},
-                 "deviation": "SAM sees the whole image (the release: Cityscapes as two halves); no --sam_refine",
-                 "source": "YuHengsss/Trident a93b346 configs/cfg_*.py"},
-        "datasets": {"voc21": _trident(0.2, 448), "context60": _trident(0.15, 576),
-                     "coco_object": _trident(0.25, 448),
-                     "voc20": {**_trident(short_side=336, cos_fac=0.0, slide_stride=112), "stride": 112},
-                     "context59": _trident(short_side=576), "coco_stuff": _trident(short_side=448),
-                     "cityscapes": _trident(short_side=688, cos_fac=3.0), "ade20k": _trident(short_side=576)},
+                 "head_params": {"slide_crop": 336, "slide_stride": 224}, "post": "sam_refine",
+                 "post_params": {"coarse_thresh": 0.2, "minimal_area": 225, "sam_mask_coff": 0.005,
+                                 "sam_iou_thresh": 0.8},
+                 "deviation": "SAM sees the whole image (the release: Cityscapes as two halves)",
+                 "source": "YuHengsss/Trident a93b346 configs/cfg_*.py, README (--sam_refine)"},
+        "datasets": {"voc21": _trident(0.2, 0.2, 448), "context60": _trident(0.15, 0.15, 576),
+                     "coco_object": _trident(0.25, 0.25, 448),
+                     "voc20": {**_trident(0.2, short_side=336, cos_fac=0.0, slide_stride=112), "stride": 112},
+                     "context59": _trident(0.15, short_side=576), "coco_stuff": _trident(0.05, short_side=448),
+                     "cityscapes": _trident(0.10, short_side=688, cos_fac=3.0),
+                     "ade20k": _trident(0.05, short_side=576)},
     },
     "corrclip": {
         # configs/base_config.py: MetaCLIP fullcc ViT-B/16 (QuickGELU), DINO B/8; windows 336 / 112; masks from
@@ -216,16 +221,18 @@ def own_head_params(settings: dict[str, Any], head: str) -> dict[str, tuple[tupl
     return {kind: tuple(settings.get(kind, {}).items()) if own else () for kind in ("head_params", "text_params")}
 
 
-def own_step(head: str, dataset: str) -> dict[str, Any] | None:
+def own_step(head: str, dataset: str, sam: str | None = None) -> dict[str, Any] | None:
     """The post-step of `head`'s release on `dataset`, with that release's values there ({"name": "tlp", "grid":
     80}, {"name": "pamr"}), or None when the release runs none (LPOSS's own, LPOSS+, is a mode of its own).
-    Found by head, not by the protocol in force: "head + own step" means the same under any protocol."""
+    Found by head, not by the protocol in force: "head + own step" means the same under any protocol.
+    sam: the SAM weights of a step that prompts SAM (Trident's sam_refine): "random", a file, None = cached."""
     releases = [name for name, protocol in PROTOCOLS.items()  # LPOSS's post, "lposs+", is an evaluation mode
                 if protocol["base"]["head"] == head and protocol["base"]["post"] not in (None, "lposs+")]
     if not releases:
         return None
     settings = resolve(releases[0], dataset)
-    return {"name": settings["post"], **settings.get("post_params", {})}
+    step = {"name": settings["post"], **settings.get("post_params", {})}
+    return step | ({"sam": sam} if step["name"] == "sam_refine" and sam is not None else {})
 
 
 def class_names(protocol: str, dataset: str, default: list[str]) -> list[str]:
