@@ -66,9 +66,9 @@ def sam_parity(checkout: Path) -> float:
 
     from lposs.models.sam_attention import last_block_attention
 
-    config = dict(depth=12, embed_dim=768, img_size=1024, mlp_ratio=4, num_heads=12, patch_size=16, qkv_bias=True,
-                  use_rel_pos=True, global_attn_indexes=[2, 5, 8, 11], window_size=14, out_chans=256,
-                  norm_layer=partial(torch.nn.LayerNorm, eps=1e-6))
+    config = {"depth": 12, "embed_dim": 768, "img_size": 1024, "mlp_ratio": 4, "num_heads": 12, "patch_size": 16,
+              "qkv_bias": True, "use_rel_pos": True, "global_attn_indexes": [2, 5, 8, 11], "window_size": 14,
+              "out_chans": 256, "norm_layer": partial(torch.nn.LayerNorm, eps=1e-6)}
     torch.manual_seed(1)
     ours = ImageEncoderViT(**config).eval()
     with torch.no_grad():

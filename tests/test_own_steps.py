@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from lposs.core.own_steps import run_label_step, run_own_step
-from lposs.core.regions import region_mode
 from lposs.core.pamr import clip_normalise, pamr
+from lposs.core.regions import region_mode
 from lposs.core.scoring import class_scores
 from lposs.core.tlp import text_self_affinity, tlp
 from lposs.experiment import tables

@@ -28,10 +28,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import Tensor
-
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from .pamr import clip_normalise, pamr
 from .regions import region_mode

@@ -52,15 +52,31 @@ def package_versions() -> dict[str, str]:
 
 def code_fingerprint() -> str:
     """md5 of the source that turns an image into features: this extraction, `lposs.image_features`, the
-    windows, the backbones, their factory and loading, the heads, the demo stand-ins."""
+    windows, the backbones, their factory and loading, every head (the 2025 ones, the mask heads and SAM's
+    tensors too), the mask models, the demo stand-ins."""
     from .. import image_features
     from ..core import regions, windows
     from ..demo import backbones as demo_backbones
     from ..demo import masks as demo_masks
-    from ..models import backbones, factory, heads, loading
+    from ..models import (
+        backbones,
+        factory,
+        heads,
+        heads_2025,
+        loading,
+        masks,
+        sam2_masks,
+        sam_attention,
+        sam_masks,
+        vit,
+    )
+    from ..models.heads_2025 import cass, cass_text, common, outliers, pearl, resclip, scclip, sfp, sfr
+    from ..models.heads_masks import corrclip, trident
 
     sources = [inspect.getsource(f) for f in (extract_shard, _OneForward)]
-    modules = (image_features, windows, backbones, factory, heads, loading, demo_backbones, demo_masks, regions)
+    modules = (image_features, windows, backbones, factory, heads, vit, loading, demo_backbones, demo_masks, regions,
+               masks, sam_masks, sam2_masks, sam_attention, corrclip, trident, heads_2025, cass, cass_text, common,
+               outliers, pearl, resclip, scclip, sfp, sfr)
     sources += [inspect.getsource(m) for m in modules]
     return hashlib.md5("\n".join(sources).encode()).hexdigest()
 

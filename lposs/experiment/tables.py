@@ -45,8 +45,8 @@ PUBLISHED: dict[str, list[tuple[str, list[float], float]]] = {  # head -> [(row 
     # the two heads that read a mask model (docs/field.md sections 7 and 14)
     "trident": [("Trident (OpenAI CLIP + DINO B/16 proxy + SAM ViT-B, training-free)",
                  [67.1, 38.6, 41.1, 84.5, 42.9, 42.2, 21.9, 28.3], 45.8)],
-    "corrclip": [("CorrCLIP (MetaCLIP + DINO B/8 proxy + SAM 2 hiera-L masks of 32 points, training-free; with its "
-                  "map correction)", [74.8, 44.2, 43.7, 88.8, 49.4, 48.8, 26.9, 31.6], 51.0)],
+    "corrclip": [(("CorrCLIP (MetaCLIP + DINO B/8 proxy + SAM 2 hiera-L masks of 32 points, training-free; with its "
+                   "map correction)"), [74.8, 44.2, 43.7, 88.8, 49.4, 48.8, 26.9, 31.6], 51.0)],
 }
 HEADS_2025_SOURCES = ("docs/field.md sections 7 and 16: ResCLIP's results figure; PEARL's results figure for PEARL "
                       "(TLP on) and its reproductions of SFP and CASS; Trident's results figure; CorrCLIP's README")

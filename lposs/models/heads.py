@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .heads_2025 import HEAD_FUNCTIONS_2025, HEADS_2025, REQUIRED_2025, WindowTrace
-from .heads_masks import HEADS_MASKS, REGION_HEADS, WHOLE_IMAGE_HEADS
+from .heads_masks import HEADS_MASKS, REGION_HEADS, WHOLE_IMAGE_HEADS  # noqa: F401 - the last two re-exported
 from .heads_masks.corrclip import corrclip
 from .heads_masks.trident import trident
 from .vit import (  # noqa: F401 - positional_embedding, tokens_before_last_block, qkv_per_head, proxy_affinity re-exported

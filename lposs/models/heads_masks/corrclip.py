@@ -88,7 +88,11 @@ def merge_regions(regions: Tensor, feats: Tensor, eps: float, min_samples: int, 
     ids, masks = region_masks(regions)
     if len(ids) <= 2:
         return regions
-    from sklearn.cluster import DBSCAN
+    try:
+        from sklearn.cluster import DBSCAN
+    except ImportError as error:
+        raise ImportError(f"the corrclip head merges regions with scikit-learn's DBSCAN: pip install -e .[masks] "
+                          f"({error})") from error
 
     means = F.normalize(torch.stack([feats[mask].mean(dim=0) for mask in masks]), dim=1)[1:]  # [R-1, C]
     similarity = means @ means.T

@@ -58,7 +58,7 @@ def splice(outputs: Tensor, cells: Tensor, canvas: tuple[int, int], clip_grid: t
     grid x round(h' / gh_window) (`:590-594`)."""
     maps = outputs.permute(0, 3, 1, 2)  # [B, W, h', w']
     if maps.shape[-1] % clip_grid[1]:
-        ratio = int(round(maps.shape[-2] / clip_grid[0]))
+        ratio = round(maps.shape[-2] / clip_grid[0])
         maps = F.interpolate(maps, size=(clip_grid[0] * ratio, clip_grid[1] * ratio), mode="bilinear",
                              align_corners=False)
     else:
