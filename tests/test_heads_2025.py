@@ -516,9 +516,11 @@ def test_cass_low_rank_step_follows_the_global_rng(visual):
 
 def test_parameters_are_validated_by_name(visual):
     x = clip_windows(1, 224, 224)
-    assert set(HEADS) == set(LAST_BLOCK_HEADS) | set(HEADS_2025)
-    assert not set(LAST_BLOCK_HEADS) & set(HEADS_2025)
-    for head in HEADS_2025:
+    from lposs.models.heads_masks import HEADS_MASKS
+
+    assert set(HEADS) == set(LAST_BLOCK_HEADS) | set(HEADS_2025) | set(HEADS_MASKS)
+    assert not set(LAST_BLOCK_HEADS) & set(HEADS_2025) and not (set(LAST_BLOCK_HEADS) | set(HEADS_2025)) & set(HEADS_MASKS)
+    for head in [*HEADS_2025, *HEADS_MASKS]:
         assert head_settings(head)["interpolation"] == "sclip"
         with pytest.raises(ValueError, match=f"head '{head}' has no parameter 'bogus'"):
             head_settings(head, {"bogus": 1})

@@ -57,38 +57,48 @@ def tiny_sam(size: int = 64):
                pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375])
 
 
-def test_sam_masks_run_the_package_generator_and_return_a_region_map(monkeypatch):
-    pytest.importorskip("segment_anything")
-    from lposs.models import sam_masks
-
-    masks = sam_masks.SamMasks(model=tiny_sam())
+def regions_through_a_spy(masks, monkeypatch, extra: list | None = None) -> tuple[dict, torch.Tensor]:
+    """masks.regions of a 48 x 72 random image, the generator's input and output (plus `extra` masks) kept."""
     found = {}
     generate = masks.generator.generate
 
     def spy(pixels):
         found["pixels"] = pixels
-        found["masks"] = generate(pixels)
+        found["masks"] = generate(pixels) + list(extra or [])
         return found["masks"]
 
     monkeypatch.setattr(masks.generator, "generate", spy)
-    image = torch.rand(3, 48, 72, generator=torch.Generator().manual_seed(1))
-    regions = masks.regions(image)
+    regions = masks.regions(torch.rand(3, 48, 72, generator=torch.Generator().manual_seed(1)))
     assert found["pixels"].shape == (48, 72, 3) and found["pixels"].dtype == np.uint8
     assert regions.shape == (48, 72) and regions.dtype == torch.int64
+    return found, regions
+
+
+def test_sam_masks_run_the_package_generator_and_return_a_region_map(monkeypatch):
+    pytest.importorskip("segment_anything")
+    from lposs.models import sam_masks
+
+    masks = sam_masks.SamMasks(model=tiny_sam())
+    found, regions = regions_through_a_spy(masks, monkeypatch)
     expected = sam_masks.regions_from_masks([m["segmentation"] for m in found["masks"]], (48, 72))
     assert torch.equal(regions, expected)
     assert masks.generator.points_per_batch and masks.generator.pred_iou_thresh == 0.4
     assert "points8" in masks.id and "sam_vit_b" in masks.id
 
 
-def test_sam_weights_offline_stop_at_once_naming_the_file_and_the_fetch(monkeypatch, tmp_path):
-    pytest.importorskip("segment_anything")
+def offline_error(monkeypatch, tmp_path, masks: str) -> str:
+    """The message of building the demo backbones with mask model `masks`, offline and with an empty cache."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty torch hub cache
     monkeypatch.setattr(loading, "_probe", lambda url, timeout=0: "no network (test)")
     with pytest.raises(BackboneUnavailable) as error:
         create_backbones(BackboneSpec(vlm="demo", vlm_weights="none", head="demo", vm="demo", vm_weights="none",
-                                      vm_features=("v",), masks="sam_vit_b"))
-    message = str(error.value)
+                                      vm_features=("v",), masks=masks))
+    return str(error.value)
+
+
+def test_sam_weights_offline_stop_at_once_naming_the_file_and_the_fetch(monkeypatch, tmp_path):
+    pytest.importorskip("segment_anything")
+    message = offline_error(monkeypatch, tmp_path, "sam_vit_b")
     assert "sam_vit_b_01ec64.pth" in message and "torch.hub.load_state_dict_from_url" in message
     assert str(tmp_path) in message
     with pytest.raises(BackboneUnavailable, match="does not exist"):
@@ -131,23 +141,11 @@ def test_sam2_masks_run_the_package_generator_with_corrclips_settings(monkeypatc
     model = sam2_masks.build_sam2_model("random", seed=0, overrides=TINY_SAM2, config="sam2_hiera_t.yaml")
     assert model.image_size == 128
     masks = sam2_masks.Sam2Masks(model=model)
-    found = {}
-    generate = masks.generator.generate
     # random weights give few masks or none: two nested ones are added to what the generator finds, so the
     # ascending-area rule is exercised whatever the random model predicts
     big, inner = np.zeros((48, 72), dtype=bool), np.zeros((48, 72), dtype=bool)
     big[5:40, 5:60], inner[10:20, 10:20] = True, True
-
-    def spy(pixels):
-        found["pixels"] = pixels
-        found["masks"] = generate(pixels) + [{"segmentation": big}, {"segmentation": inner}]
-        return found["masks"]
-
-    monkeypatch.setattr(masks.generator, "generate", spy)
-    image = torch.rand(3, 48, 72, generator=torch.Generator().manual_seed(1))
-    regions = masks.regions(image)
-    assert found["pixels"].shape == (48, 72, 3) and found["pixels"].dtype == np.uint8
-    assert regions.shape == (48, 72) and regions.dtype == torch.int64
+    found, regions = regions_through_a_spy(masks, monkeypatch, [{"segmentation": big}, {"segmentation": inner}])
     from lposs.models.sam_masks import regions_from_masks
 
     expected = regions_from_masks([m["segmentation"] for m in found["masks"]], (48, 72))
@@ -174,12 +172,7 @@ def test_sam2_hiera_l_config_ships_with_the_package():
 
 def test_sam2_weights_offline_stop_at_once_naming_the_file_and_the_fetch(monkeypatch, tmp_path):
     pytest.importorskip("sam2", reason="sam2 is not installed (pip install -e .[masks])")
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty torch hub cache
-    monkeypatch.setattr(loading, "_probe", lambda url, timeout=0: "no network (test)")
-    with pytest.raises(BackboneUnavailable) as error:
-        create_backbones(BackboneSpec(vlm="demo", vlm_weights="none", head="demo", vm="demo", vm_weights="none",
-                                      vm_features=("v",), masks="sam2_hiera_l"))
-    message = str(error.value)
+    message = offline_error(monkeypatch, tmp_path, "sam2_hiera_l")
     assert "sam2_hiera_large.pt" in message and "torch.hub.load_state_dict_from_url" in message
     assert str(tmp_path / "hub" / "checkpoints") in message
     assert "https://dl.fbaipublicfiles.com/segment_anything_2/072824/sam2_hiera_large.pt" in message

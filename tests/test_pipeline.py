@@ -455,6 +455,15 @@ def table_row(table: str, head: str, vm: str, protocol: str, method: str) -> lis
     return None
 
 
+def four_rows(table: str, head: str, vm: str, protocol: str, own_step: str) -> dict[str, list[str]]:
+    """The rows seeds, + own step, + LPOSS, + LPOSS+ of head x graph x protocol, each present and filled in."""
+    methods = ("seeds", f"+ own step ({own_step})", "+ LPOSS", "+ LPOSS+")
+    rows = {method: table_row(table, head, vm, protocol, method) for method in methods}
+    assert all(rows.values()), table
+    assert all(cell != "-" for row in rows.values() for cell in row[5:]), rows  # every mode ran
+    return rows
+
+
 @pytest.mark.slow
 def test_grid_propagation_change_reruns_no_features(grid_copy):
     root, _ = grid_copy
@@ -464,13 +473,15 @@ def test_grid_propagation_change_reruns_no_features(grid_copy):
 
 # ------------------------- the 2025 heads on a DINOv3 graph, each with its own step, random weights (slow)
 
+MODE_SWEEP = [{"param": "mode", "values": "[maskclip, own, lposs, lposs+]", "mode": "lposs+"}]  # the four rows
+
+
 @pytest.fixture(scope="module")
 def grid_2025(tmp_path_factory):
     """SC-CLIP and PEARL seeds on a DINOv3 S/16 graph under PEARL's protocol, the four rows of each, on one
     3-class MESS fixture: random weights at 224."""
-    sweeps = [{"param": "mode", "values": "[maskclip, own, lposs, lposs+]", "mode": "lposs+"}]
     return mess_grid(tmp_path_factory.mktemp("grid2025"), ["cwfid"], ["scclip", "pearl"], ["dinov3_vits16"], "pearl",
-                     sweeps)
+                     MODE_SWEEP)
 
 
 @pytest.mark.slow
@@ -478,12 +489,9 @@ def test_the_2025_grid_gives_each_head_its_four_rows(grid_2025):
     root, log = grid_2025
     assert {"features@cwfid-scclip-dinov3_vits16", "features@cwfid-pearl-dinov3_vits16"} <= stages_run(log)
     table = (root / "results/table.md").read_text()
-    methods = ("seeds", "+ own step (PEARL's TLP)", "+ LPOSS", "+ LPOSS+")
-    rows = {method: table_row(table, "pearl", "dinov3_vits16", "pearl", method) for method in methods}
-    assert all(rows.values()), table
+    rows = four_rows(table, "pearl", "dinov3_vits16", "pearl", "PEARL's TLP")
     assert rows["seeds"][3] == "CLIP ViT-B-16 random, training-free"
     assert rows["+ LPOSS"][3] == "CLIP ViT-B-16 random + dinov3_vits16 graph, training-free"
-    assert all(cell != "-" for row in rows.values() for cell in row[5:]), rows  # every mode ran
     assert table_row(table, "scclip", "dinov3_vits16", "pearl", "+ own step (none in its release)")
     assert "| pearl | published | own | as its name says | PEARL (" in table
     results = json.loads((root / "ablations/cwfid/pearl+dinov3_vits16/mode/results.json").read_text())
@@ -509,9 +517,8 @@ def test_the_2025_grid_reruns_no_features_for_a_propagation_change(grid_2025):
 def grid_masks(tmp_path_factory):
     """Trident (SAM ViT-B, DINO B/16) and CorrCLIP (DINO B/8, the demo's regions) seeds on a DINO S/16 graph under
     CorrCLIP's protocol, the four rows of each, on one 3-class MESS fixture: random weights at 224."""
-    sweeps = [{"param": "mode", "values": "[maskclip, own, lposs, lposs+]", "mode": "lposs+"}]
     return mess_grid(tmp_path_factory.mktemp("gridmasks"), ["cwfid"], ["trident", "corrclip"], ["dino_vits16"],
-                     "corrclip", sweeps)
+                     "corrclip", MODE_SWEEP)
 
 
 @pytest.mark.slow
@@ -519,15 +526,11 @@ def test_the_mask_heads_grid_gives_each_head_its_four_rows(grid_masks):
     root, log = grid_masks
     assert {"features@cwfid-trident-dino_vits16", "features@cwfid-corrclip-dino_vits16"} <= stages_run(log)
     table = (root / "results/table.md").read_text()
-    methods = ("seeds", "+ own step (CorrCLIP's map correction)", "+ LPOSS", "+ LPOSS+")
-    rows = {method: table_row(table, "corrclip", "dino_vits16", "corrclip", method) for method in methods}
-    assert all(rows.values()), table
+    rows = four_rows(table, "corrclip", "dino_vits16", "corrclip", "CorrCLIP's map correction")
     assert rows["seeds"][3] == "CLIP ViT-B-16 random + dino_vitb8 proxy + demo masks, training-free"
-    assert all(cell != "-" for row in rows.values() for cell in row[5:]), rows  # every mode ran
-    trident = table_row(table, "trident", "dino_vits16", "corrclip", "+ LPOSS")
-    assert trident and trident[3] == ("CLIP ViT-B-16 random + dino_vitb16 proxy + sam_vit_b masks + dino_vits16 "
-                                      "graph, training-free")
-    assert table_row(table, "trident", "dino_vits16", "corrclip", "+ own step (Trident's SAM refinement)")
+    trident = four_rows(table, "trident", "dino_vits16", "corrclip", "Trident's SAM refinement")
+    assert trident["+ LPOSS"][3] == ("CLIP ViT-B-16 random + dino_vitb16 proxy + sam_vit_b masks + dino_vits16 "
+                                     "graph, training-free")
     results = json.loads((root / "ablations/cwfid/corrclip+dino_vits16/mode/results.json").read_text())
     assert results["own_step"] == {"name": "region_mode"} and results["built_on"]["masks"] == "demo"
     manifest = json.loads(next((root / "features/cwfid/corrclip+dino_vits16").glob("*/manifest.json")).read_text())
