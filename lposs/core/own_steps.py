@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .pamr import clip_normalise, pamr
-from .regions import region_mode
+from .regions import region_mode, resize_regions
 from .scoring import labels_from_scores
 from .tlp import tlp
 
@@ -67,7 +67,7 @@ def run_label_step(scores: Tensor, regions: Tensor, step: dict[str, Any], rule: 
     if step.get("name") != "region_mode":
         raise ValueError(f"{step.get('name')!r} is not a label step of lposs.core; here: region_mode")
     if tuple(regions.shape) != tuple(scores.shape[1:]):
-        regions = F.interpolate(regions[None, None].float(), size=scores.shape[1:], mode="nearest")[0, 0].long()
+        regions = resize_regions(regions, scores.shape[1:])
     labels = labels_from_scores(scores, rule)  # [H, W]
     return relabel(scores, labels, region_mode(labels, regions.to(labels.device)))
 

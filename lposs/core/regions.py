@@ -8,6 +8,7 @@ covers, counted as one more region, so a map of zeros means "no regions" and cha
     factor = region_factor(fractions, neighbours, beta)               # [N, k]: beta + (1 - beta) <f_i, f_j>
     voted = region_vote(scores, regions)                               # each region takes its mean scores
     labels = region_mode(labels, regions)                              # each region takes its commonest label
+    smaller = resize_regions(regions, (h, w))                          # an id map at another size (nearest)
     code = encode_regions(regions); regions = decode_regions(code)     # run-length code, as a feature store keeps it
 
 Patch graph: the kNN weights get a third factor S_r = beta + (1 - beta) <f_i, f_j> (`lposs.core.graphs.patch_graph`
@@ -66,6 +67,12 @@ def region_vote(scores: Tensor, regions: Tensor) -> Tensor:
     sizes = torch.bincount(ids, minlength=count).clamp_min(1).to(flat.dtype)  # [R]
     voted = (sums / sizes)[:, ids]  # [C, HW]
     return torch.where(ids == 0, flat, voted).reshape(scores.shape)
+
+
+def resize_regions(regions: Tensor, size: tuple[int, int]) -> Tensor:
+    """An id map [H, W] (regions or labels) -> [h, w] int64 by nearest neighbour (F.interpolate's "nearest":
+    row floor(i H / h)), through float64 so that every id survives exactly."""
+    return F.interpolate(regions[None, None].to(torch.float64), size=tuple(size), mode="nearest")[0, 0].long()
 
 
 def region_mode(labels: Tensor, regions: Tensor) -> Tensor:

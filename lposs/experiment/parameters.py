@@ -222,8 +222,7 @@ class PipelineParams:
 
     def own_step(self, head: str, entry: str) -> dict[str, Any] | None:
         """The post-step of `head`'s release on a dataset entry (mode "own"; `lposs.models.protocols.own_step`)."""
-        random = self.raw["backbone"]["vlm"] != "demo" and self.clip_weights() == "random"
-        return own_step(head, split_entry(entry)[0], sam="random" if random else None)
+        return own_step(head, split_entry(entry)[0], sam="random" if self.clip_weights() == "random" else None)
 
     def windows(self, entry: str) -> WindowSettings:
         """The windows on a dataset entry: params.yaml's ints, the protocol's values where it says "protocol"."""

@@ -112,6 +112,12 @@ class BackboneSpec:
                              "separated by commas, e.g. 'v' or 'q,k,v'")
 
     @property
+    def sam_weights(self) -> str | None:
+        """SAM ViT-B's weights for Trident (its head and its refinement): random with a random VLM, else
+        masks_checkpoint (None: the cached or downloaded file)."""
+        return "random" if self.vlm_weights == "random" else self.masks_checkpoint
+
+    @property
     def is_demo(self) -> bool:
         return self.vlm == "demo"
 
@@ -220,9 +226,8 @@ def _trident_sam(spec: BackboneSpec, device: str) -> Any:
     with a random VLM."""
     from .sam_attention import SamAttention
 
-    checkpoint = "random" if spec.vlm_weights == "random" else spec.masks_checkpoint
     try:
-        return SamAttention(checkpoint, device)
+        return SamAttention(spec.sam_weights, device)
     except ImportError as error:
         raise ImportError(f"head 'trident' needs the segment-anything package: pip install -e .[masks] ({error})") from error
 

@@ -51,8 +51,8 @@ from .vit import (  # noqa: F401 - positional_embedding, tokens_before_last_bloc
     neighbourhood_prior,
     positional_embedding,
     proxy_affinity,
+    proxy_attention,
     qkv_per_head,
-    resize_patch_values,
     softmax_similarity,
     tokens_before_last_block,
 )
@@ -127,11 +127,9 @@ def _naclip(block, x, grid, settings, proxy) -> tuple[Tensor, Grid]:
 
 
 def _proxyclip(block, x, grid, settings, proxy) -> tuple[Tensor, Grid]:
-    proxy_grid = (int(proxy.shape[1]), int(proxy.shape[2]))
-    _, _, v = qkv_per_head(block, x)
-    values = resize_patch_values(v, grid, proxy_grid)  # [B, heads, N', d]
-    affinity = proxy_affinity(proxy, float(settings["beta"]), float(settings["gamma"]), settings["affinity_mean"])
-    return attend(block, affinity[:, None].to(values.dtype), values), proxy_grid  # same A for every head
+    out = proxy_attention(block, x, grid, proxy, float(settings["beta"]), float(settings["gamma"]),
+                          settings["affinity_mean"])  # [B, N', W]
+    return out, (int(proxy.shape[1]), int(proxy.shape[2]))
 
 
 HEAD_FUNCTIONS: dict[str, Callable[..., tuple[Tensor, Grid]]] = {

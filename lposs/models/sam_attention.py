@@ -21,12 +21,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .loading import seeded
-from .sam_masks import sam_vit_b_weights
+from .sam_masks import build_sam_vit_b, image_pixels
 
 ROUND_TO = 16  # trident.py:138-140: the image's sides rounded up to multiples of this before SAM
 
@@ -45,12 +45,12 @@ def last_block_attention(attn: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
     return logits.softmax(dim=-1), v.view(attn.num_heads, height, width, -1)
 
 
-def rounded_image(image: Tensor) -> Tensor:
+def rounded_image(image: Tensor) -> np.ndarray:
     """image [3, H, W] in [0, 1] -> uint8 [H', W', 3], sides rounded up to multiples of 16 (bilinear)."""
     height, width = (-(-side // ROUND_TO) * ROUND_TO for side in image.shape[1:])
     if (height, width) != tuple(image.shape[1:]):
         image = F.interpolate(image[None].float(), size=(height, width), mode="bilinear", align_corners=False)[0]
-    return (image.clamp(0, 1).permute(1, 2, 0) * 255).round().to(torch.uint8).cpu().numpy()
+    return image_pixels(image)
 
 
 class SamAttention:
@@ -60,12 +60,11 @@ class SamAttention:
 
     def __init__(self, checkpoint: str | os.PathLike | None = None, device: str = "cpu", model: Any = None,
                  seed: int = 0):
-        from segment_anything import SamPredictor, sam_model_registry
+        from segment_anything import SamPredictor
 
         if model is None:
-            build = sam_model_registry["vit_b"]
-            model = seeded(seed, build) if checkpoint == "random" else build(checkpoint=sam_vit_b_weights(checkpoint))
-            self.id = "sam_vit_b-" + ("random" if checkpoint == "random" else "sam_vit_b_01ec64")
+            model, weights = build_sam_vit_b(checkpoint, seed)
+            self.id = f"sam_vit_b-{weights}"
         else:
             self.id = f"custom-{type(model).__name__}"
         block = model.image_encoder.blocks[-1]

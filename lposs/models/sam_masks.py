@@ -43,6 +43,17 @@ def sam_vit_b_weights(checkpoint: str | os.PathLike | None) -> str:
     return torch_hub_weights(checkpoint, SAM_VIT_B_URL, "SAM ViT-B (segment-anything)", "masks_checkpoint")
 
 
+def build_sam_vit_b(checkpoint: str | os.PathLike | None, seed: int = 0) -> tuple[Any, str]:
+    """segment-anything's SAM ViT-B and the label of its weights: checkpoint "random" -> seeded random weights
+    ("random"); else `sam_vit_b_weights(checkpoint)` ("sam_vit_b_01ec64")."""
+    from segment_anything import sam_model_registry
+
+    build = sam_model_registry["vit_b"]
+    if checkpoint == "random":
+        return seeded(seed, build), "random"
+    return build(checkpoint=sam_vit_b_weights(checkpoint)), "sam_vit_b_01ec64"
+
+
 def image_pixels(image: Tensor) -> np.ndarray:
     """image [3, H, W] float in [0, 1] -> [H, W, 3] uint8, what the automatic mask generators take."""
     return (image.detach().float().cpu().clamp(0, 1).permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
@@ -69,12 +80,10 @@ class SamMasks(AutomaticMasks):
 
     def __init__(self, checkpoint: str | os.PathLike | None = None, device: str = "cpu", model: Any = None,
                  points_per_side: int = POINTS_PER_SIDE, seed: int = 0):
-        from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
+        from segment_anything import SamAutomaticMaskGenerator
 
         if model is None:
-            build = sam_model_registry["vit_b"]
-            model = seeded(seed, build) if checkpoint == "random" else build(checkpoint=sam_vit_b_weights(checkpoint))
-            weights = "random" if checkpoint == "random" else "sam_vit_b_01ec64"
+            model, weights = build_sam_vit_b(checkpoint, seed)
         else:
             weights = f"custom-{type(model).__name__}"
         self.generator = SamAutomaticMaskGenerator(model.to(device).eval(), points_per_side=points_per_side,

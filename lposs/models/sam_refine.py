@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..core.regions import resize_regions
+
 STEP_DEFAULTS: dict[str, Any] = {"coarse_thresh": 0.2, "minimal_area": 225, "sam_mask_coff": 0.005,
                                  "sam_iou_thresh": 0.8}
 DOWN = 2  # the release halves the maps before looking for regions
@@ -80,7 +82,7 @@ def sam_refine(predictor: Any, image_hw: tuple[int, int], labels: Tensor, probs:
     step = {**STEP_DEFAULTS, **{k: v for k, v in step.items() if k in STEP_DEFAULTS}}
     classes, coarse = probs.shape[0], float(step["coarse_thresh"])
     down_hw = (probs.shape[1] // DOWN, probs.shape[2] // DOWN)
-    labels_down = F.interpolate(labels[None, None].float(), size=down_hw, mode="nearest")[0, 0].long()
+    labels_down = resize_regions(labels, down_hw)
     probs_down = F.interpolate(probs[None].float(), size=down_hw, mode="bilinear", align_corners=False)[0]
     if coarse > 0:  # the uncertain pixels form class K, never refined
         labels_down[probs_down.max(0).values < coarse] = classes
@@ -116,14 +118,11 @@ def sam_refine(predictor: Any, image_hw: tuple[int, int], labels: Tensor, probs:
 def sam_predictor(weights: str | None = None, device: str = "cpu") -> Any:
     """A SamPredictor of SAM ViT-B, built once per weights ("random": seeded random weights; None: torch hub's
     cached sam_vit_b_01ec64.pth, downloaded when online; else a local file)."""
-    from segment_anything import SamPredictor, sam_model_registry
+    from segment_anything import SamPredictor
 
-    from .loading import seeded
-    from .sam_masks import sam_vit_b_weights
+    from .sam_masks import build_sam_vit_b
 
-    build = sam_model_registry["vit_b"]
-    model = seeded(0, build) if weights == "random" else build(checkpoint=sam_vit_b_weights(weights))
-    return SamPredictor(model.to(device).eval())
+    return SamPredictor(build_sam_vit_b(weights)[0].to(device).eval())
 
 
 def refine_with_sam(image: Tensor, labels: Tensor, probs: Tensor, step: dict[str, Any],

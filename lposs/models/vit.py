@@ -166,3 +166,13 @@ def resize_patch_values(v: Tensor, grid: tuple[int, int], size: tuple[int, int])
     patches = v[:, :, 1:].reshape(batch * heads, grid[0], grid[1], dim).permute(0, 3, 1, 2)  # [B*heads, d, gh, gw]
     patches = F.interpolate(patches, size=size, mode="bilinear", align_corners=False)  # [B*heads, d, h', w']
     return patches.flatten(2).transpose(1, 2).reshape(batch, heads, size[0] * size[1], dim)
+
+
+def proxy_attention(block: nn.Module, x: Tensor, grid: tuple[int, int], proxy: Tensor, beta: float, gamma: float,
+                    mean_over: str = "batch") -> Tensor:
+    """ProxyCLIP's last block: tokens x [B, 1 + gh*gw, W] entering it, proxy tokens [B, h', w', Dv] ->
+    Attn(A) over the block's values resized to the proxy grid, [B, h'*w', W] (the same A for every head)."""
+    _, _, v = qkv_per_head(block, x)  # [B, heads, 1 + N, d]
+    values = resize_patch_values(v, grid, (int(proxy.shape[1]), int(proxy.shape[2])))  # [B, heads, N', d]
+    affinity = proxy_affinity(proxy, beta, gamma, mean_over)  # [B, N', N']
+    return attend(block, affinity[:, None].to(values.dtype), values)

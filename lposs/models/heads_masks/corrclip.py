@@ -71,6 +71,8 @@ def spatial_layers(depth: int, num_spatial: int | None = None) -> slice:
 
 def regions_at_grid(regions: Tensor, grid: tuple[int, int]) -> Tensor:
     """Region ids [H, W] -> [h', w'] by F.interpolate 'nearest' (row floor(i H / h'), as :545 and :582)."""
+    # the same rule as lposs.core.regions.resize_regions, kept here: importing lposs.core.regions would make
+    # every stage that imports the heads registry (stage, plots) depend on that module in dvc.yaml
     sampled = F.interpolate(regions[None, None].to(torch.float64), size=tuple(grid), mode="nearest")
     return sampled[0, 0].to(torch.long)
 

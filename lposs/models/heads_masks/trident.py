@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..vit import attend, proxy_affinity, qkv_per_head, resize_patch_values, tokens_before_last_block
+from ..vit import proxy_attention, tokens_before_last_block
 
 # cos_fac 1.2 and refine_neg_cos True are trident.py's defaults (`:96-97`); the per-dataset configs change
 # cos_fac (VOC20 0, Cityscapes 3). slide_crop / slide_stride are the release's windows (336 / 224).
@@ -42,12 +42,9 @@ def proxy_block(visual: nn.Module, windows: Tensor, proxy: Tensor, settings: dic
     patch = int(visual.patch_size[0])
     grid = (windows.shape[2] // patch, windows.shape[3] // patch)
     tokens = tokens_before_last_block(visual, windows, settings["interpolation"])  # [B, 1 + N, W]
-    _, _, v = qkv_per_head(block, tokens)  # [B, heads, 1 + N, d]
-    proxy_grid = (int(proxy.shape[1]), int(proxy.shape[2]))
-    values = resize_patch_values(v, grid, proxy_grid)  # [B, heads, N', d]
-    affinity = proxy_affinity(proxy, float(settings["beta"]), float(settings["gamma"]), "batch")  # [B, N', N']
-    out = attend(block, affinity[:, None].to(values.dtype), values)  # [B, N', W]
-    return out.reshape(windows.shape[0], *proxy_grid, -1)
+    out = proxy_attention(block, tokens, grid, proxy, float(settings["beta"]), float(settings["gamma"]),
+                          "batch")  # [B, N', W]: the mean over all windows of the image
+    return out.reshape(windows.shape[0], int(proxy.shape[1]), int(proxy.shape[2]), -1)
 
 
 def splice(outputs: Tensor, cells: Tensor, canvas: tuple[int, int], clip_grid: tuple[int, int]) -> Tensor:
