@@ -26,7 +26,7 @@ import torch
 from lposs.experiment.extraction import extract_shard
 from lposs.io import write_json
 from lposs.models.factory import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, create_backbones, spec_from_clip_tag
-from lposs.models.heads import HEADS, REGION_HEADS
+from lposs.models.heads import HEADS
 
 CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
            "table", "dog", "horse", "motorbike", "person", "plant", "sheep", "sofa", "train", "monitor"]
@@ -35,7 +35,7 @@ CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus"
 def build(head: str, device: str) -> dict:
     """The head's backbones (random weights), its text classifier and that classifier's seconds."""
     spec = spec_from_clip_tag(DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, True, head=head,
-                              masks="demo" if head in REGION_HEADS else "none")
+                              masks="demo" if "regions" in HEADS[head].reads else "none")
     vlm, graphs, masks = create_backbones(spec, device)
     vm = next(iter(graphs.values()))
     start = time.perf_counter()

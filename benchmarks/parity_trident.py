@@ -112,7 +112,7 @@ def main() -> None:
         attn, values = synthetic_sam(sam_grid, generator)
         settings = {**DEFAULTS, "cos_fac": cos_fac}
         with torch.no_grad():
-            mine = trident(ours, windows, dino, cells, canvas, attn, values, settings)  # [1, h_s, w_s, D]
+            mine = trident(ours, windows, dino, cells, canvas, attn, values, **settings)  # [1, h_s, w_s, D]
             rows, cols = (max(len(set(cells[:, i].tolist())), 1) for i in (0, 1))
             reference = theirs(windows, dino.permute(0, 3, 1, 2), beta=1.2, gamma=3.0,
                                dst_coords=list(cells), win_sizes=(rows, cols), dst_vh=canvas[0], dst_vw=canvas[1],

@@ -6,16 +6,21 @@
     scores = lposs.refine_pixels(image, scores)        # LPOSS+ pixel-level refinement
     labels = lposs.segment(image, ["cow", "grass", "sky"], mode="lposs+")
 
+    @lposs.register_head("mine", title="My head")      # a head of your own, in any file (docs/heads.md)
+    def mine(visual, windows, **params): ...           # CLIP-normalised windows -> features [B, h, w, D]
+
 The package, room by room (each imports only the rooms above it in this list):
 
     io            files: atomic writes with the usual mode, JSON, md5, PNG label maps
     hardware      what the CPU offers: physical cores, native bfloat16
+    import_graph  the package's imports read from its source (the feature store's code fingerprint, the tests)
+    plugins       heads from outside the package: files or modules that call register_head
     kernels/      the Triton kernels of the CUDA path (stencil, CG update); the torch code is the reference
     core/         the maths: propagation, graphs, windows, metrics, refiners (LPOSS+, best, PAMR), scoring
     settings      the settings, declared once: graph, propagation, pixel refiner, windows
     datasets/     the benchmarks: registry, loaders, fetch and convert, MESS
     demo/         the embedded offline demo: generated scenes, stand-in backbones
-    models/       heads, backbones, weights, protocols, and the one backbone factory
+    models/       heads (one record per release: records, heads_*/), backbones, weights, protocols, the factory
     image_features  one image's features: both backbones over its windows
     segmentation  one image end to end: backbones -> seeds -> patch LP -> canvas -> pixel LP -> classes
     experiment/   what the DVC stages run: parameters, staging, the feature store, the evaluation loop,
@@ -41,6 +46,8 @@ _LAZY = {
     "merge_windows": "core.windows", "resized_size": "core.windows", "window_layout": "core.windows",
     "Setting": "settings", "WindowSettings": "settings",
     "BackboneSpec": "models.factory", "create_backbones": "models.factory",
+    "register_head": "models.heads", "HeadRecord": "models.records", "Published": "models.records",
+    "load_plugins": "plugins",
 }
 
 __all__ = sorted(_LAZY)

@@ -1,12 +1,7 @@
-"""The package's import graph, read from its source (no import runs): what imports what, and what a notebook
-pulls in. Used by tests/test_layout.py (no cycles, imports only downwards) and tests/test_dvc_deps.py (every
-dvc.yaml stage lists the modules its notebook imports).
-
-Every `import` / `from ... import` statement counts, at module level or inside a function (a lazy import
-runs when the function does). `from pkg import name` counts as importing `pkg.name` when that is a
-module; a package whose `__init__` maps names to submodules in a literal `_LAZY` dict (PEP 562 lazy
-imports) counts as importing `pkg.<_LAZY[name]>`. Importing a module also runs its parent packages'
-`__init__`, so closures include them. Data files the code reads are listed in `DATA`.
+"""What a notebook pulls in of the package, from the package's own import graph (lposs/import_graph.py, which the
+feature store's code fingerprint reads too; no import of lposs's modules runs). Used by tests/test_layout.py (no
+cycles, imports only downwards) and tests/test_dvc_deps.py (every dvc.yaml stage lists the modules its notebook
+imports). Data files the code reads are listed in `DATA`.
 
     python tests/import_graph.py notebooks/ablate.ipynb     # the lposs deps that notebook's stage needs
 """
@@ -16,8 +11,10 @@ from __future__ import annotations
 import ast
 import json
 import sys
-from functools import lru_cache
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's lposs, whichever is installed
+from lposs.import_graph import ImportGraph, import_statements  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "lposs"
@@ -25,87 +22,24 @@ DATA = {  # module -> data folders it reads (importlib.resources)
     "lposs.models.protocols": ["lposs/models/protocol_classes"],
     "lposs.datasets.base": ["lposs/datasets/classes"],
 }
+GRAPH = ImportGraph(PACKAGE)  # the package's own reading of its imports (lposs/import_graph.py)
 
 
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(REPO).with_suffix("").parts)
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-@lru_cache(maxsize=None)
 def modules() -> dict[str, Path]:
     """{dotted name: file} of every module of the package."""
-    return {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+    return GRAPH.modules
 
 
-def is_package(name: str) -> bool:
-    return modules()[name].name == "__init__.py"
-
-
-@lru_cache(maxsize=None)
-def lazy_names(package: str) -> dict[str, str]:
-    """A package's `_LAZY = {name: submodule}` table (empty when it has none)."""
-    tree = ast.parse(modules()[package].read_text())
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "_LAZY" for t in node.targets):
-            return {k: f"{package}.{v}" for k, v in ast.literal_eval(node.value).items()}
-    return {}
-
-
-def resolve(importer: str, module: str | None, level: int) -> str:
-    """The absolute name of `from <level dots><module> import ...` written in `importer`."""
-    if level == 0:
-        return module or ""
-    base = importer if is_package(importer) else importer.rpartition(".")[0]
-    for _ in range(level - 1):
-        base = base.rpartition(".")[0]
-    return f"{base}.{module}" if module else base
+def imports(name: str) -> frozenset[str]:
+    return GRAPH.imports(name)
 
 
 def targets(importer: str, statements: list[ast.AST]) -> set[str]:
-    """The lposs modules a list of import statements (of module `importer`) imports."""
-    found: set[str] = set()
-    for node in statements:
-        if isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            source = resolve(importer, node.module, node.level)
-            for alias in node.names:
-                if f"{source}.{alias.name}" in modules():  # a submodule (its parents run: see `closure`)
-                    found.add(f"{source}.{alias.name}")
-                elif source in modules() and is_package(source) and alias.name in lazy_names(source):
-                    found.add(lazy_names(source)[alias.name])
-                else:  # a name the module itself defines
-                    found.add(source)
-    return {name for name in found if name in modules()}
-
-
-def import_statements(tree: ast.AST) -> list[ast.AST]:
-    return [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))]
-
-
-@lru_cache(maxsize=None)
-def imports(name: str) -> frozenset[str]:
-    """The modules `name`'s own statements import (no parents added)."""
-    return frozenset(targets(name, import_statements(ast.parse(modules()[name].read_text()))) - {name})
-
-
-def parents(name: str) -> set[str]:
-    parts = name.split(".")
-    return {".".join(parts[:i]) for i in range(1, len(parts))}
+    return GRAPH.targets(importer, statements)
 
 
 def closure(roots: set[str]) -> set[str]:
-    """Every module that importing `roots` can run: their imports, transitively, and all parent packages."""
-    seen: set[str] = set()
-    todo = list(roots)
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        todo += [m for m in (set(imports(name)) | parents(name)) if m in modules() and m not in seen]
-    return seen
+    return GRAPH.closure(roots)
 
 
 def notebook_code(path: Path) -> str:

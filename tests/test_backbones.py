@@ -12,17 +12,17 @@ from conftest import register_tiny_clip
 
 from lposs.models import backbones, loading, text
 from lposs.models.backbones import (
+    VISION_MODELS,
     BackboneUnavailable,
     ClipGraphFeatures,
     DenseCLIP,
     DinoFeatures,
-    VISION_MODELS,
     MaskCLIP,
     VisionFeatures,
     split_synonyms,
 )
 from lposs.models.factory import BackboneSpec, create_backbones, spec_from_clip_choice
-from lposs.models.heads import HEADS, LAST_BLOCK_HEADS, PROXY_FEATURES, WHOLE_IMAGE_HEADS, dense_clip_features
+from lposs.models.heads import HEADS, dense_clip_features
 
 CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
 CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
@@ -31,7 +31,9 @@ IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 TINY_CLIP = "lposs-test-tiny-clip"
 DEEP_TINY_CLIP = "lposs-test-tiny-clip-12"  # 12 blocks, as the 2025 heads read blocks 4, 6-9 and 11
 SMALL_DINO = "vit_small_patch16_224.dino"
-WINDOW_HEADS = [head for head in HEADS if head not in WHOLE_IMAGE_HEADS]  # trident reads the whole image and SAM
+WINDOW_HEADS = [name for name, record in HEADS.items() if record.kind != "whole_image"]  # trident: the whole image, SAM
+LAST_BLOCK_HEADS = [name for name, record in HEADS.items() if record.kind == "last_block"]
+PROXY_FEATURES = {name: record.proxy_feature for name, record in HEADS.items() if record.proxy_feature}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -658,7 +660,7 @@ def test_bf16_on_cuda_stays_close_to_float32():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("head", list(HEADS))
+@pytest.mark.parametrize("head", [name for name in WINDOW_HEADS if "regions" not in HEADS[name].reads])
 def test_every_head_in_bf16_on_cuda_stays_close_to_float32(head):
     images = windows(2)
 

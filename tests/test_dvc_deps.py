@@ -8,7 +8,8 @@ import import_graph as graph
 import pytest
 import yaml
 
-STAGES = yaml.safe_load((graph.REPO / "dvc.yaml").read_text())["stages"]
+ALL_STAGES = yaml.safe_load((graph.REPO / "dvc.yaml").read_text())["stages"]
+STAGES = {name: stage for name, stage in ALL_STAGES.items() if name != "fingerprint"}  # the notebook stages
 
 
 def stage_deps(name: str) -> list[str]:
@@ -43,3 +44,12 @@ def test_the_closure_follows_lazy_imports_and_parent_packages():
 
 def test_the_plots_stage_declares_the_params_it_reads():
     assert {"datasets", "backbone.heads", "backbone.vms", "ablate.sweeps"} <= set(STAGES["plots"]["params"])
+
+
+def test_the_features_follow_the_fingerprint_stage_that_runs_every_time():
+    """Plugins may live anywhere, so no folder dep covers them: the fingerprint stage (always run, a second) writes
+    the code fingerprint, and the features stage depends on its file, so it re-runs exactly when that changes."""
+    fingerprint = ALL_STAGES["fingerprint"]
+    assert fingerprint["always_changed"] is True and "lposs.experiment.extraction" in fingerprint["cmd"]
+    out = next(iter(fingerprint["outs"][0]))
+    assert out in stage_deps("features") and out not in stage_deps("stage")

@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lposs.models import heads, loading
+from lposs.models import loading, vit
 from lposs.models.backbones import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, VisionFeatures
 from lposs.models.factory import create_backbones, spec_from_clip_choice
-from lposs.models.heads import LAST_BLOCK_HEADS, dense_clip_features, positional_embedding
+from lposs.models.heads import HEADS, dense_clip_features, positional_embedding
 
-CHECKED_HEADS = list(LAST_BLOCK_HEADS)  # the 2025 heads have their own hand checks (test_heads_2025)
+CHECKED_HEADS = [name for name, record in HEADS.items() if record.kind == "last_block"]  # 2025 heads: test_heads_2025
 ERRORS: dict[str, float] = {}  # max abs error of each hand check, printed at the end of the module (-s)
 
 
@@ -183,7 +183,7 @@ def test_head_equals_hand_recomputation(visual, head, params, batch, size, proxy
         proxy = torch.randn(batch, *proxy_grid, 384, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         feats = dense_clip_features(visual, x, head, proxy=proxy, **params)
-        rule = params.get("interpolation", LAST_BLOCK_HEADS[head]["interpolation"])
+        rule = params.get("interpolation", HEADS[head].defaults["interpolation"])
         hand_params = {key: value for key, value in params.items() if key != "interpolation"}
         expected = hand_head(visual, last_block_input(visual, x, rule), head, grid, proxy, **hand_params)
     out_grid = proxy_grid if head == "proxyclip" else grid
@@ -227,7 +227,7 @@ def test_the_two_interpolation_rules_differ_off_the_native_grid(visual):
 
 
 def test_naclip_prior_matches_the_release_convolution():
-    ours = heads.neighbourhood_prior((6, 9), 5.0)
+    ours = vit.neighbourhood_prior((6, 9), 5.0)
     torch.testing.assert_close(ours, naclip_addition(6, 9, 5.0), atol=1e-6, rtol=0)
     assert torch.all(ours[1:, 1:].diagonal() == 1) and ours[0].abs().max() == 0 and ours[:, 0].abs().max() == 0
 
@@ -252,7 +252,7 @@ def test_proxyclip_affinity_mean_over_the_batch_or_per_window(visual):
 
 def test_bad_heads_and_inputs_are_named(visual):
     x = clip_windows(1, 224, 224)
-    with pytest.raises(ValueError, match="unknown head 'bogus'; choose one of maskclip, sclip, clearclip, naclip"):
+    with pytest.raises(ValueError, match="unknown head 'bogus'; choose one of maskclip, .*sclip.*register your own"):
         dense_clip_features(visual, x, "bogus")
     with pytest.raises(ValueError, match="'proxyclip' needs proxy"):
         dense_clip_features(visual, x, "proxyclip")

@@ -20,11 +20,12 @@ from test_heads import clip_windows, layer_norm, naclip_addition, release_positi
 from torch import nn
 
 from lposs.models import loading
-from lposs.models.heads import HEADS, LAST_BLOCK_HEADS, dense_clip_features, head_settings
-from lposs.models.heads_2025 import HEADS_2025
+from lposs.models.heads import HEADS, dense_clip_features, head_settings
 from lposs.models.heads_2025.outliers import fix_outliers
 from lposs.models.heads_2025.sfr import sfr_matrix
 
+HEADS_2025 = [name for name, record in HEADS.items() if "/heads_2025/" in record.origin]  # the traced heads
+HEADS_MASKS = [name for name, record in HEADS.items() if "/heads_masks/" in record.origin]
 ERRORS: dict[str, float] = {}  # max abs error of each hand check, printed at the end of the module (-s)
 SIZES = [(224, 224), (160, 224)]
 
@@ -516,10 +517,8 @@ def test_cass_low_rank_step_follows_the_global_rng(visual):
 
 def test_parameters_are_validated_by_name(visual):
     x = clip_windows(1, 224, 224)
-    from lposs.models.heads_masks import HEADS_MASKS
-
-    assert set(HEADS) == set(LAST_BLOCK_HEADS) | set(HEADS_2025) | set(HEADS_MASKS)
-    assert not set(LAST_BLOCK_HEADS) & set(HEADS_2025) and not (set(LAST_BLOCK_HEADS) | set(HEADS_2025)) & set(HEADS_MASKS)
+    assert {HEADS[head].kind for head in HEADS_2025} == {"traced"} and len(HEADS_2025) == 5
+    assert set(HEADS_MASKS) == {"trident", "corrclip"}
     for head in [*HEADS_2025, *HEADS_MASKS]:
         assert head_settings(head)["interpolation"] == "sclip"
         with pytest.raises(ValueError, match=f"head '{head}' has no parameter 'bogus'"):

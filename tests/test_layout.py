@@ -10,7 +10,8 @@ import import_graph as graph
 import pytest
 
 # Rooms from the bottom up: a module may import its own room and the rooms of lower rank only.
-RANKS = {"lposs.io": 0, "lposs.kernels": 0, "lposs.hardware": 0, "lposs.core": 1, "lposs.settings": 2, "lposs.datasets": 2,
+RANKS = {"lposs.io": 0, "lposs.kernels": 0, "lposs.hardware": 0, "lposs.import_graph": 0, "lposs.plugins": 0,
+         "lposs.core": 1, "lposs.settings": 2, "lposs.datasets": 2,
          "lposs.demo": 2, "lposs.models": 3, "lposs.image_features": 4, "lposs.segmentation": 5,
          "lposs.experiment": 6, "lposs.app": 7, "lposs.__main__": 8, "lposs": 8}
 

@@ -106,8 +106,10 @@ def test_the_protocols_head_and_text_parameters_reach_only_its_own_head():
     assert dict(params.backbone_spec("resclip", "dino_vitb16", "ade20k").head_params)["temp_thd"] == 0.25
     assert params.backbone_spec("scclip", "dino_vitb16", "voc20").head_params == ()  # not ResCLIP's head
     assert params.backbone_spec("resclip", "dino_vitb16").head_params == ()  # no dataset: the head's defaults
-    assert params.built_on("cass") == {"clip": "ViT-B-16 random", "proxy": "dino_vitb8", "masks": None}
-    assert params.built_on("trident") == {"clip": "ViT-B-16 random", "proxy": "dino_vitb16", "masks": "sam_vit_b"}
+    assert params.built_on("cass") == {"clip": "ViT-B-16 random", "proxy": "dino_vitb8", "masks": None,
+                                       "training": "training-free"}
+    assert params.built_on("trident") == {"clip": "ViT-B-16 random", "proxy": "dino_vitb16", "masks": "sam_vit_b",
+                                          "training": "training-free"}
     assert params.own_step("trident", "voc21")["sam"] == "random"  # random CLIP: random SAM for its refinement
     cass = PipelineParams.load("params.yaml", {"backbone": {"vlm": "ViT-B-16", "vlm_pretrained": "random"},
                                                "protocol": {"name": "cass"}})

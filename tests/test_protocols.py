@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from lposs.core import scoring
 from lposs.core.windows import merge_windows
 from lposs.models import protocols
+from lposs.models.heads import records
 from lposs.segmentation import extract_features, predict_labels, propagate_features, to_graph_grid
 
 SOFTMAX = {"background": "softmax", "logit_scale": 10.0, "prob_thd": 0.0, "area_thd": None}
@@ -174,21 +175,26 @@ def test_2025_protocols_resolve_each_release_per_dataset():
     assert protocols.resolve("resclip", "voc21", prob_thd=0.3)["prob_thd"] == 0.3
 
 
-@pytest.mark.parametrize("name", list(protocols.PROTOCOLS_2025))
-def test_2025_protocols_name_parameters_their_functions_take(name):
+RELEASE_PROTOCOLS = [name for name, record in records().items() if record.protocol is not None]
+
+
+@pytest.mark.parametrize("name", RELEASE_PROTOCOLS)
+def test_release_protocols_name_parameters_their_functions_take(name):
     import inspect
 
     from lposs.core.tlp import tlp
     from lposs.models.heads import head_settings
-    from lposs.models.heads_2025.cass_text import check_text_params
 
+    record = records()[name]
     for dataset in ("voc21", "context60", "coco_object", "voc20", "context59", "coco_stuff", "cityscapes", "ade20k"):
         settings = protocols.resolve(name, dataset)
-        assert settings["head"] == name and settings["clip"] == "openai"
-        head_settings(name, settings["head_params"])  # raises on a name the head does not take
+        assert settings["head"] == name
+        assert settings["clip"] == "openai" or "/heads_2025/" not in record.origin  # every 2025 release: OpenAI's
+        head_settings(name, settings.get("head_params", {}))  # raises on a name the head does not take
         if settings.get("text_params"):
-            check_text_params(settings["text_params"])  # raises on a name CASS's text step does not take
-        assert set(settings.get("post_params", {})) <= set(inspect.signature(tlp).parameters)
+            record.text_step.check(settings["text_params"])  # raises on a name its text step does not take
+        if settings["post"] == "tlp":
+            assert set(settings.get("post_params", {})) <= set(inspect.signature(tlp).parameters)
 
 
 def test_2025_class_files_are_sclips_and_sfp_says_people():

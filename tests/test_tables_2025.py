@@ -1,5 +1,5 @@
-"""The results table's published rows: every average is the mean of its 8 numbers, and the 2025 heads get theirs
-(docs/field.md section 7), in the table's column order, without touching the tables of the other heads."""
+"""The results table's published rows, read from the head records: every average is the mean of its 8 numbers, and
+the 2025 heads get theirs (docs/field.md section 7), in the table's column order, each row with its source."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import pytest
 
 from lposs.experiment import tables
 from lposs.models.heads import HEADS
+from lposs.models.records import PUBLISHED_ORDER
 
 # the sources' order VOC21 / PC60 / Object / VOC20 / PC59 / Stuff / City / ADE, as ResCLIP's and PEARL's figures print
 SOURCE_ORDER = ["voc21", "context60", "coco_object", "voc20", "context59", "coco_stuff", "cityscapes", "ade20k"]
@@ -17,38 +18,42 @@ AS_PUBLISHED = {  # head -> [(numbers in SOURCE_ORDER, average)]
              ([62.3, 34.0, 36.0, 87.6, 37.6, 25.4, 36.2, 18.8], 42.2)],
     "sfp": [([56.8, 32.3, 32.1, 83.4, 36.0, 24.0, 34.1, 18.1], 39.6)],
 }
+WITH_ROWS = sorted(name for name, record in HEADS.items() if record.published)
 
 
-@pytest.mark.parametrize("head", sorted(tables.PUBLISHED))
+@pytest.mark.parametrize("head", WITH_ROWS)
 def test_every_published_average_is_the_mean_of_its_eight_numbers(head):
-    for name, numbers, average in tables.PUBLISHED[head]:
-        assert len(numbers) == len(tables.PUBLISHED_ORDER) == 8, name
-        assert sum(numbers) / 8 == pytest.approx(average, abs=0.05 + 1e-9), name  # 30.25 -> 30.3 rounds half up
+    for row in HEADS[head].published:
+        assert len(row.miou) == len(PUBLISHED_ORDER) == 8, row.name
+        assert sum(row.miou) / 8 == pytest.approx(row.average, abs=0.05 + 1e-9), row.name  # 30.25 -> 30.3: half up
+        assert row.source, f"{row.name}: a published row names its source"
 
 
-def test_every_published_head_is_a_head_of_the_registry():
-    assert set(tables.PUBLISHED) <= set(HEADS)
+def test_a_published_row_needs_eight_numbers():
+    from lposs.models.records import Published
+
+    with pytest.raises(ValueError, match="give 8 numbers in the order voc21"):
+        Published("mine", (1.0, 2.0), 1.5, "nowhere")
 
 
 @pytest.mark.parametrize("head", sorted(AS_PUBLISHED))
 def test_the_2025_heads_get_their_published_numbers_in_the_tables_column_order(head):
-    assert head in HEADS
-    rows = tables.PUBLISHED[head]
-    assert [average for _, _, average in rows] == [average for _, average in AS_PUBLISHED[head]]
-    for (name, numbers, _), (source, _) in zip(rows, AS_PUBLISHED[head]):
-        assert "OpenAI CLIP" in name and "training-free" in name
+    rows = HEADS[head].published
+    assert [row.average for row in rows] == [average for _, average in AS_PUBLISHED[head]]
+    for row, (source, _) in zip(rows, AS_PUBLISHED[head]):
+        assert "OpenAI CLIP" in row.name and "training-free" in row.name
         for dataset, value in zip(SOURCE_ORDER, source):
-            assert numbers[tables.PUBLISHED_ORDER.index(dataset)] == value, (name, dataset)
+            assert row.on(dataset) == value, (row.name, dataset)
     by_dataset = dict(zip(SOURCE_ORDER, AS_PUBLISHED[head][0][0]))
-    for dataset in tables.PUBLISHED_ORDER:
-        assert tables.published(head, dataset)[0] == (rows[0][0], by_dataset[dataset])
+    for dataset in PUBLISHED_ORDER:
+        assert tables.published(head, dataset)[0] == (rows[0].name, by_dataset[dataset])
 
 
 def test_the_cass_rows_name_their_proxies_and_whose_run_they_are():
-    names = [name for name, _, _ in tables.PUBLISHED["cass"]]
+    names = [row.name for row in HEADS["cass"].published]
     assert any("DINOv2-reg B/14" in n for n in names) and any("DINOv3 B/16" in n for n in names)
-    assert all("PEARL's reproduction" in n for n in names + [tables.PUBLISHED["sfp"][0][0]])
-    assert "TLP" in tables.PUBLISHED["pearl"][0][0]
+    assert all("PEARL's reproduction" in n for n in names + [HEADS["sfp"].published[0].name])
+    assert "TLP" in HEADS["pearl"].published[0].name
 
 
 def _run(head: str, datasets: list[str]) -> dict:
@@ -57,15 +62,17 @@ def _run(head: str, datasets: list[str]) -> dict:
 
 
 def test_a_2025_heads_table_shows_its_published_rows_and_their_sources():
-    datasets = tables.PUBLISHED_ORDER
+    datasets = list(PUBLISHED_ORDER)
     table = tables.results_table([_run("cass", datasets), _run("pearl", datasets)], datasets)
     assert ("| cass | published | own | as its name says | CASS (OpenAI CLIP + DINOv3 B/16 proxy, training-free; PEARL's reproduction) "
             "| 62.3 | 34.0 | 36.0 | 87.6 | 36.2 | 37.6 | 18.8 | 25.4 | 42.2 |") in table
     assert "| pearl | published | own | as its name says | PEARL (" in table and "| 43.2 |" in table
-    assert "Published rows of cass, pearl:" in table and "docs/field.md sections 7 and 16" in table
+    assert "Published rows of cass, pearl:" in table and "PGSmall/PEARL c26062b assets/results.png" in table
 
 
-def test_tables_without_the_2025_heads_keep_their_footnote():
-    for head, datasets in (("demo", ["demo"]), ("sclip", ["voc21"]), ("scclip", ["voc21"])):
+def test_the_demo_table_keeps_its_footnote_and_a_head_without_rows_gets_none():
+    for head, datasets in (("demo", ["demo"]), ("scclip", ["voc21"])):
         table = tables.results_table([_run(head, datasets)], datasets)
         assert "Published rows of" not in table and "sections 5 and 7" in table, head
+    table = tables.results_table([_run("sclip", ["voc21"])], ["voc21"])
+    assert "Published rows of sclip:" in table and "OV-Stitcher" in table

@@ -89,7 +89,7 @@ def test_trident_equals_a_hand_recomputation(visual, proxy_grid):
     attn, values = synthetic_sam(3, (6, 9))
     settings = {**DEFAULTS, "cos_fac": 1.2}
     with torch.no_grad():
-        ours = trident(visual, windows, proxy, cells, canvas, attn, values, settings)
+        ours = trident(visual, windows, proxy, cells, canvas, attn, values, **settings)
         hand = hand_trident(visual, windows, proxy, cells, canvas, attn, values)
     assert ours.shape == (1, 6, 9, 512)
     error = (ours.reshape(-1, 512) - hand).abs().max().item()
@@ -195,8 +195,10 @@ def test_trident_and_corrclip_specs_name_their_extra_models():
     from lposs.models.factory import BackboneSpec
 
     assert BackboneSpec(head="trident").proxy == "dino_vitb16" and BackboneSpec(head="corrclip", masks="demo").proxy == "dino_vitb8"
-    with pytest.raises(ValueError, match="reads a mask model's regions: set masks"):
-        BackboneSpec(head="corrclip")
+    assert BackboneSpec(head="corrclip").masks == "sam2_hiera_l"  # masks "release": its release's mask model
+    assert BackboneSpec(head="trident").masks == "none"  # it reads SAM's tensors itself, not a mask model's regions
+    with pytest.raises(ValueError, match="reads a mask model's regions: set masks.*its release uses sam2_hiera_l"):
+        BackboneSpec(head="corrclip", masks="none")
 
 
 def test_trident_offline_names_the_sam_weights(monkeypatch, tmp_path):

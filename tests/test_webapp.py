@@ -228,7 +228,7 @@ def test_protocol_choices_take_the_release_values_of_one_dataset():
         assert {k: rule[k] for k in ("logit_scale", "prob_thd", "area_thd")} == \
             {k: release[k] for k in ("logit_scale", "prob_thd", "area_thd")}
         assert rule["prob_thd"] > 0  # COCO-Object has a background: every release thresholds there
-    with pytest.raises(ValueError, match="unknown protocol 'sclipp'.*lposs, sclip"):
+    with pytest.raises(ValueError, match="unknown protocol 'sclipp'; choose one of lposs, .*sclip"):
         protocol_rule("sclipp")
 
 
@@ -289,7 +289,7 @@ def test_an_unknown_protocol_is_a_message_before_any_loading(tmp_path, scene_fil
                              loader=lambda choice: loads.append(choice) or (DemoVLM(), DemoVM()))
     page = service.run(str(scene_file), "sky; grass", DEMO, protocol="sclipp")
     assert page.status.startswith("**Cannot segment:**") and "unknown protocol 'sclipp'" in page.status
-    assert "lposs, sclip" in page.status and page.overlays == [] and loads == []
+    assert "choose one of lposs, " in page.status and "sclip" in page.status and page.overlays == [] and loads == []
 
 
 def test_the_page_sends_the_chosen_protocol_with_a_click(tmp_path, scene_file):

@@ -32,7 +32,7 @@ def cmd_segment(args: argparse.Namespace) -> None:
     if warning:
         print(f"WARNING: {warning}", file=sys.stderr)
     if args.demo_backbones:
-        spec = BackboneSpec(vlm="demo", vlm_weights="none", head="demo", vm="demo", vm_weights="none")
+        spec = BackboneSpec(vlm="demo", vlm_weights="none", head="demo", vm="demo", vm_weights="none", masks="none")
     else:
         spec = spec_from_clip_tag(args.clip_model, args.clip_pretrained, args.random_weights, head=args.head,
                                   vm=args.dino_model, clip_checkpoint=args.clip_checkpoint,
@@ -54,6 +54,7 @@ def add_segment_arguments(seg: argparse.ArgumentParser) -> None:
     """The `segment` command's options (imports the models' registries, hence torch)."""
     from ..core.refiners import IMAGE_REFINERS
     from ..models import backbones
+    from ..models.factory import RELEASE
     from ..models.heads import HEADS
     from ..models.masks import MASK_MODELS
     from ..models.protocols import PROTOCOLS
@@ -74,20 +75,23 @@ def add_segment_arguments(seg: argparse.ArgumentParser) -> None:
                      help=f"open_clip model name (default {backbones.DEFAULT_CLIP_MODEL})")
     seg.add_argument("--clip-pretrained", default=backbones.DEFAULT_CLIP_PRETRAINED, help="open_clip pretrained tag")
     seg.add_argument("--clip-checkpoint", help="local open_clip weights file (offline use)")
-    seg.add_argument("--head", default="maskclip", choices=list(HEADS), help="dense CLIP head for the seeds")
+    seg.add_argument("--head", default="maskclip", choices=list(HEADS),
+                     help="dense CLIP head for the seeds (--plugin adds your own)")
     seg.add_argument("--protocol", default="lposs", choices=list(PROTOCOLS),
                      help="windows and background rule: lposs (synonym max) or a peer's (softmax + threshold)")
     seg.add_argument("--refiner", default="reference", choices=list(IMAGE_REFINERS), help="pixel refiner of LPOSS+")
     seg.add_argument("--dino-model", default=backbones.DEFAULT_DINO_MODEL,
                      help="graph model: dino_vitb16 dino_vitb8 dino_vits16 dinov2_vitb14_reg, a timm name, or clip")
     seg.add_argument("--dino-checkpoint", help="local timm DINO weights file (offline use)")
-    seg.add_argument("--masks", default="none", choices=MASK_MODELS,
-                     help="class-agnostic mask model (the corrclip head needs one; sam2_hiera_l is CorrCLIP's)")
+    readers = {name: record.masks for name, record in HEADS.items() if "regions" in record.reads}
+    seg.add_argument("--masks", default=RELEASE, choices=MASK_MODELS + (RELEASE,),
+                     help=f"class-agnostic mask model; {RELEASE} (default): the one the head's release reads ("
+                          + ", ".join(f"{head}: {masks}" for head, masks in readers.items()) + "), none for the others")
     seg.add_argument("--masks-checkpoint", help="local SAM / SAM 2 weights file (offline use; trident reads SAM "
                                                 "ViT-B's from here too)")
     weights = seg.add_mutually_exclusive_group()
     weights.add_argument("--random-weights", action="store_true",
-                         help="random backbones: smoke tests only, meaningless output")
+                         help="random backbones, mask models and SAM included: smoke tests only, meaningless output")
     weights.add_argument("--demo-backbones", action="store_true",
                          help="the embedded stand-in backbones of lposs.demo, no download: they know only the demo "
                               "scenes' classes (sky, tree, grass, water, road, building, cow, sand) and synonyms")
@@ -118,22 +122,40 @@ COMMANDS = {
 }
 
 
+PLUGIN_COMMANDS = ("segment", "demo")  # the commands that take --plugin (their heads come from the registry)
+
+
+def plugin_specs(argv: list[str]) -> list[str]:
+    """The values of every `--plugin X` / `--plugin=X` in argv, in order."""
+    specs = [arg.split("=", 1)[1] for arg in argv if arg.startswith("--plugin=")]
+    return specs + [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--plugin"]
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    """The parser, with the options of the command named in argv (all commands' when argv is None)."""
+    """The parser, with the options of the command named in argv (all commands' when argv is None). The plugins
+    argv names are imported first, so that their heads are among the choices."""
     parser = argparse.ArgumentParser(prog="python -m lposs", description="LPOSS / LPOSS+ segmentation")
     sub = parser.add_subparsers(dest="command", required=True)
     chosen = None if argv is None else next((arg for arg in argv if not arg.startswith("-")), "")
+    if chosen in PLUGIN_COMMANDS and plugin_specs(argv):
+        from ..plugins import load_plugins
+
+        load_plugins(plugin_specs(argv))
     for name, (help_line, add_arguments) in COMMANDS.items():
         command = sub.add_parser(name, help=help_line)
         if chosen is None or chosen == name:
             add_arguments(command)
+            if name in PLUGIN_COMMANDS:
+                command.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE",
+                                     help="a Python file or module that registers heads (lposs.register_head); "
+                                          "repeatable")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(argv).parse_args(argv)
     try:
+        args = build_parser(argv).parse_args(argv)
         args.run(args)
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         raise SystemExit(f"error: {error}") from None

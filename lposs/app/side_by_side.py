@@ -18,14 +18,20 @@ from torch import Tensor
 from ..core.scoring import labels_from_scores
 from ..segmentation import MODES, as_image_tensor, extract_features, propagate_features
 
-HEAD_TITLES = {"maskclip": "MaskCLIP", "sclip": "SCLIP", "clearclip": "ClearCLIP", "naclip": "NACLIP",
-               "proxyclip": "ProxyCLIP", "scclip": "SC-CLIP", "sfp": "SFP", "pearl": "PEARL", "resclip": "ResCLIP",
-               "cass": "CASS", "demo-vlm": "Demo stand-in"}
+DEMO_TITLE = "Demo stand-in"  # the web page's name for the demo VLM ("demo-vlm"), which has no head record
+
+
+def head_title(head: str) -> str:
+    """A head's display name: its record's title (the demo stand-in's, or the name itself, otherwise)."""
+    from ..models.heads import records
+
+    record = records().get(head)
+    return record.title if record is not None else DEMO_TITLE if head == "demo-vlm" else head
 
 
 def mode_titles(head: str = "maskclip") -> dict[str, str]:
     """What each mode is called on screen: the seeds-only mode takes the name of the head that made them."""
-    seeds = HEAD_TITLES.get(head, head)
+    seeds = head_title(head)
     return {"maskclip": seeds if head == "maskclip" else f"{seeds} (seeds only)", "lposs": "LPOSS",
             "lposs+": "LPOSS+"}
 

@@ -30,13 +30,13 @@ def clip_weight_choices(weights: str, first: str | None = None) -> list[str]:
 
 
 def head_choices(weights: str) -> list[str]:
-    """Dense CLIP heads of lposs.models.heads.HEADS (MaskCLIP, LPOSS's, first), but those that read a mask
+    """Dense CLIP heads of lposs.models.heads.HEADS (MaskCLIP, LPOSS's, first), but those whose record reads a mask
     model's regions (corrclip): the page runs no mask model (the CLI does: `segment --masks`)."""
     if weights == "demo":
         return [DEMO_CHOICE[1]]
-    from ..models.heads import HEADS, REGION_HEADS
+    from ..models.heads import HEADS
 
-    return _first([head for head in HEADS if head not in REGION_HEADS], "maskclip")
+    return _first([name for name, record in HEADS.items() if "regions" not in record.reads], "maskclip")
 
 
 def vision_model_choices(weights: str) -> list[str]:

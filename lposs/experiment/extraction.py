@@ -14,7 +14,7 @@ executor), `fill_dataset` and the streaming evaluator all compute shards with `e
 from __future__ import annotations
 
 import hashlib
-import inspect
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -50,35 +50,31 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def code_fingerprint() -> str:
-    """md5 of the source that turns an image into features: this extraction, `lposs.image_features`, the
-    windows, the backbones, their factory and loading, every head (the 2025 ones, the mask heads and SAM's
-    tensors too), the mask models, the demo stand-ins."""
-    from .. import image_features
-    from ..core import regions, windows
-    from ..demo import backbones as demo_backbones
-    from ..demo import masks as demo_masks
-    from ..models import (
-        backbones,
-        factory,
-        heads,
-        heads_2025,
-        loading,
-        masks,
-        sam2_masks,
-        sam_attention,
-        sam_masks,
-        vit,
-    )
-    from ..models.heads_2025 import cass, cass_text, common, outliers, pearl, resclip, scclip, sfp, sfr
-    from ..models.heads_masks import corrclip, trident
+# What computes a shard: this extraction and the factory that builds every backbone it runs (heads, proxies, mask
+# models, SAM, the demo stand-ins); their import closure is the code the features depend on
+SHARD_CODE = ("lposs.experiment.extraction", "lposs.models.factory")
 
-    sources = [inspect.getsource(f) for f in (extract_shard, _OneForward)]
-    modules = (image_features, windows, backbones, factory, heads, vit, loading, demo_backbones, demo_masks, regions,
-               masks, sam_masks, sam2_masks, sam_attention, corrclip, trident, heads_2025, cass, cass_text, common,
-               outliers, pearl, resclip, scclip, sfp, sfr)
-    sources += [inspect.getsource(m) for m in modules]
-    return hashlib.md5("\n".join(sources).encode()).hexdigest()
+
+def code_digests(package_dir: str | Path | None = None) -> dict[str, str]:
+    """md5 of every source file that can change a shard: the import closure of `SHARD_CODE`, read from the code
+    (lposs.import_graph: the heads' modules, the backbones, their loading, the windows, the mask models, the text
+    prompts, the input normalisation, ... and nothing else, so a solver is not among them), and
+    the file of every head registered from outside the package (lposs.plugins). {relative path: md5}.
+    package_dir: another copy of the package to read (tests); default this one."""
+    from .. import plugins
+    from ..import_graph import ImportGraph
+
+    graph = ImportGraph(package_dir) if package_dir is not None else ImportGraph()
+    files = graph.files(graph.closure(set(SHARD_CODE)))
+    digests = {str(path.relative_to(graph.root)): file_md5(path) for path in files.values()}
+    digests |= {f"plugin:{path.name}": file_md5(path) for path in plugins.sources()}  # by name: clones agree
+    return dict(sorted(digests.items()))
+
+
+def code_fingerprint(package_dir: str | Path | None = None) -> str:
+    """One md5 of `code_digests`: what the feature store's manifest keeps as "code". Editing any module of the
+    extraction's import closure, or a plugin's file, changes it."""
+    return hashlib.md5(json.dumps(code_digests(package_dir), sort_keys=True).encode()).hexdigest()
 
 
 def make_manifest(dataset: str, class_names: list[str], vlm_id: str, vm_ids: dict[str, str],
@@ -101,6 +97,7 @@ def make_manifest(dataset: str, class_names: list[str], vlm_id: str, vm_ids: dic
         "windows": dict(sorted(window_values(windows).items())),
         "versions": package_versions(),
         "code": code_fingerprint(),
+        "code_modules": {path: digest[:12] for path, digest in code_digests().items()},
     }
 
 
@@ -269,3 +266,28 @@ def fill_dataset(store: FeatureStore, dataset: Any, vlm: Any, vms: dict[str, Any
     """`fill_store` over a `lposs.datasets` dataset: backbones run only on images without a valid shard."""
     compute = ShardComputer(dataset, vlm, vms, windows, prompts, store.manifest["vm_dtype"])
     return fill_store(store, compute.items(), compute, progress=progress, desc=f"features {dataset.name}")
+
+
+def write_fingerprint(params_file: str | Path, out: str | Path) -> dict[str, Any]:
+    """The pipeline's `fingerprint` stage: import params.yaml's plugins, then write the code fingerprint and the
+    digest of every module it covers to `out` (JSON). The features stage depends on that file, so DVC re-runs
+    it when a module of the closure or a plugin's file changes (their folder deps cover the package; a plugin
+    may live anywhere)."""
+    import yaml
+
+    from .. import plugins
+    from ..io import write_json
+
+    path = Path(params_file)
+    plugins.load_plugins((yaml.safe_load(path.read_text()) or {}).get("plugins") or [], root=path.resolve().parent)
+    fingerprint = {"code": code_fingerprint(), "modules": code_digests()}
+    write_json(out, fingerprint)
+    return fingerprint
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 3:
+        raise SystemExit("usage: python -m lposs.experiment.extraction PARAMS_YAML OUT_JSON")
+    print(f"code fingerprint {write_fingerprint(sys.argv[1], sys.argv[2])['code']}")

@@ -13,15 +13,13 @@ import subprocess
 import sys
 
 from ..models.factory import BackboneSpec, create_backbones
-from ..models.heads import HEADS
+from ..models.heads import HEADS, head_record
 from ..models.loading import BackboneUnavailable
 from ..models.protocols import PROTOCOLS, own_step, resolve
 from .results import mess_entries
 from .staging import dataset_root, open_entry
 
 PAPER_DATASETS = ["voc21", "context60", "coco_object", "voc20", "context59", "coco_stuff", "cityscapes", "ade20k"]
-PAPER_VMS = {"proxyclip": "dino_vitb8"}  # the graph a head's paper row uses by default (else DINO B/16)
-PAPER_MASKS = {"corrclip": "sam2_hiera_l"}  # the mask model a head's release reads (CorrCLIP: SAM 2, 8 points)
 
 
 def paper_overrides(head: str = "maskclip", protocol: str = "lposs", vm: str | None = None,
@@ -31,9 +29,9 @@ def paper_overrides(head: str = "maskclip", protocol: str = "lposs", vm: str | N
     head is the protocol's), the graph `vm`; the rows seeds, + own step (when the head's release has one),
     + LPOSS, + LPOSS+."""
     resolve(protocol, "voc21")  # an unknown name stops here, with the choices
-    vm = vm or PAPER_VMS.get(head, "dino_vitb16")
+    vm = vm or head_record(head).paper_vm  # the graph of the head's paper row (DINO B/16; ProxyCLIP's DINO B/8)
     return ["datasets=[" + ",".join(datasets or PAPER_DATASETS) + "]",
-            "backbone.vlm=ViT-B-16", "backbone.vlm_pretrained=protocol", f"backbone.masks={PAPER_MASKS.get(head, 'none')}",
+            "backbone.vlm=ViT-B-16", "backbone.vlm_pretrained=protocol", "backbone.masks=release",
             f"backbone.heads=[{head}]",
             f"backbone.vms=[{vm}]", "backbone.vm_pretrained=pretrained", "backbone.vm_features=v",
             "backbone.vm_dtype=float16", f"protocol.name={protocol}", "protocol.background=protocol",
@@ -60,10 +58,9 @@ def paper_problems(data_dir: str, head: str = "maskclip", protocol: str = "lposs
         except (FileNotFoundError, ValueError) as error:
             problems.append(f"data: {error}")
     weights = PROTOCOLS[protocol]["base"]["clip"]
-    vm = vm or PAPER_VMS.get(head, "dino_vitb16")
+    vm = vm or head_record(head).paper_vm
     try:
-        create_backbones(BackboneSpec(vlm="ViT-B-16", vlm_weights=weights, head=head, vm=vm,
-                                      masks=PAPER_MASKS.get(head, "none")), "cpu")
+        create_backbones(BackboneSpec(vlm="ViT-B-16", vlm_weights=weights, head=head, vm=vm, masks="release"), "cpu")
     except BackboneUnavailable as error:  # this command takes no weight files: name the commands that cache them
         problems.append(f"weights ({head} head on ViT-B-16 {weights}, graph {vm}): {error.without_files()}")
     except Exception as error:  # noqa: BLE001 - anything else that stops the backbones: report it
@@ -80,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--data-dir", default="data")
         sub.add_argument("--head", default="maskclip", choices=tuple(HEADS), help="dense head")
         sub.add_argument("--protocol", default="lposs", help=f"evaluation protocol: {', '.join(PROTOCOLS)}")
-        sub.add_argument("--vm", default=None, help="graph model (default dino_vitb16; dino_vitb8 for proxyclip)")
+        sub.add_argument("--vm", default=None, help="graph model (default: the head record's paper_vm, dino_vitb16; "
+                                                    "dino_vitb8 for proxyclip)")
     args = parser.parse_args(argv)
     datasets = mess_entries() if args.command == "mess" else PAPER_DATASETS
     default = (args.head, args.protocol) == ("maskclip", "lposs")

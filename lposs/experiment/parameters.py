@@ -21,11 +21,11 @@ from typing import Any, Mapping
 import yaml
 
 from ..core.scoring import BACKGROUND_RULES
-from ..models.factory import BackboneSpec
+from ..models.factory import RELEASE, BackboneSpec
 from ..models.factory import resolve_device as factory_resolve_device
-from ..models.heads import PROXY_HEADS, REGION_HEADS, RELEASE_PROXIES, WHOLE_IMAGE_HEADS
 from ..models.masks import MASK_MODELS
 from ..models.protocols import PROTOCOLS, WINDOW_KEYS, own_head_params, own_step, resolve
+from ..plugins import is_path, load_plugins, plugin_file
 from ..settings import SECTIONS, Setting, WindowSettings, refuse_unknown
 from .staging import split_entry
 from .store import VM_DTYPES
@@ -40,6 +40,7 @@ class WindowSize:
 
 # params.yaml, section by section (graph, lp and pixel are the fields of lposs.settings)
 SCHEMA: dict[str, Any] = {
+    "plugins": list,
     "datasets": list,
     "data": {"dir": str},
     "backbone": {"vlm": str, "vlm_pretrained": str, "heads": list, "vms": list, "vm_pretrained": str,
@@ -49,7 +50,8 @@ SCHEMA: dict[str, Any] = {
     **{name: "settings" for name in SECTIONS},
     "ablate": {"predictions": int, "sweeps": list},
 }
-CHOICES = {"backbone.masks": MASK_MODELS, "backbone.vm_dtype": tuple(VM_DTYPES), "backbone.device": DEVICES,
+CHOICES = {"backbone.masks": MASK_MODELS + (RELEASE,), "backbone.vm_dtype": tuple(VM_DTYPES),
+           "backbone.device": DEVICES,
            "protocol.name": tuple(PROTOCOLS), "protocol.background": (PROTOCOL_VALUE,) + BACKGROUND_RULES}
 SWEEP_KEYS = ("param", "values", "mode")
 
@@ -145,6 +147,9 @@ def check_params(params: Mapping[str, Any], where: str) -> None:
                                      f"{', '.join(CHOICES[f'{section}.{key}'])}")
         else:
             check_type(section, value, spec)
+    if not all(isinstance(plugin, str) and plugin for plugin in params["plugins"]):
+        raise ValueError(f"{where}: `plugins` lists files (paths relative to params.yaml's folder) or module names, "
+                         f"got {params['plugins']!r}")
     for sweep in params["ablate"]["sweeps"]:
         if not isinstance(sweep, Mapping):
             raise ValueError(f"{where}: every ablate.sweeps entry is {{param, values, mode}}, got {sweep!r}")
@@ -156,6 +161,7 @@ class PipelineParams:
     """params.yaml, validated; what each stage needs is derived from it by the methods below."""
 
     raw: dict[str, Any]
+    root: str = "."  # the folder of params.yaml: plugin paths are relative to it
 
     @classmethod
     def load(cls, params_file: str | Path = "params.yaml", overrides: Mapping[str, Any] | None = None
@@ -167,9 +173,11 @@ class PipelineParams:
                                     "or pass params_file")
         raw = yaml.safe_load(path.read_text()) or {}
         refuse_unknown(overrides or {}, tuple(SCHEMA), "overrides")
-        raw = merged(raw, overrides or {})
+        raw = {"plugins": [], **merged(raw, overrides or {})}  # a params.yaml without plugins: none
         check_params(raw, str(path) + (" with overrides" if overrides else ""))
-        return cls(raw)
+        params = cls(raw, str(path.resolve().parent))
+        load_plugins(params.plugins)  # every stage imports them first, so that their heads exist
+        return params
 
     def section(self, name: str) -> dict[str, Any]:
         return dict(self.raw[name])
@@ -177,6 +185,12 @@ class PipelineParams:
     @property
     def datasets(self) -> list[str]:
         return list(self.raw["datasets"])
+
+    @property
+    def plugins(self) -> tuple[str, ...]:
+        """params.yaml's `plugins`: files as absolute paths (relative ones are read from params.yaml's folder),
+        module names as they are."""
+        return tuple(str(plugin_file(spec, self.root)) if is_path(spec) else spec for spec in self.raw["plugins"])
 
     @property
     def combos(self) -> list[tuple[str, str]]:
@@ -206,19 +220,23 @@ class PipelineParams:
         return BackboneSpec(vlm=backbone["vlm"], vlm_weights=self.clip_weights(), head=head, vm=vm,
                             vm_weights="none" if vm == "demo" else backbone["vm_pretrained"],
                             vm_features=features, proxy=backbone["proxy"], bf16=backbone["bf16"],
-                            masks=backbone["masks"],
+                            masks=backbone["masks"], plugins=self.plugins,
                             **({} if entry is None else own_head_params(resolve(self.protocol, split_entry(entry)[0]),
                                                                         head)))
 
     def built_on(self, head: str) -> dict[str, Any]:
         """What a combination's numbers come from besides its graph: the CLIP model and weights, the head's
-        second vision model (ProxyCLIP, CASS, Trident, CorrCLIP) and mask model (Trident's SAM, CorrCLIP's
-        regions); written beside the results, read by the results table."""
+        second vision model and mask model (its record's: Trident's SAM, CorrCLIP's regions), what was trained
+        ("training-free" or not); written beside the results, read by the results table."""
         backbone = self.raw["backbone"]
         clip = "none" if backbone["vlm"] == "demo" else f"{backbone['vlm']} {self.clip_weights()}"
-        proxy = RELEASE_PROXIES.get(head) if backbone["proxy"] == "release" else backbone["proxy"]
-        masks = "sam_vit_b" if head in WHOLE_IMAGE_HEADS else backbone["masks"] if head in REGION_HEADS else None
-        return {"clip": clip, "proxy": proxy if head in PROXY_HEADS else None, "masks": masks}
+        if head == "demo":
+            return {"clip": clip, "proxy": None, "masks": None}
+        spec = self.backbone_spec(head, "clip" if backbone["vlm"] != "demo" else "demo")
+        record = spec.record
+        masks = record.masks if record.reads_sam else spec.masks if "regions" in record.reads else None
+        return {"clip": clip, "proxy": spec.proxy if "proxy" in record.reads else None, "masks": masks,
+                "training": record.training}
 
     def own_step(self, head: str, entry: str) -> dict[str, Any] | None:
         """The post-step of `head`'s release on a dataset entry (mode "own"; `lposs.models.protocols.own_step`)."""

@@ -16,7 +16,7 @@ import yaml
 
 from ..io import read_json
 from .staging import split_entry
-from .tables import METHODS
+from .tables import METHODS, TRAINING_FREE
 
 
 def collect_results(ablations_dir: str, datasets: list[str], combos: list[str],
@@ -100,7 +100,8 @@ def table_runs(results: dict[str, dict[str, dict]]) -> list[dict[str, Any]]:
             row = runs.setdefault((combo, mode_run["protocol"]["protocol"]), {
                 "head": mode_run["head"], "vm": mode_run["vm_name"], "protocol": mode_run["protocol"]["protocol"],
                 "clip": built.get("clip", "?"), "proxy": built.get("proxy"),
-                "masks": built.get("masks"), "own_step": (mode_run.get("own_step") or {}).get("name"), "deviations": [], "modes": {}})
+                "masks": built.get("masks"), "training": built.get("training", TRAINING_FREE),
+                "own_step": (mode_run.get("own_step") or {}).get("name"), "deviations": [], "modes": {}})
             row["modes"][dataset] = modes[dataset][combo]
             if "deviation" in mode_run["protocol"]:
                 row["deviations"].append(f"{dataset}: {mode_run['protocol']['deviation']}")

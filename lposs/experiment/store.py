@@ -47,14 +47,25 @@ class CorruptShard(ValueError):
 
 
 WHY = {  # what a difference in a manifest key means, said beside it
-    "code": "the code that computes features changed (lposs.image_features, the backbones and heads, their "
-            "loading and factory, the windows, the demo stand-ins, the extraction): its features may differ",
+    "code": "the code that computes features changed (a module of the import closure of the extraction and the "
+            "backbone factory, or a plugin's file; code_modules names which): its features may differ",
+    "code_modules": "this module's source changed since the store was made",
     "versions": "a package the features depend on changed version",
     "format": "the shard format changed",
 }
 
 
+OLD_FINGERPRINT = ("made by the old code fingerprint, a hand-kept list of modules that missed some (the prompt "
+                   "templates lposs/models/text.py and text_cache.py, DINOv3's RoPE lposs/models/rope.py, the input "
+                   "normalisation lposs/core/color.py): whether its features are current cannot be told, so it must be "
+                   "recomputed")
+
+
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    if not prefix and "code_modules" in new and "code_modules" not in old and "code" in old:
+        return [f"code: {OLD_FINGERPRINT}"] + _differences({k: v for k, v in old.items() if k != "code"},
+                                                            {k: v for k, v in new.items() if k not in ("code",
+                                                                                                   "code_modules")})
     out = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key, "<absent>"), new.get(key, "<absent>")

@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = evaluate(ds, backbones.vlm, backbones.vm, points, device, windows,
                       lambda i: prompts(ds, i, args.protocol),
                       None if rule["background"] == "synonyms" else rule, args.batch_images, args.workers, store,
-                      own_step=own_step(spec.head, split_entry(args.dataset)[0], sam=spec.sam_weights))
+                      own_step=own_step(spec.head, split_entry(args.dataset)[0], sam=spec.mask_weights))
     result.update({"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "bf16": args.bf16,
                    "protocol": args.protocol})
     for record in result["records"]:

@@ -8,11 +8,11 @@ The classes follow the interface of the rest of the package (docs/method.md sect
     .dense_features(windows [B, 3, h, w] in [0, 1]) -> [B, h/p, w/p, D], L2-normalised per patch
     .text_embeddings(class_names) -> (emb [C', D], owner [C'])      (DenseCLIP only)
 
-- `DenseCLIP` (alias `MaskCLIP`): an open_clip ViT with one of the dense heads of `lposs.models.heads.HEADS`
-  (maskclip, sclip, clearclip, naclip, proxyclip; scclip, sfp, pearl, resclip, cass; trident, corrclip), with a
-  prompt-ensemble text classifier. resclip reads the class list's query embeddings: `dense_features(windows,
-  text=emb)`; corrclip each window's mask regions (`regions=`); trident reads the whole image instead of
-  windows (`whole_image_features`).
+- `DenseCLIP` (alias `MaskCLIP`): an open_clip ViT with one of the dense heads of `lposs.models.heads.HEADS`, with
+  a prompt-ensemble text classifier. What a head reads besides the windows comes from its record
+  (lposs.models.records): the class list's query embeddings (`dense_features(windows, text=emb)`), each window's
+  mask regions (`regions=`), a proxy vision model, SAM's tensors; a "whole_image" head reads the whole image
+  instead of windows (`whole_image_features`).
 - `VisionFeatures` (alias `DinoFeatures`): any timm ViT of `VISION_MODELS` (or a timm name); features are the
   last block's attention q, k or v, or the final normalised tokens; several of them from one forward. As a
   proxy it also gives "k_raw": CASS's raw last-block keys on the window resized to a square.
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -37,19 +37,12 @@ from ..core.color import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD  # noq
 from ..hardware import cpu_has_native_bf16
 from .heads import (
     HEADS,
-    PROXY_FEATURES,
-    PROXY_HEADS,
-    REGION_HEADS,
-    TEXT_HEADS,
-    WHOLE_IMAGE_HEADS,
     dense_clip_features,
-    head_settings,
+    head_record,
+    heads_reading,
     positional_embedding,
     tokens_before_last_block,
 )
-from .heads_2025.cass_text import cass_query_scores, check_text_params
-from .heads_masks.corrclip import regions_at_grid
-from .heads_masks.trident import release_windows
 from .loading import (  # noqa: F401 - BackboneUnavailable, CLIP_WEIGHTS, VISION_MODELS, hf_cache_dir re-exported
     CLIP_WEIGHTS,
     VISION_MODELS,
@@ -62,6 +55,7 @@ from .loading import (  # noqa: F401 - BackboneUnavailable, CLIP_WEIGHTS, VISION
     timm_name,
     weights_label,
 )
+from .records import SAM_INPUTS
 from .rope import apply_rope
 from .text import CONTEXTS, imagenet_templates, split_synonyms  # noqa: F401 - imagenet_templates re-exported
 from .text_cache import TextCache, cached_prompt_ensembles, weights_digest
@@ -73,10 +67,6 @@ DEFAULT_PROXY_MODEL = "dino_vitb8"
 VM_FEATURES = ("q", "k", "v", "tokens", "q_rope", "k_rope", "qk")  # graph features (unit norm); qk = q + k
 ROPE_FEATURES = {"q_rope": "q", "k_rope": "k"}  # after RoPE (models with rotary embeddings: DINOv3)
 RAW_FEATURES = ("k_raw",)  # proxy features, not normalised (CASS's keys)
-# What DenseCLIP fills in where a head's pure function has no default. ResCLIP's temp_thd: its VOC21 value,
-# 0.5 (yvhangyang/ResCLIP configs/cfg_voc21.py:8), the dataset whose rcs/sfr weights are also the head's
-# defaults (cfg_voc21.py:10-11); COCO-Object uses 0.11 (cfg_coco_object.py:7). Protocols set it per dataset.
-DENSE_CLIP_DEFAULTS: dict[str, dict[str, Any]] = {"resclip": {"temp_thd": 0.5}}
 
 
 def _normalise_input(windows: Tensor, mean: Sequence[float], std: Sequence[float], patch: int) -> Tensor:
@@ -109,9 +99,11 @@ def _autocast(device: torch.device, bf16: bool):
 
 def head_label(head: str, head_params: dict[str, Any] | None) -> str:
     """The head part of an id: the name, then every parameter that differs from the head's default (as
-    DenseCLIP fills it in); the query embeddings (`text`) are per class list, never part of an id."""
-    defaults = {**HEADS[head], **DENSE_CLIP_DEFAULTS.get(head, {})}
-    settings = head_settings(head, {**DENSE_CLIP_DEFAULTS.get(head, {}), **(head_params or {})})
+    DenseCLIP fills it in: the record's caller_defaults); the query embeddings (`text`) are per class list, never
+    part of an id."""
+    record = head_record(head)
+    defaults = {**record.defaults, **record.caller_defaults}
+    settings = record.settings({**record.caller_defaults, **(head_params or {})})
     changed = sorted(name for name in settings if name != "text" and settings[name] != defaults[name])
     return head + "".join(f"-{name}_{_label_value(settings[name])}" for name in changed)
 
@@ -127,11 +119,12 @@ class DenseCLIP:
 
     pretrained: an open_clip tag ("laion2b_s34b_b88k", "openai"), or None for seeded random weights.
     head, head_params: a name of `lposs.models.heads.HEADS` and overrides of its defaults (e.g. {"sigma": 3.0});
-        resclip's temp_thd defaults to 0.5 here (`DENSE_CLIP_DEFAULTS`), its text comes with each call of
-        `dense_features(windows, text=emb)` (`.needs_text` says so; `extract_features` passes it).
-    proxy: the vision model of a proxy head (e.g. VisionFeatures("dino_vitb8")). proxyclip: its final tokens
-        give the affinity and its grid the output grid, so `.patch_size` is then the proxy's. cass: its raw
-        last-block keys ("k_raw") on each window resized to a square; the output stays at the CLIP grid.
+        what the head's record leaves to its caller is filled in here (`caller_defaults`: resclip's temp_thd 0.5).
+        A head that reads the class list's queries gets them with each call of `dense_features(windows,
+        text=emb)` (`.needs_text` says so; `extract_features` passes it).
+    proxy: the vision model of a head that reads one (record.reads "proxy", e.g. VisionFeatures("dino_vitb8")):
+        the head reads its `record.proxy_feature`; when the record's output_grid is "proxy" (proxyclip,
+        corrclip, trident) `.patch_size` is the proxy's.
     quick_gelu: None = as the tag says (QuickGELU for "openai"); True builds random weights like OpenAI's.
     checkpoint: a local weight file (.bin/.pt/.safetensors) used instead of downloading the tag.
     bf16: bfloat16 autocast on CUDA, and on a CPU with native bfloat16 (`native_bf16`); elsewhere
@@ -140,11 +133,11 @@ class DenseCLIP:
         the whole 77-token context as open_clip does (reference mode); see `lposs.models.text`.
     text_cache: where class embeddings persist across runs (`lposs.models.text_cache`); "env" = the
         LPOSS_CACHE rule (default ~/.cache/lposs), None = no persistent cache.
-    text_params: CASS's text step (cass head only; `cass_text.TEXT_PARAMS`): the seeds become
-        `query_scores(...)`, the queries adjusted to each image; `extract_features` calls it.
-    sam: trident's SAM (`lposs.models.sam_attention.SamAttention`): the head reads the whole image
-        (`whole_image_features`), not windows. corrclip reads each window's mask regions:
-        `dense_features(windows, regions=...)` (`.reads_regions`).
+    text_params: the parameters of a head's text step (record.text_step; CASS's `cass_text.TEXT_PARAMS`): the
+        seeds become `query_scores(...)`, the queries adjusted to each image; `extract_features` calls it.
+    sam: SAM's last block (`lposs.models.sam_attention.SamAttention`) for a head that reads its tensors
+        (trident). A "whole_image" head reads the whole image (`whole_image_features`), not windows; a head that
+        reads regions gets each window's mask regions: `dense_features(windows, regions=...)` (`.reads_regions`).
     """
 
     def __init__(
@@ -176,24 +169,27 @@ class DenseCLIP:
         if "text" in (head_params or {}):
             raise ValueError(f"head {head!r}: pass the query embeddings with each call, dense_features(windows, "
                              "text=emb), not in head_params (they change with the class list)")
-        self.head, self.head_params = head, {**DENSE_CLIP_DEFAULTS.get(head, {}), **(head_params or {})}
-        self.settings = head_settings(head, self.head_params)
-        if (head in PROXY_HEADS) != (proxy is not None):
-            raise ValueError(f"head {head!r} needs proxy=a vision model (e.g. VisionFeatures('dino_vitb8'))"
-                             if head in PROXY_HEADS else f"head {head!r} takes no proxy (got "
-                             f"{getattr(proxy, 'id', proxy)!r}); only {' and '.join(map(repr, PROXY_HEADS))} do")
+        self.record = record = head_record(head)
+        self.head, self.head_params = head, {**record.caller_defaults, **(head_params or {})}
+        self.settings = record.settings(self.head_params)
+        reads = set(record.reads)
+        if ("proxy" in reads) != (proxy is not None):
+            raise ValueError(f"head {head!r} needs proxy=a vision model (e.g. VisionFeatures('{record.proxy}'))"
+                             if "proxy" in reads else f"head {head!r} takes no proxy (got "
+                             f"{getattr(proxy, 'id', proxy)!r}); only {', '.join(heads_reading('proxy'))} do")
         self.proxy = proxy
-        if (head in WHOLE_IMAGE_HEADS) != (sam is not None):
-            raise ValueError(f"head {head!r} needs sam=SamAttention() (SAM's last block)" if head in WHOLE_IMAGE_HEADS
-                             else f"head {head!r} takes no sam; only {' and '.join(map(repr, WHOLE_IMAGE_HEADS))}")
+        if record.reads_sam != (sam is not None):
+            raise ValueError(f"head {head!r} needs sam=SamAttention() (SAM's last block)" if record.reads_sam
+                             else f"head {head!r} takes no sam; only {', '.join(heads_reading(*SAM_INPUTS))} do")
         self.sam = sam
-        self.needs_text = head in TEXT_HEADS
-        self.reads_regions = head in REGION_HEADS
-        self.whole_image = head in WHOLE_IMAGE_HEADS
-        if text_params and head != "cass":
-            raise ValueError(f"text_params are CASS's text step; head {head!r} has none")
+        self.needs_text = "text" in reads
+        self.reads_regions = "regions" in reads
+        self.whole_image = record.kind == "whole_image"
+        if text_params and record.text_step is None:
+            steps = [name for name, other in HEADS.items() if other.text_step is not None]
+            raise ValueError(f"text_params are a text step's (heads {', '.join(steps)}); head {head!r} has none")
         if text_params:
-            check_text_params(text_params)
+            record.text_step.check(text_params)
         self.text_params = dict(text_params or {})
         self.device = torch.device(device)
         self.bf16 = bf16 and native_bf16(self.device)
@@ -203,8 +199,7 @@ class DenseCLIP:
         self.model_name = model_name
         self._check_visual(model_name)
         self.clip_patch_size = int(self.model.visual.patch_size[0])
-        at_proxy_grid = head in ("proxyclip", "corrclip", "trident")
-        self.patch_size = int(proxy.patch_size) if at_proxy_grid else self.clip_patch_size
+        self.patch_size = int(proxy.patch_size) if record.output_grid == "proxy" else self.clip_patch_size
         self.embed_dim = int(self.model.visual.proj.shape[1])
         gelu = "-quickgelu" if quick and "quickgelu" not in model_name else ""
         weights = weights_label(pretrained, checkpoint, seed)
@@ -232,8 +227,8 @@ class DenseCLIP:
 
         text: the current class list's query embeddings [C', D] (`text_embeddings(...)[0]`, every synonym in
         order); resclip needs them (its first pass labels the patches), the other heads ignore them.
-        regions: corrclip's mask-region ids of each window [B, h, w] (pixels; 0 = no mask), which it reads at
-        its proxy's grid (`corrclip.regions_at_grid`); the other heads take none.
+        regions: each window's mask-region ids [B, h, w] (pixels; 0 = no mask) for a head that reads them
+        (corrclip, which samples them at its proxy's grid as released); the other heads take none.
         """
         if self.needs_text and text is None:
             raise ValueError(f"head {self.head!r} needs the class list's query embeddings: "
@@ -250,54 +245,58 @@ class DenseCLIP:
         with _autocast(self.device, self.bf16):
             proxy = None if self.proxy is None else self._proxy_features(windows)
             if self.reads_regions:
-                grid = tuple(proxy.shape[1:3])
-                params["regions"] = torch.stack([regions_at_grid(r, grid) for r in regions.to(self.device)])
+                params["regions"] = regions.to(self.device)
             return dense_clip_features(self.model.visual, x, self.head, proxy, **params)
 
     @torch.no_grad()
     def whole_image_features(self, image: Tensor, resized: Tensor) -> Tensor:
-        """trident: the image [3, H, W] and its resized copy [3, H', W'] in [0, 1] -> the resized image's
-        features at SAM's grid [1, h_s, w_s, D], unit norm. SAM reads the image as given (the release reads the
-        image file); CLIP and DINO the release's windows of the resized image (`trident.release_windows`)."""
-        settings = self.settings
-        windows, cells, canvas = release_windows(resized.to(self.device, torch.float32), settings["slide_crop"],
-                                                 settings["slide_stride"], self.clip_patch_size)
-        sam_attn, sam_v = self.sam(image)
+        """A "whole_image" head (trident): the image [3, H, W] and its resized copy [3, H', W'] in [0, 1] -> the
+        resized image's features [1, h, w, D] (trident's: at SAM's grid), unit norm. The head's record cuts the
+        resized image into its release's windows (`image_windows`); SAM, for a head that reads it, sees the image as
+        given (Trident's release reads the image file)."""
+        windows, cells, canvas = self.record.image_windows(resized.to(self.device, torch.float32), self.settings,
+                                                            self.clip_patch_size)
+        inputs: dict[str, Any] = {"cells": cells, "canvas": canvas}
+        if self.sam is not None:
+            inputs["sam_attn"], inputs["sam_v"] = (t.to(self.device) for t in self.sam(image))
         x = _normalise_input(windows, CLIP_MEAN, CLIP_STD, self.clip_patch_size)
         with _autocast(self.device, self.bf16):
-            proxy = self._proxy_features(windows)
-            return dense_clip_features(self.model.visual, x, self.head, proxy, cells=cells, canvas=canvas,
-                                       sam_attn=sam_attn.to(self.device), sam_v=sam_v.to(self.device),
-                                       **self.head_params)
+            proxy = None if self.proxy is None else self._proxy_features(windows)
+            return dense_clip_features(self.model.visual, x, self.head, proxy, **inputs, **self.head_params)
 
     @property
     def adjusts_queries(self) -> bool:
-        """True when the seeds are not plain cosines: CASS's text step (`query_scores`)."""
+        """True when the seeds are not plain cosines: a text step adjusts the queries (CASS's; `query_scores`)."""
         return bool(self.text_params)
 
     @torch.no_grad()
     def query_scores(self, dense: Tensor, text: Tensor, windows: Tensor, image: Tensor) -> Tensor:
-        """CASS's text step: the head's features [B, h, w, D] against the queries [C', D] adjusted to this image,
-        blended with its global embedding (`cass_text.cass_query_scores`), windows [B, 3, s, s] and the whole
-        resized image [3, H, W] in [0, 1] -> [B, h, w, C']."""
+        """The head's text step (record.text_step; CASS's: the queries [C', D] adjusted to this image, blended with
+        its global embedding, `cass_text.cass_query_scores`) on its features [B, h, w, D], with the windows
+        [B, 3, s, s] and the whole resized image [3, H, W] in [0, 1] -> [B, h, w, C']."""
         x = _normalise_input(windows.to(self.device, torch.float32), CLIP_MEAN, CLIP_STD, self.clip_patch_size)
         whole = _normalise_input(image[None].to(self.device, torch.float32), CLIP_MEAN, CLIP_STD, 1)[0]
         with _autocast(self.device, self.bf16):
-            return cass_query_scores(self.model.visual, dense.to(self.device), text.to(self.device), x, whole,
-                                     self.text_params, self.settings["interpolation"])
+            return self.record.text_step.scores(self.model.visual, dense.to(self.device), text.to(self.device), x,
+                                                whole, self.text_params, self.interpolation)
 
     def _proxy_features(self, windows: Tensor) -> Tensor:
         """windows [B, 3, h, w] in [0, 1] -> what this head reads of its proxy, [B, h', w', Dv]."""
-        feature = PROXY_FEATURES[self.head]
+        feature = self.record.proxy_feature
         return self.proxy.dense_features_multi(windows, (feature,))[feature]
+
+    @property
+    def interpolation(self) -> str:
+        """The head's position-embedding rule (lposs.models.vit; "lposs" for a head without one)."""
+        return self.settings.get("interpolation", "lposs")
 
     def tokens_before_last_block(self, x: Tensor) -> Tensor:
         """Normalised images [B, 3, h, w] -> the token sequence entering the last block, [B, L, W]."""
-        return tokens_before_last_block(self.model.visual, x, self.settings["interpolation"])
+        return tokens_before_last_block(self.model.visual, x, self.interpolation)
 
     def positional_embedding(self, grid_h: int, grid_w: int) -> Tensor:
         """[1 + gh*gw, W], resized off the native grid by this head's rule."""
-        return positional_embedding(self.model.visual, (grid_h, grid_w), self.settings["interpolation"])
+        return positional_embedding(self.model.visual, (grid_h, grid_w), self.interpolation)
 
     # --- text ----------------------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
 from ..demo import DemoVLM, DemoVM
+from ..plugins import load_plugins
 from .backbones import (
     DEFAULT_CLIP_MODEL,
     DEFAULT_CLIP_PRETRAINED,
@@ -29,18 +30,16 @@ from .backbones import (
     DenseCLIP,
     VisionFeatures,
 )
-from .heads import HEADS, PROXY_FEATURES, PROXY_HEADS, REGION_HEADS, RELEASE_PROXIES, WHOLE_IMAGE_HEADS
+from .heads import head_record
 from .loading import BackboneUnavailable, open_clip_quick_gelu, resolve_clip_weights, timm_name
 from .masks import MASK_MODELS, create_mask_model
+from .records import HeadRecord
 
 DEFAULT_VM = "dino_vitb16"  # DINO ViT-B/16, LPOSS's graph (lposs.models.loading.VISION_MODELS)
 VLM_WEIGHTS_SPECIAL = ("random", "none")  # seeded random weights | no weights (the demo stand-ins)
 VM_WEIGHTS = ("pretrained", "random", "none")
 DEMO_FEATURES = ("q", "k", "v")
-
-# ProxyCLIP's release runs one crop per forward, so its "mean over the batch" is a mean over one window;
-# every caller here batches all windows of an image, so the head takes that mean per window.
-BATCHED_HEAD_PARAMS = {"proxyclip": {"affinity_mean": "window"}}
+RELEASE = "release"  # proxy / masks: the one the head's release reads (its record's `proxy` / `masks`)
 
 
 @dataclass(frozen=True)
@@ -50,18 +49,21 @@ class BackboneSpec:
     vlm: an open_clip model name, or "demo"; vlm_weights: an open_clip pretrained tag, "random" (seeded
     random weights) or "none" (demo). quick_gelu: None = as the tag's config says (QuickGELU for OpenAI's
     weights); True builds random weights shaped like OpenAI's. head: a name of `lposs.models.heads.HEADS`
-    (or "demo"); head_params: overrides of its defaults, as (name, value) pairs; text_params: CASS's text step
-    (`lposs.models.heads_2025.cass_text.TEXT_PARAMS`), as pairs. masks: a class-agnostic mask model of
-    `lposs.models.masks.MASK_MODELS` whose regions the graphs can respect ("none": no regions);
-    masks_checkpoint: SAM's weight file (None: the cached or downloaded one); the trident head reads SAM ViT-B
-    from it too (random weights when vlm_weights is "random"). corrclip needs a mask model (masks not "none").
+    (or "demo"); head_params: overrides of its defaults, as (name, value) pairs; text_params: the parameters
+    of the head's text step (CASS's, `lposs.models.heads_2025.cass_text.TEXT_PARAMS`), as pairs. masks: a
+    class-agnostic mask model of `lposs.models.masks.MASK_MODELS` whose regions the graphs can respect ("none": no
+    regions), or "release" (the default): the one the head's release reads (its record's `masks`: CorrCLIP's SAM 2),
+    else "none". masks_checkpoint: the SAM weight file (None: the cached or
+    downloaded one); a head that reads SAM's tensors (trident) reads SAM ViT-B from it too. With vlm_weights
+    "random" every model is random: mask models and SAM included (`mask_weights`).
     vm: a `VISION_MODELS` short name, a timm name, "clip" (the VLM's own features, no second model) or
     "demo"; vm_weights: pretrained | random | none; vm_features: the graph features to compute (q, k, v of
-    the last block or the final tokens; ("clip",) for vm "clip"). proxy: the vision model of the proxy heads
-    (`PROXY_HEADS`): "release" (the default) = the one the head's release reads (`RELEASE_PROXIES`: DINO ViT-B/8
-    for ProxyCLIP's final tokens, CASS's raw last-block keys (MICV-yonsei/CASS@228ecdd cass_segmentor.py:72-76)
-    and CorrCLIP's q + k; DINO ViT-B/16 for Trident's tokens); ignored by the other heads.
-    *_checkpoint: local weight files used instead of the tags (offline use).
+    the last block or the final tokens; ("clip",) for vm "clip"). proxy: the vision model of a head that reads
+    one: "release" (the default) = the one its release reads (its record's `proxy`: DINO ViT-B/8 for ProxyCLIP,
+    CASS and CorrCLIP, DINO ViT-B/16 for Trident); ignored by the other heads.
+    *_checkpoint: local weight files used instead of the tags (offline use). plugins: files (absolute paths) or
+    modules that register heads (lposs.plugins), imported before the head is looked up, in every process that
+    builds these backbones.
     """
 
     vlm: str = DEFAULT_CLIP_MODEL
@@ -70,20 +72,28 @@ class BackboneSpec:
     vm: str = DEFAULT_VM
     vm_weights: str = "pretrained"
     vm_features: tuple[str, ...] = ("v",)
-    proxy: str = "release"
+    proxy: str = RELEASE
     bf16: bool = False
     quick_gelu: bool | None = None
     head_params: tuple[tuple[str, Any], ...] = field(default=())
     text_params: tuple[tuple[str, Any], ...] = field(default=())
-    masks: str = "none"
+    masks: str = RELEASE
     masks_checkpoint: str | None = None
     clip_checkpoint: str | None = None
     vm_checkpoint: str | None = None
     proxy_checkpoint: str | None = None
+    plugins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.proxy == "release":  # the proxy the head's release reads (DINO B/8; Trident's DINO B/16)
-            object.__setattr__(self, "proxy", RELEASE_PROXIES.get(self.head, DEFAULT_PROXY_MODEL))
+        object.__setattr__(self, "plugins", tuple(self.plugins))
+        load_plugins(self.plugins)  # a plugin's head must be registered before it is looked up (workers too)
+        record = self.record  # an unknown head stops here, naming the choices
+        if self.proxy == RELEASE:  # the proxy the head's release reads (DINO B/8; Trident's DINO B/16)
+            object.__setattr__(self, "proxy", (record and record.proxy) or DEFAULT_PROXY_MODEL)
+        if self.masks == RELEASE:  # the mask model the head's release reads (CorrCLIP: SAM 2); SAM's tensors, which
+            # a head such as Trident reads itself, are not a mask model's regions
+            uses = record is not None and record.masks is not None and not record.reads_sam
+            object.__setattr__(self, "masks", record.masks if uses else "none")
         object.__setattr__(self, "vm_features", tuple(self.vm_features))
         object.__setattr__(self, "head_params", tuple(sorted(dict(self.head_params).items())))
         object.__setattr__(self, "text_params", tuple(sorted(dict(self.text_params).items())))
@@ -96,13 +106,13 @@ class BackboneSpec:
         if any(demo) and not all(demo):
             raise ValueError("the demo backbones go together: vlm demo, head demo, vm demo "
                              f"(got vlm {self.vlm!r}, head {self.head!r}, vm {self.vm!r})")
-        if not self.is_demo and self.head not in HEADS:
-            raise ValueError(f"unknown dense head {self.head!r}; choose one of {', '.join(HEADS)}")
         if self.masks not in MASK_MODELS:
-            raise ValueError(f"masks={self.masks!r}: use one of {', '.join(MASK_MODELS)}")
-        if self.head in REGION_HEADS and self.masks == "none":
+            raise ValueError(f"masks={self.masks!r}: use one of {', '.join(MASK_MODELS)} or {RELEASE}")
+        if self.record is not None and "regions" in self.record.reads and self.masks == "none":
+            release = f"its release uses {self.record.masks}, " if self.record.masks else ""
             raise ValueError(f"head {self.head!r} reads a mask model's regions: set masks (one of "
-                             f"{', '.join(MASK_MODELS[1:])}; its release uses SAM 2, the offline demo 'demo')")
+                             f"{', '.join(MASK_MODELS[1:])}; {release}the offline demo 'demo'; '{RELEASE}' = its "
+                             "release's)")
         if self.vm_weights not in VM_WEIGHTS:
             raise ValueError(f"vm_weights={self.vm_weights!r}: use one of {', '.join(VM_WEIGHTS)}")
         allowed = DEMO_FEATURES if self.is_demo else ("clip",) if self.vm == "clip" else VM_FEATURES
@@ -112,9 +122,14 @@ class BackboneSpec:
                              "separated by commas, e.g. 'v' or 'q,k,v'")
 
     @property
-    def sam_weights(self) -> str | None:
-        """SAM ViT-B's weights for Trident (its head and its refinement): random with a random VLM, else
-        masks_checkpoint (None: the cached or downloaded file)."""
+    def record(self) -> HeadRecord | None:
+        """The head's record (None for the demo stand-ins); ValueError naming the choices for an unknown head."""
+        return None if self.head == "demo" else head_record(self.head)
+
+    @property
+    def mask_weights(self) -> str | None:
+        """The mask model's and SAM's weights (Trident's head and its refinement included): random with a random
+        VLM, else masks_checkpoint (None: the cached or downloaded file)."""
         return "random" if self.vlm_weights == "random" else self.masks_checkpoint
 
     @property
@@ -127,7 +142,7 @@ class BackboneSpec:
 
         weights = "none" if self.is_demo else self.vlm_weights
         parts = [self.vlm if weights in ("none", "") else f"{self.vlm}.{weights}",
-                 f"{self.head}.{self.proxy}" if self.head in PROXY_HEADS else self.head,
+                 f"{self.head}.{self.proxy}" if self.record is not None and "proxy" in self.record.reads else self.head,
                  self.vm if self.vm_weights in ("none", "pretrained", "") or self.vm == "clip"
                  else f"{self.vm}.{self.vm_weights}"]
         return re.sub(r"[^A-Za-z0-9._+-]", "-", "+".join(parts) + ("+bf16" if self.bf16 else ""))
@@ -190,7 +205,7 @@ def create_backbones(spec: BackboneSpec, device: str = "cpu") -> Backbones:
             missing.append(error)
             return None
 
-    masks = attempt(lambda: create_mask_model(spec.masks, device, spec.masks_checkpoint))
+    masks = attempt(lambda: create_mask_model(spec.masks, device, spec.mask_weights))
     if spec.is_demo:
         if missing:
             raise missing[0]
@@ -198,15 +213,15 @@ def create_backbones(spec: BackboneSpec, device: str = "cpu") -> Backbones:
 
     vm = None if spec.vm == "clip" else attempt(lambda: _vision_model(spec, spec.vm, spec.vm_features[0],
                                                                        spec.vm_checkpoint, device))
-    proxy = None
-    if spec.head in PROXY_HEADS:
-        feature = PROXY_FEATURES[spec.head]
+    record, proxy = spec.record, None
+    if "proxy" in record.reads:
+        feature = record.proxy_feature
         same = vm is not None and vm.model_name == timm_name(spec.proxy) and spec.proxy_checkpoint == spec.vm_checkpoint
         proxy = vm.with_feature(feature) if same else attempt(
             lambda: _vision_model(spec, spec.proxy, feature, spec.proxy_checkpoint, device))
-    proxy_missing = spec.head in PROXY_HEADS and proxy is None  # its weights are missing: named below
-    sam = attempt(lambda: _trident_sam(spec, device)) if spec.head in WHOLE_IMAGE_HEADS else None
-    sam_missing = spec.head in WHOLE_IMAGE_HEADS and sam is None
+    proxy_missing = "proxy" in record.reads and proxy is None  # its weights are missing: named below
+    sam = attempt(lambda: _sam_attention(spec, device)) if record.reads_sam else None
+    sam_missing = record.reads_sam and sam is None
     vlm = None if proxy_missing or sam_missing else attempt(lambda: _dense_clip(spec, proxy, device, sam))
     if missing:
         raise BackboneUnavailable("\n\n".join(map(str, missing)), [m for error in missing for m in error.missing])
@@ -221,22 +236,23 @@ def _vision_model(spec: BackboneSpec, name: str, feature: str, checkpoint: str |
                           checkpoint=None if random else checkpoint, bf16=spec.bf16)
 
 
-def _trident_sam(spec: BackboneSpec, device: str) -> Any:
-    """SAM ViT-B's last block for the trident head: masks_checkpoint (or the cached weights); random weights
-    with a random VLM."""
+def _sam_attention(spec: BackboneSpec, device: str) -> Any:
+    """SAM ViT-B's last block for a head that reads it (trident): masks_checkpoint (or the cached weights);
+    random weights with a random VLM."""
     from .sam_attention import SamAttention
 
     try:
-        return SamAttention(spec.sam_weights, device)
+        return SamAttention(spec.mask_weights, device)
     except ImportError as error:
-        raise ImportError(f"head 'trident' needs the segment-anything package: pip install -e .[masks] ({error})") from error
+        raise ImportError(f"head {spec.head!r} needs the segment-anything package: pip install -e .[masks] "
+                          f"({error})") from error
 
 
 def _dense_clip(spec: BackboneSpec, proxy: Any, device: str, sam: Any = None) -> DenseCLIP:
     random = spec.vlm_weights in VLM_WEIGHTS_SPECIAL
     pretrained = None if random else spec.vlm_weights
     quick = open_clip_quick_gelu(spec.vlm, pretrained, spec.quick_gelu)
-    head_params = {**BATCHED_HEAD_PARAMS.get(spec.head, {}), **dict(spec.head_params)}
+    head_params = {**spec.record.batched, **dict(spec.head_params)}  # all windows of an image run as one batch
     return DenseCLIP(spec.vlm, pretrained=pretrained, device=device, bf16=spec.bf16,
                      checkpoint=None if random else spec.clip_checkpoint, head=spec.head,
                      head_params=head_params or None, proxy=proxy, quick_gelu=quick,

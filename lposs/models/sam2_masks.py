@@ -34,7 +34,7 @@ MULTIMASK_OUTPUT = False  # CorrCLIP: one mask per point
 def sam2_hiera_l_weights(checkpoint: str | os.PathLike | None) -> str:
     """The local path of SAM 2 hiera-L's weights: `checkpoint`, or torch hub's cached copy, downloaded when
     possible."""
-    return torch_hub_weights(checkpoint, SAM2_HIERA_L_URL, "SAM 2 hiera-L (sam2)", "masks_checkpoint")
+    return torch_hub_weights(checkpoint, SAM2_HIERA_L_URL, "SAM 2 hiera-L (sam2)", "--masks-checkpoint")
 
 
 def build_sam2_model(checkpoint: str | os.PathLike | None = None, seed: int = 0, overrides: tuple[str, ...] = (),

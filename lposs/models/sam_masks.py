@@ -40,7 +40,7 @@ def regions_from_masks(masks: list[np.ndarray], shape: tuple[int, int]) -> Tenso
 
 def sam_vit_b_weights(checkpoint: str | os.PathLike | None) -> str:
     """The local path of SAM ViT-B's weights: `checkpoint`, or torch hub's cached copy, downloaded when possible."""
-    return torch_hub_weights(checkpoint, SAM_VIT_B_URL, "SAM ViT-B (segment-anything)", "masks_checkpoint")
+    return torch_hub_weights(checkpoint, SAM_VIT_B_URL, "SAM ViT-B (segment-anything)", "--masks-checkpoint")
 
 
 def build_sam_vit_b(checkpoint: str | os.PathLike | None, seed: int = 0) -> tuple[Any, str]:

@@ -8,7 +8,8 @@ Unlike the 2024 heads (lposs.models.heads), these read intermediate blocks (x_4,
 attention, ...), so each takes a `WindowTrace` (every block's output for one window) and returns that window's
 patch tokens [N, W] before ln_post; `lposs.models.heads.dense_clip_features` applies ln_post, proj and the L2
 norm. Every statistic (means, quantiles, outliers, labels, spectra) is computed per window, as the releases
-run one window per forward. Off the 14x14 grid the position embedding follows SCLIP's rule ("sclip").
+run one window per forward ("traced" heads, lposs.models.records.KINDS). Off the 14x14 grid the position
+embedding follows SCLIP's rule ("sclip"). Each module registers its head's record (lposs.models.records).
 
     scclip   SC-CLIP   SuleBai/SC-CLIP@0417ba9        LOF outliers, self-adjusting multi-level attention
     sfp      SFP       Kimsure/SFP@2804f5b            SOM outliers, three-way attention
@@ -20,31 +21,6 @@ run one window per forward. Off the 14x14 grid the position embedding follows SC
                                                       its text-side query adjustment: cass_text.cass_logits
 """
 
-from __future__ import annotations
-
-from collections.abc import Callable
-from typing import Any
-
-from torch import Tensor
-
-from . import cass, pearl, resclip, scclip, sfp
 from .common import WindowTrace
 
-# Head name -> default parameters (names as in the releases where they have one).
-HEADS_2025: dict[str, dict[str, Any]] = {
-    "scclip": scclip.DEFAULTS,
-    "sfp": sfp.DEFAULTS,
-    "pearl": pearl.DEFAULTS,
-    "resclip": resclip.DEFAULTS,
-    "cass": cass.DEFAULTS,
-}
-HEAD_FUNCTIONS_2025: dict[str, Callable[..., Tensor]] = {
-    "scclip": scclip.scclip,
-    "sfp": sfp.sfp,
-    "pearl": pearl.pearl,
-    "resclip": resclip.resclip,
-    "cass": cass.cass,
-}
-REQUIRED_2025: dict[str, tuple[str, ...]] = {"resclip": resclip.REQUIRED}  # parameters without a default
-
-__all__ = ["HEADS_2025", "HEAD_FUNCTIONS_2025", "REQUIRED_2025", "WindowTrace"]
+__all__ = ["WindowTrace"]

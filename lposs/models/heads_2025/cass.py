@@ -22,8 +22,33 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..protocol_bases import WHOLE_IMAGE, WINDOWS_2025
+from ..records import Published, TextStep, register_head
 from ..vit import attend, neighbourhood_prior, qkv_per_head
+from .cass_text import cass_query_scores, check_text_params
 from .common import WindowTrace, last_block
+
+
+def _dataset(gsw: float, mvw: float, h: float, global_from: str = "image", **more: Any) -> dict:
+    text = {"global_semantics_weight": gsw, "mean_vector_weight": mvw, "h_threshold": h, "global_from": global_from}
+    return {"text_params": text, **more}
+
+
+# text side: global semantic weight, mean vector weight, cluster cut h (cass_segmentor.py:98-212);
+# singular values not rescaled on voc20 and city_scapes (clip/model.py:465-473)
+PROTOCOL = {
+    "base": {**WINDOWS_2025, "text_params": {}, "source": "MICV-yonsei/CASS 228ecdd configs/cfg_*.py"},
+    "datasets": {"voc21": _dataset(0.1, 0.03, 0.10, prob_thd=0.1, **WHOLE_IMAGE),
+                 "context60": _dataset(0.25, 0.04, 0.09, prob_thd=0.1),
+                 "coco_object": _dataset(0.25, 0.01, 0.10, prob_thd=0.1),
+                 "voc20": _dataset(0.4, 0.02, 0.10, head_params={"rescale_singular": False}),
+                 "context59": _dataset(0.25, 0.04, 0.09), "coco_stuff": _dataset(0.2, 0.02, 0.02),
+                 "cityscapes": _dataset(0.1, 0.03, 0.14, "window", short_side=560,  # its global: each window
+                                        head_params={"rescale_singular": False}),
+                 "ade20k": _dataset(0.3, 0.05, 0.06)},
+}
+_PEARL_FIGURE = "PEARL's results figure (PGSmall/PEARL c26062b assets/results.png)"
+
 
 DEFAULTS: dict[str, Any] = {"interpolation": "sclip", "scale_factor": 10.0, "k_eigen": 20, "rank": 10,
                             "rescale_singular": True, "sigma": 5.0}
@@ -73,6 +98,16 @@ def blend(clip: Tensor, approx: Tensor, weight: Tensor, scale_factor: float) -> 
     return (weight * scale_factor * approx + clip) / (weight * scale_factor + 1)
 
 
+# the proxy: DINO's raw last-block keys on the window resized to a square (cass_segmentor.py:72-76)
+@register_head(
+    "cass", title="CASS", kind="traced", defaults=DEFAULTS, reads=("proxy",), proxy_feature="k_raw",
+    proxy="dino_vitb8", text_step=TextStep(check_text_params, cass_query_scores), protocol=PROTOCOL,
+    release="MICV-yonsei/CASS@228ecdd", year=2025,
+    published=(Published("CASS (OpenAI CLIP + DINOv2-reg B/14 proxy, training-free; PEARL's reproduction)",
+                         (58.6, 32.1, 33.1, 86.1, 34.1, 35.3, 17.6, 23.9), 40.1, _PEARL_FIGURE),
+               Published("CASS (OpenAI CLIP + DINOv3 B/16 proxy, training-free; PEARL's reproduction)",
+                         (62.3, 34.0, 36.0, 87.6, 36.2, 37.6, 18.8, 25.4), 42.2, _PEARL_FIGURE)),
+)
 def cass(visual: nn.Module, window: WindowTrace, settings: dict[str, Any]) -> Tensor:
     """One window's patch tokens [N, W] before ln_post."""
     block = last_block(visual)

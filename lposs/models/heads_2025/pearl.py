@@ -14,8 +14,21 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..protocol_bases import WHOLE_IMAGE, WINDOWS_2025
+from ..records import Published, register_head
 from ..vit import attend, qkv_per_head
 from .common import WindowTrace, last_block
+
+# TLP on (run.sh:4), pooled to round(H/80) x round(W/80), 224 on Cityscapes; alpha_kk 0.3 on ADE and City
+PROTOCOL = {
+    "base": {**WINDOWS_2025, "post": "tlp", "post_params": {"grid": 80},
+             "source": "PGSmall/PEARL c26062b configs/cfg_*.py, run.sh"},
+    "datasets": {"voc21": {"prob_thd": 0.1, **WHOLE_IMAGE}, "context60": {"prob_thd": 0.1},
+                 "coco_object": {"prob_thd": 0.1}, "voc20": dict(WHOLE_IMAGE),
+                 "cityscapes": {"short_side": 560, "head_params": {"alpha_kk": 0.3}, "post_params": {"grid": 224}},
+                 "ade20k": {"head_params": {"alpha_kk": 0.3}}},
+}
+
 
 DEFAULTS: dict[str, Any] = {"interpolation": "sclip", "alpha_kk": 0.08, "polar_iters": 5, "use_kk": True}
 
@@ -48,6 +61,13 @@ def pearl_attention(q: Tensor, k: Tensor, alpha_kk: float, iterations: int, use_
     return torch.softmax(logits, dim=-1)
 
 
+@register_head(
+    "pearl", title="PEARL", kind="traced", defaults=DEFAULTS, protocol=PROTOCOL, release="PGSmall/PEARL@c26062b",
+    year=2025,
+    published=(Published("PEARL (OpenAI CLIP, training-free, no extra model; with its TLP post-step)",
+                         (64.1, 35.1, 37.3, 86.9, 37.6, 38.6, 19.4, 26.3), 43.2,
+                         "PEARL's results figure (PGSmall/PEARL c26062b assets/results.png)"),),
+)
 def pearl(visual: nn.Module, window: WindowTrace, settings: dict[str, Any]) -> Tensor:
     """One window's patch tokens [N, W] before ln_post."""
     block = last_block(visual)

@@ -24,9 +24,34 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...core.pamr import neighbour_mean, neighbour_offsets, pamr_affinity
+from ..protocol_bases import WHOLE_IMAGE, WINDOWS_2025
+from ..records import Published, register_head
 from ..vit import attend, neighbourhood_prior, qkv_per_head, softmax_similarity
 from .common import WindowTrace, last_block
 from .sfr import patch_labels, sfr_matrix
+
+
+def _dataset(prob_thd: float | None, temp_thd: float, rcs: tuple[float, float], sfr: tuple[float, float]) -> dict:
+    entry = {"head_params": {"temp_thd": temp_thd, "rcs_weights": rcs, "sfr_weights": sfr}}
+    return entry | ({"prob_thd": prob_thd} if prob_thd is not None else {})
+
+
+# temp_thd; attn_rcs_weights; attn_sfr_weights (configs/cfg_voc21.py:6-11 and the other cfg_*.py)
+PROTOCOL = {
+    "base": {**WINDOWS_2025, "source": "yvhangyang/ResCLIP 0e085f7 configs/cfg_*.py"},
+    "datasets": {"voc21": {**_dataset(0.1, 0.5, (2.0, 0.3), (2.2, 0.7)), **WHOLE_IMAGE},
+                 "context60": _dataset(0.1, 0.3, (2.0, 0.3), (1.8, 0.7)),
+                 "coco_object": _dataset(0.1, 0.11, (2.0, 0.4), (1.8, 0.7)),
+                 "voc20": {**_dataset(None, 0.1, (2.0, 0.6), (2.1, 0.6)), **WHOLE_IMAGE},
+                 "context59": _dataset(None, 0.25, (2.0, 0.4), (1.8, 0.7)),
+                 "coco_stuff": _dataset(None, 0.11, (2.0, 0.4), (1.8, 0.7)),
+                 "cityscapes": {**_dataset(None, 0.1, (2.0, 0.2), (2.1, 0.6)), "short_side": 560},
+                 "ade20k": _dataset(None, 0.25, (2.0, 0.3), (2.1, 0.7))},
+}
+# temp_thd without a protocol: its VOC21 value, 0.5 (configs/cfg_voc21.py:8), the dataset whose rcs / sfr weights
+# are also the head's defaults (cfg_voc21.py:10-11); COCO-Object uses 0.11 (cfg_coco_object.py:7)
+CALLER_DEFAULTS = {"temp_thd": 0.5}
+
 
 DEFAULTS: dict[str, Any] = {"interpolation": "sclip", "text": None, "temp_thd": None, "rcs_weights": (2.0, 0.3),
                             "sfr_weights": (2.2, 0.7), "logit_scale": 40.0, "sigma": 5.0, "delete_same_entity": True}
@@ -64,6 +89,13 @@ def first_pass_labels(visual: nn.Module, tokens: Tensor, window: WindowTrace, se
     return patch_labels(labels, window.image.shape[-1] // window.grid[1])
 
 
+@register_head(
+    "resclip", title="ResCLIP", kind="traced", defaults=DEFAULTS, required=REQUIRED, reads=("text",),
+    caller_defaults=CALLER_DEFAULTS, protocol=PROTOCOL, release="yvhangyang/ResCLIP@0e085f7", year=2025,
+    published=(Published("ResCLIP (OpenAI CLIP, on NACLIP; training-free, no extra model)",
+                         (61.1, 33.5, 35.0, 86.0, 35.9, 36.8, 18.0, 24.7), 41.4,
+                         "ResCLIP's results figures (yvhangyang/ResCLIP 0e085f7 figs/main_results_w*.png)"),),
+)
 def resclip(visual: nn.Module, window: WindowTrace, settings: dict[str, Any]) -> Tensor:
     """One window's patch tokens [N, W] before ln_post."""
     block, sigma = last_block(visual), float(settings["sigma"])

@@ -18,9 +18,18 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from ..protocol_bases import WINDOWS_2025
+from ..records import register_head
 from ..vit import attend, qkv_per_head, softmax_similarity
 from .common import WindowTrace, aggregate, cosine, last_block, proxy_softmax, threshold
 from .outliers import fix_outliers, lof_outliers
+
+# SC-CLIP's per-dataset config values (configs/cfg_voc21.py:6-8, cfg_coco_object.py:7); SFP's configs repeat them
+SC_DATASETS = {"voc21": {"logit_scale": 50.0, "prob_thd": 0.15, "area_thd": 0.1},
+               "context60": {"prob_thd": 0.15}, "coco_object": {"logit_scale": 55.0, "prob_thd": 0.35},
+               "cityscapes": {"short_side": 560}}
+PROTOCOL = {"base": {**WINDOWS_2025, "source": "SuleBai/SC-CLIP 0417ba9 configs/cfg_*.py"}, "datasets": SC_DATASETS}
+
 
 DEFAULTS: dict[str, Any] = {"interpolation": "sclip", "beta": 0.4, "pre_adjust_idx": 8, "post_adjust_idx": 3,
                             "multi_start_idx": 3, "multi_end_idx": 10, "res_cls": 0.3, "lof_neighbors": 30,
@@ -34,6 +43,9 @@ def sc_attention(block: nn.Module, u: Tensor, similarity: Tensor) -> Tensor:
     return attend(block, weights, v)
 
 
+# SC-CLIP's own per-dataset numbers are not in its release (its paper's average is 43.9): no published row yet
+@register_head("scclip", title="SC-CLIP", kind="traced", defaults=DEFAULTS, protocol=PROTOCOL,
+               release="SuleBai/SC-CLIP@0417ba9", year=2025)
 def scclip(visual: nn.Module, window: WindowTrace, settings: dict[str, Any]) -> Tensor:
     """One window's patch tokens [N, W] before ln_post."""
     hidden, grid, block = window.hidden, window.grid, last_block(visual)

@@ -17,9 +17,17 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from ..protocol_bases import WINDOWS_2025
+from ..records import Published, register_head
 from ..vit import attend, qkv_per_head, softmax_similarity
 from .common import WindowTrace, aggregate, cosine, last_block, proxy_softmax, threshold
 from .outliers import fix_outliers, salient_outliers
+from .scclip import SC_DATASETS
+
+# SCLIP's class files with `person` -> `people` on VOC21, VOC20, Cityscapes (lposs/models/protocol_classes/sfp)
+PROTOCOL = {"base": {**WINDOWS_2025, "classes": "sfp", "source": "Kimsure/SFP 2804f5b SFP_ICCV/configs/cfg_*.py"},
+            "datasets": {**SC_DATASETS, "ade20k": {"short_side": 384}}}
+
 
 DEFAULTS: dict[str, Any] = {"interpolation": "sclip", "res_cls": 0.3, "res_scale": 5.0, "sim_thd": 0.4,
                             "n_outliers": 10}
@@ -32,6 +40,13 @@ def three_way_attention(block: nn.Module, u: Tensor, similarity: Tensor) -> Tens
     return attend(block, weights, v)
 
 
+@register_head(
+    "sfp", title="SFP", kind="traced", defaults=DEFAULTS, protocol=PROTOCOL, release="Kimsure/SFP@2804f5b",
+    year=2025,
+    published=(Published("SFP (OpenAI CLIP, training-free, no extra model; PEARL's reproduction)",
+                         (56.8, 32.3, 32.1, 83.4, 34.1, 36.0, 18.1, 24.0), 39.6,
+                         "PEARL's results figure (PGSmall/PEARL c26062b assets/results.png)"),),
+)
 def sfp(visual: nn.Module, window: WindowTrace, settings: dict[str, Any]) -> Tensor:
     """One window's patch tokens [N, W] before ln_post."""
     hidden, grid = window.hidden, window.grid

@@ -14,17 +14,6 @@
                                                     DBSCAN, region tokens (`corrclip.py`; regions from a mask model,
                                                     lposs.models.masks, e.g. SAM 2 as released)
 
-Both return features after proj; `lposs.models.heads.dense_clip_features` L2-normalises them.
+Both return features after proj; `lposs.models.heads.dense_clip_features` L2-normalises them. Each module
+registers its head's record (lposs.models.records).
 """
-
-from __future__ import annotations
-
-from typing import Any
-
-from . import corrclip, trident
-
-HEADS_MASKS: dict[str, dict[str, Any]] = {"trident": trident.DEFAULTS, "corrclip": corrclip.DEFAULTS}
-WHOLE_IMAGE_HEADS = ("trident",)  # one image's windows in, the image's features at another grid out
-REGION_HEADS = ("corrclip",)  # read each window's mask regions (`regions=`)
-
-__all__ = ["HEADS_MASKS", "REGION_HEADS", "WHOLE_IMAGE_HEADS"]

@@ -55,6 +55,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..protocol_bases import WINDOWS_2025
+from ..records import Published, register_head
 from ..vit import attend, hidden_states_as_released, keep_residual_and_ffn, qkv_per_head, softmax_similarity
 
 DEFAULTS: dict[str, Any] = {"interpolation": "sclip", "tau": 4.0, "dbscan_eps": 0.2, "dbscan_min_samples": 1,
@@ -188,3 +190,34 @@ def corrclip(visual: nn.Module, window: Tensor, proxy: Tensor, regions: Tensor, 
     out = (visual.ln_post(main) + float(settings["spatial_weight"]) * visual.ln_post(spatial)
            + float(settings["semantic_weight"]) * visual.ln_post(semantic))
     return (out @ visual.proj).reshape(*size, -1)
+
+
+# configs/base_config.py: MetaCLIP fullcc ViT-B/16 (QuickGELU), DINO B/8; windows 336 / 112; masks from SAM 2
+# hiera-L (8 points, the 50.4 row); map correction after the labels (corrclip_segmentor.py:216-222)
+PROTOCOL = {
+    "base": {**WINDOWS_2025, "crop": 336, "stride": 112, "classes": "corrclip", "clip": "metaclip_fullcc",
+             "post": "region_mode", "source": "zdk258/CorrCLIP 103bc18 CorrCLIPv1/configs/cfg_*.py"},
+    "datasets": {"voc21": {"prob_thd": 0.2}, "context60": {"prob_thd": 0.15}, "coco_object": {"prob_thd": 0.25},
+                 "cityscapes": {"crop": 224, "stride": 112, "short_side": 448}, "ade20k": {"short_side": 448}},
+}
+
+
+@register_head(
+    "corrclip", title="CorrCLIP", defaults=DEFAULTS, reads=("proxy", "regions"), proxy_feature="qk",
+    proxy="dino_vitb8", output_grid="proxy", masks="sam2_hiera_l", protocol=PROTOCOL,
+    release="zdk258/CorrCLIP@103bc18", year=2025, paper_vm="dino_vitb16",
+    published=(Published("CorrCLIP (MetaCLIP + DINO B/8 proxy + SAM 2 hiera-L masks of 32 points, training-free; with "
+                         "its map correction)", (74.8, 44.2, 43.7, 88.8, 49.4, 48.8, 26.9, 31.6), 51.0,
+                         "CorrCLIP's README (zdk258/CorrCLIP 103bc18 CorrCLIPv1/README.md)"),),
+)
+def corrclip_windows(visual: nn.Module, windows: Tensor, proxy: Tensor, regions: Tensor, **settings: Any) -> Tensor:
+    """Windows [B, 3, H, W] one by one (batch 1, as released) -> [B, h', w', D] after proj. regions: each window's
+    ids at the proxy grid [B, h', w'], or at its pixels [B, H, W] (then sampled to the proxy grid by
+    `regions_at_grid`, as the segmentor does)."""
+    if regions.shape[1:] == windows.shape[2:] and regions.shape[1:] != proxy.shape[1:3]:
+        regions = torch.stack([regions_at_grid(r, tuple(proxy.shape[1:3])) for r in regions])
+    if regions.shape != proxy.shape[:3]:
+        raise ValueError(f"corrclip: regions {tuple(regions.shape)} must be [B, h', w'] at the proxy grid "
+                         f"{tuple(proxy.shape[:3])} or [B, H, W] at the windows' pixels")
+    return torch.stack([corrclip(visual, windows[b : b + 1], proxy[b], regions[b], settings)
+                        for b in range(windows.shape[0])])

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..protocol_bases import WINDOWS_2025
+from ..records import Published, register_head
 from ..vit import proxy_attention, tokens_before_last_block
 
 # cos_fac 1.2 and refine_neg_cos True are trident.py's defaults (`:96-97`); the per-dataset configs change
@@ -34,6 +36,30 @@ from ..vit import proxy_attention, tokens_before_last_block
 DEFAULTS: dict[str, Any] = {"interpolation": "sclip", "beta": 1.2, "gamma": 3.0, "cos_fac": 1.2,
                             "refine_neg_cos": True, "slide_crop": 336, "slide_stride": 224}
 SIM_CAP, NEGATIVE_THRESHOLD = 0.9, 0.6
+
+
+def _dataset(coarse_thresh: float, prob_thd: float | None = None, short_side: int | None = None,
+             **head_params: Any) -> dict:
+    entry = {"prob_thd": prob_thd, "short_side": short_side}
+    return {key: value for key, value in entry.items() if value is not None} | (
+        {"head_params": head_params} if head_params else {}) | {"post_params": {"coarse_thresh": coarse_thresh}}
+
+
+# configs/base_config.py: windows 336 / 224 (the head's own slide_crop / slide_stride), cos_fac 1.2; its SAM
+# refinement (eval.py --sam_refine, the README's command) as the own step, coarse_thresh per dataset, minimal_area
+# 225, sam_iou_thresh 0.8 (base_config), sam_mask_coff 0.005 (trident.py:36); ProxyCLIP's class files
+PROTOCOL = {
+    "base": {**WINDOWS_2025, "crop": 336, "stride": 224, "classes": "proxyclip",
+             "head_params": {"slide_crop": 336, "slide_stride": 224}, "post": "sam_refine",
+             "post_params": {"coarse_thresh": 0.2, "minimal_area": 225, "sam_mask_coff": 0.005, "sam_iou_thresh": 0.8},
+             "deviation": "SAM sees the whole image (the release: Cityscapes as two halves)",
+             "source": "YuHengsss/Trident a93b346 configs/cfg_*.py, README (--sam_refine)"},
+    "datasets": {"voc21": _dataset(0.2, 0.2, 448), "context60": _dataset(0.15, 0.15, 576),
+                 "coco_object": _dataset(0.25, 0.25, 448),
+                 "voc20": {**_dataset(0.2, short_side=336, cos_fac=0.0, slide_stride=112), "stride": 112},
+                 "context59": _dataset(0.15, short_side=576), "coco_stuff": _dataset(0.05, short_side=448),
+                 "cityscapes": _dataset(0.10, short_side=688, cos_fac=3.0), "ade20k": _dataset(0.05, short_side=576)},
+}
 
 
 def proxy_block(visual: nn.Module, windows: Tensor, proxy: Tensor, settings: dict[str, Any]) -> Tensor:
@@ -80,8 +106,21 @@ def sam_affinity(sam_attn: Tensor, sam_v: Tensor, cos_fac: float, refine_neg_cos
     return kept / kept.sum(dim=-1, keepdim=True)
 
 
+def image_windows(image: Tensor, settings: dict[str, Any], patch: int) -> tuple[Tensor, Tensor, tuple[int, int]]:
+    """The windows the head reads of a resized image [3, H, W]: `release_windows` at slide_crop / slide_stride."""
+    return release_windows(image, int(settings["slide_crop"]), int(settings["slide_stride"]), patch)
+
+
+@register_head(
+    "trident", title="Trident", kind="whole_image", defaults=DEFAULTS, image_windows=image_windows,
+    reads=("proxy", "cells", "canvas", "sam_attn", "sam_v"), proxy_feature="tokens", proxy="dino_vitb16",
+    output_grid="proxy", masks="sam_vit_b", protocol=PROTOCOL, release="YuHengsss/Trident@a93b346", year=2025,
+    published=(Published("Trident (OpenAI CLIP + DINO B/16 proxy + SAM ViT-B, training-free)",
+                         (67.1, 38.6, 41.1, 84.5, 42.9, 42.2, 21.9, 28.3), 45.8,
+                         "Trident's results figure (YuHengsss/Trident a93b346 assets/data_result.png)"),),
+)
 def trident(visual: nn.Module, windows: Tensor, proxy: Tensor, cells: Tensor, canvas: tuple[int, int],
-            sam_attn: Tensor, sam_v: Tensor, settings: dict[str, Any]) -> Tensor:
+            sam_attn: Tensor, sam_v: Tensor, **settings: Any) -> Tensor:
     """All windows of one image -> the image's features at SAM's grid [1, h_s, w_s, D] after proj (not normalised).
 
     windows [B, 3, s, s] CLIP-normalised; proxy [B, h', w', Dv] DINO B/16 final tokens of the same windows;
