@@ -80,15 +80,17 @@ class StoreEstimate:
         return max(self.total - self.stored, 0.0)
 
     def report(self) -> str:
+        wide = max([len("dataset"), *(len(d.entry) for d in self.datasets)]) + 2
         lines = [f"Feature store of this run ({self.what}) under {self.folder}/:",
-                 f"  {'dataset':<14}{'images':>8}{'windows':>9}{'per image':>12}{'store':>11}  image sizes"]
+                 f"  {'dataset':<{wide}}{'images':>8}{'windows':>9}{'per image':>12}{'store':>11}  image sizes"]
         for d in self.datasets:
-            lines.append(f"  {d.entry:<14}{d.images if d.images is not None else '?':>8}"
+            lines.append(f"  {d.entry:<{wide}}{d.images if d.images is not None else '?':>8}"
                          f"{f'{d.windows:.1f}' if d.windows is not None else '?':>9}"
                          f"{f'{d.per_image / MB:.2f} MB' if d.per_image is not None else '?':>12}"
                          f"{f'{d.bytes / GB:.2f} GB' if d.bytes is not None else '?':>11}  {d.source}")
-        lines.append(f"  {'total':<14}{sum(d.images or 0 for d in self.datasets):>8}{'':>21}{self.total / GB:>8.2f} GB"
-                     + (f"  (without {', '.join(self.unknown)}: no image size known)" if self.unknown else ""))
+        lines.append(f"  {'total':<{wide}}{sum(d.images or 0 for d in self.datasets):>8}{'':>21}"
+                     f"{self.total / GB:>8.2f} GB" + (f"  (without {len(self.unknown)} of {len(self.datasets)} "
+                                                     "datasets: no image size known)" if self.unknown else ""))
         if self.stored:
             lines.append(f"  already stored: {self.stored / GB:.2f} GB (reused), still to write: {self.needed / GB:.2f} GB")
         lines.append(f"  free disk: {self.free / GB:.2f} GB at {free_space_path(self.folder)}  (1 GB = 10^9 bytes)")
@@ -206,18 +208,19 @@ def estimate_dataset(entry: str, data_dir: str, shape: StoreShape, protocol: str
     from ..models.protocols import class_names, resolve
     from .staging import split_entry
 
-    name = split_entry(entry)[0]
+    name, split = split_entry(entry)
     spec, rule = dataset_spec(name), resolve(protocol, name)
     windows = (rule["crop"], rule["stride"], rule["short_side"], rule["long_side"])
     measured = image_sizes(entry, data_dir)
     if measured is not None:
         sizes, source, dataset_names = measured
-    elif spec.images and spec.image_hw:
+    elif spec.images and spec.image_hw and split in (None, spec.default_split):
         sizes = [spec.image_hw] * spec.images
         source = f"nominal: {spec.images} images of {spec.image_hw[0]} x {spec.image_hw[1]} (not on disk)"
         dataset_names = packaged_class_names(spec.classes) if spec.classes else ["background", "object"]
     else:
-        return DatasetEstimate(entry, spec.images, None, None, "no estimate: not on disk, no typical image size known")
+        count = spec.images if split in (None, spec.default_split) else None  # the registry counts the default split
+        return DatasetEstimate(entry, count, None, None, "no estimate: not on disk, no typical image size known")
     names = tuple(class_names(protocol, name, list(dataset_names)))
     total, windows_total = 0, 0
     for hw, count in Counter(sizes).items():
