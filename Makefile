@@ -38,11 +38,11 @@ repro: install
 HEAD ?= maskclip
 PROTOCOL ?= lposs
 paper: install
-	$(PY) -m lposs.experiment paper --head $(HEAD) --protocol $(PROTOCOL) $(if $(VM),--vm $(VM))
+	$(PY) -m lposs paper --head $(HEAD) --protocol $(PROTOCOL) $(if $(VM),--vm $(VM))
 
 # MESS's 22 datasets (25 runs) as one DVC experiment; results/table.md gets MESS's tables beside its leaderboard
 mess: install
-	$(PY) -m lposs.experiment mess --head $(HEAD) --protocol $(PROTOCOL) $(if $(VM),--vm $(VM))
+	$(PY) -m lposs mess --head $(HEAD) --protocol $(PROTOCOL) $(if $(VM),--vm $(VM))
 
 test: install
 	$(PY) -m pytest -ra

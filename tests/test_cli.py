@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,13 +156,13 @@ def test_an_unknown_dataset_name_suggests_the_closest(capsys):
     assert "unknown dataset 'ade20' (did you mean 'ade20k'?)" in err and "python -m lposs data list" in err
 
 
-def test_every_option_of_segment_and_data_check_has_a_help_text():
+def test_every_option_of_segment_data_check_and_the_experiments_has_a_help_text():
     from lposs.app.cli import build_parser
 
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
     check = commands["data"]._subparsers._group_actions[0].choices["check"]
-    for sub in (commands["segment"], check):
+    for sub in (commands["segment"], check, commands["paper"], commands["mess"], commands["stream"]):
         undocumented = [action.dest for action in sub._actions if not action.help]
         assert undocumented == [], f"{sub.prog}: no help for {undocumented}"
 
@@ -200,3 +201,52 @@ def test_start_up_imports_only_what_the_command_needs():
                                                   "gradio", "dvc", "papermill"))}
     assert heavy == set()
     assert "lposs.app.webapp" in imported_modules("demo", "--help")
+
+
+DOOR = ("segment", "demo", "data", "paper", "mess", "stream")
+
+
+def modules_after(*args: str) -> set[str]:
+    """sys.modules of a fresh interpreter once `lposs ARGS` (the installed command's main) has returned."""
+    code = ("import sys\nfrom lposs.app.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+            "    assert e.code in (0, None), e.code\nprint('MODULES', *sorted(sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code, *args], check=False, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return set(result.stdout.rsplit("MODULES", 1)[1].split())
+
+
+@pytest.mark.parametrize("command", ["", "data", "paper", "mess", "stream"])
+def test_the_door_and_its_experiment_commands_answer_help_without_torch(command):
+    modules = modules_after(*([command] if command else []), "--help")
+    assert "lposs.app.cli" in modules and "torch" not in modules
+    if command in ("paper", "mess", "stream"):
+        assert "lposs.experiment.commands" in modules  # their options came from there, not from the heavy modules
+        assert not {"lposs.experiment.paper", "lposs.experiment.streaming"} & modules
+
+
+@pytest.mark.parametrize("command", ["segment", "demo"])
+def test_segment_and_demo_help_import_the_registries_they_list(command):
+    assert "torch" in modules_after(command, "--help")  # their choices come from the model registries
+
+
+def test_the_installed_command_offers_every_entry_point():
+    script = Path(sys.executable).with_name("lposs")
+    if not script.exists():
+        pytest.skip(f"no installed `lposs` command beside {sys.executable} (pip install -e . installs it)")
+    result = subprocess.run([str(script), "--help"], check=False, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and all(command in result.stdout for command in DOOR)
+
+
+@pytest.mark.parametrize("module, args, option", [("lposs.experiment", ["paper", "--help"], "--check"),
+                                                  ("lposs.experiment", ["mess", "--help"], "--protocol"),
+                                                  ("lposs.experiment.streaming", ["--help"], "--batch-images")])
+def test_the_old_module_paths_keep_working(module, args, option):
+    result = subprocess.run([sys.executable, "-m", module, *args], check=False, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and option in result.stdout
+
+
+def test_the_make_targets_call_the_door():
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    for target in ("paper", "mess", "demo"):
+        recipe = makefile.split(f"\n{target}: ", 1)[1].split("\n\n", 1)[0]
+        assert f"$(PY) -m lposs {target}" in recipe, recipe

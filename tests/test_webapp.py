@@ -13,10 +13,13 @@ import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -133,6 +136,49 @@ def test_no_image_and_unreadable_files_are_messages(tmp_path):
     truncated.write_bytes(encode_png(np.zeros((64, 64, 3), np.uint8))[:200])
     status = service.run(str(truncated), "sky", DEMO).status
     assert status.startswith("**Cannot segment:**") and "cut.png" in status
+
+
+def huge_png(path: Path, side: int = 30000) -> Path:
+    """A valid 1-bit greyscale PNG of side x side pixels, written row by row (about 110 kB for 30000)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer = zlib.compressobj(9)
+    row = bytes(1 + (side + 7) // 8)  # filter byte + the row's bits
+    pixels = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+    return path
+
+
+def bad_uploads(folder: Path) -> dict[Path, str]:
+    """Files Gradio's own image preprocessing cannot open -> what the page must say about each."""
+    text = folder / "notes.png"
+    text.write_text("a shopping list, not a picture\n")
+    return {text: "is not an image this app can read", huge_png(folder / "huge.png"): "too large to open safely"}
+
+
+def test_uploads_gradio_cannot_open_reach_our_checks(tmp_path, scene_file):
+    """A text file named .png and a 30000 x 30000 PNG: gr.Image's own preprocessing raises on both (the page showed
+    a bare "Error"), so the page's click takes the upload unpreprocessed and the status names the file, what is
+    wrong and what to do, as for a truncated file; a photo still segments."""
+    from gradio.data_classes import ImageData
+
+    from lposs.app.webapp import build_app, import_gradio
+
+    gr = import_gradio()
+    clicks = [f for f in build_app(demo_service(tmp_path)).fns.values() if f.name == "segment_click"]
+    assert len(clicks) == 2 and not any(f.preprocess for f in clicks)  # the button and Enter in the classes box
+    choices = [block.value for block in clicks[0].inputs[2:]]  # each dropdown's first choice
+    for path, words in bad_uploads(tmp_path).items():
+        payload = ImageData(path=str(path), orig_name=path.name)
+        with pytest.raises(Exception):  # noqa: B017 - whatever Gradio raises, the page showed a bare "Error"
+            gr.Image(type="filepath", image_mode=None).preprocess(payload)
+        status = clicks[0].fn(payload.model_dump(), "sky", *choices, progress=None)[0]
+        assert status.startswith("**Cannot segment:**") and f"`{path.name}`" in status and words in status
+    photo = ImageData(path=str(scene_file), orig_name=scene_file.name).model_dump()
+    assert clicks[0].fn(photo, "sky; grass", *choices, progress=None)[0].startswith("**Done:**")
+    assert "No image" in clicks[0].fn(None, "sky", *choices, progress=None)[0]
 
 
 def test_the_page_says_what_stand_in_and_random_outputs_mean():
@@ -304,7 +350,8 @@ def test_the_page_sends_the_chosen_protocol_with_a_click(tmp_path, scene_file):
     clicks = [d for d in app.config["dependencies"] if [elem_ids[i] for i in d["inputs"]][-1:] == ["protocol"]]
     assert len(clicks) == 2  # the button and Enter in the class box
     click = app.fns[clicks[0]["id"]].fn
-    status, *_, timings, files = click(str(scene_file), "sky; grass", *DEMO, "reference", "naclip")
+    upload = {"path": str(scene_file), "orig_name": scene_file.name}  # unpreprocessed, as the page sends it
+    status, *_, timings, files = click(upload, "sky; grass", *DEMO, "reference", "naclip")
     assert "**naclip** protocol" in status and "Scoring protocol: **naclip**" in timings
     assert sum(Path(f).name.endswith("_naclip.png") for f in files) == 3
 
@@ -330,9 +377,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def running_app(tmp_path):
+@pytest.fixture(scope="module")
+def running_app(tmp_path_factory):
     """`python -m lposs demo --demo-backbones` on a free port: yields its address, stops it afterwards."""
+    tmp_path = tmp_path_factory.mktemp("app")
     port = free_port()
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     log = open(tmp_path / "app.log", "w+")
@@ -355,20 +403,26 @@ def running_app(tmp_path):
         log.close()
 
 
-@pytest.mark.slow
-def test_the_page_segments_an_upload_in_a_real_browser(running_app, scene_file):
+def headless_chromium() -> Any:
+    """A selenium driver of Debian's headless chromium (skips naming what is missing)."""
     browser, driver_path = find_browser()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     options = webdriver.ChromeOptions()
     options.binary_location = browser
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                  "--window-size=1400,1800"):
         options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
+    return webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
+
+
+@pytest.mark.slow
+def test_the_page_segments_an_upload_in_a_real_browser(running_app, scene_file):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = headless_chromium()
     try:
         driver.get(running_app)
         wait = WebDriverWait(driver, 60)
@@ -398,5 +452,30 @@ def test_the_page_segments_an_upload_in_a_real_browser(running_app, scene_file):
         shot = ARTIFACTS / "webapp_demo.png"
         assert driver.save_screenshot(str(shot))
         print(f"screenshot: {shot}")
+    finally:
+        driver.quit()
+
+
+@pytest.mark.slow
+def test_uploads_gradio_cannot_open_get_our_message_in_a_real_browser(running_app, tmp_path):
+    """A text file named .png and a 30000 x 30000 PNG, uploaded and segmented: the status names the file, what is
+    wrong and what to do (the truncated file's kind of message), and no Gradio "Error" replaces the overlays."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = headless_chromium()
+    try:
+        for path, words in bad_uploads(tmp_path).items():
+            driver.get(running_app)
+            wait = WebDriverWait(driver, 60)
+            wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#input-image input[type=file]")).send_keys(str(path))
+            wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#input-image img"))  # the upload has arrived
+            driver.find_element(By.CSS_SELECTOR, "#classes textarea").send_keys("sky; grass")
+            driver.find_element(By.ID, "segment-button").click()
+            status = wait.until(lambda d: d.find_element(By.ID, "status").text.strip() or None)
+            assert status.startswith("Cannot segment:") and path.name in status and words in status, status
+            assert any(advice in status for advice in ("upload a PNG", "shrink it")), status
+            overlays = [driver.find_element(By.ID, f"overlay-{m}").text for m in ("maskclip", "lposs", "lposs-plus")]
+            assert not any("Error" in text for text in overlays), overlays
     finally:
         driver.quit()

@@ -1,9 +1,17 @@
-"""Command line: `python -m lposs segment IMAGE --classes "cow; grass; sky" --out seg.png`, and `data ...`."""
+"""The `lposs` command (also `python -m lposs`), one door to every entry point:
+
+    lposs segment IMAGE --classes "cow; grass; sky" --out seg.png    one photo
+    lposs demo                                                       the web app
+    lposs data list | fetch | check                                  the datasets
+    lposs paper | mess [--check]                                     the paper's / MESS's setting as a DVC experiment
+    lposs stream voc21 --device cuda                                 one dataset evaluated without a feature store
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
 from ..settings import MODES
@@ -113,12 +121,42 @@ def add_data_arguments(data: argparse.ArgumentParser) -> None:
     data.set_defaults(run=lambda args: sys.exit(run_data(args)))
 
 
+def add_experiment_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    from ..experiment.commands import add_experiment_arguments as add
+
+    def run(args: argparse.Namespace) -> None:
+        from ..experiment.paper import run
+
+        sys.exit(run(args))
+
+    add(parser, command)
+    parser.set_defaults(run=run)
+
+
+def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..experiment.commands import add_stream_arguments as add
+
+    def run(args: argparse.Namespace) -> None:
+        from ..experiment.streaming import run
+
+        run(args)
+
+    add(parser)
+    parser.set_defaults(run=run)
+
+
 # command -> (its help line, what adds its options). Only the command being run gets its options, so
-# `python -m lposs --help` imports no torch, and `segment` neither the web app nor the dataset converters.
+# `lposs --help` imports no torch, `segment` neither the web app nor the dataset converters, and paper, mess and
+# stream declare theirs without torch (lposs.experiment.commands).
 COMMANDS = {
     "segment": ("segment one image with open-vocabulary class names", add_segment_arguments),
     "demo": ("local web app: MaskCLIP, LPOSS and LPOSS+ side by side on any photo", add_demo_arguments),
     "data": ("datasets: list, fetch (download + convert), check", add_data_arguments),
+    "paper": ("the paper's 8 benchmarks as a DVC experiment (--check: disk, data, weights)",
+              partial(add_experiment_arguments, command="paper")),
+    "mess": ("MESS's 22 datasets as a DVC experiment (--check: disk, data, weights)",
+             partial(add_experiment_arguments, command="mess")),
+    "stream": ("evaluate one dataset without a feature store", add_stream_arguments),
 }
 
 
@@ -134,7 +172,7 @@ def plugin_specs(argv: list[str]) -> list[str]:
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser, with the options of the command named in argv (all commands' when argv is None). The plugins
     argv names are imported first, so that their heads are among the choices."""
-    parser = argparse.ArgumentParser(prog="python -m lposs", description="LPOSS / LPOSS+ segmentation")
+    parser = argparse.ArgumentParser(prog="lposs", description="LPOSS / LPOSS+ segmentation")
     sub = parser.add_subparsers(dest="command", required=True)
     chosen = None if argv is None else next((arg for arg in argv if not arg.startswith("-")), "")
     if chosen in PLUGIN_COMMANDS and plugin_specs(argv):

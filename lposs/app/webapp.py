@@ -87,10 +87,17 @@ def build_app(service: SegmentService) -> Any:
                               "records the choices and scoring protocol)",
                         file_count="multiple", interactive=False, elem_id="label-maps")
 
-        def segment_click(path, text, weights_name, head_name, vision_name, refiner_name, protocol_name,
+        def segment_click(upload, text, weights_name, head_name, vision_name, refiner_name, protocol_name,
                           progress=gr.Progress(track_tqdm=True)):
-            page = service.run(path, text, ModelChoice(weights_name, head_name, vision_name), refiner_name, progress,
-                               protocol=protocol_name)
+            # Unpreprocessed (preprocess=False below): Gradio's image preprocessing opens the upload with PIL before
+            # any handler runs and answers a text file named .png or a 30000 x 30000 PNG with a bare "Error". The
+            # upload's file goes unopened to read_upload, which names it and says what to do; the other inputs
+            # go through their components' own preprocessing (the dropdowns check their choices).
+            values = (text, weights_name, head_name, vision_name, refiner_name, protocol_name)
+            text, weights_name, head_name, vision_name, refiner_name, protocol_name = (
+                component.preprocess(value) for component, value in zip(inputs[1:], values))
+            page = service.run(uploaded_path(upload), text, ModelChoice(weights_name, head_name, vision_name),
+                               refiner_name, progress, protocol=protocol_name)
             shown = [gr.Image(value=path, label=title) for path, title in zip(page.overlays, page.titles)]
             shown += [gr.Image(value=None)] * (len(overlays) - len(shown))
             return [page.status, *shown, page.timings, page.files or None]
@@ -98,8 +105,14 @@ def build_app(service: SegmentService) -> Any:
         inputs = [image, classes, weights, head, vision, refiner, protocol]
         outputs = [status, *overlays, timings, files]
         for trigger in (button.click, classes.submit):  # one segmentation at a time, whichever started it
-            trigger(segment_click, inputs=inputs, outputs=outputs, concurrency_limit=1, concurrency_id="segment")
+            trigger(segment_click, inputs=inputs, outputs=outputs, concurrency_limit=1, concurrency_id="segment",
+                    preprocess=False)
     return app
+
+
+def uploaded_path(upload: dict[str, Any] | None) -> str | None:
+    """The file an unpreprocessed gr.Image value names (Gradio has checked it is one of its uploads), or None."""
+    return (upload or {}).get("path")
 
 
 def dropdown(gr: Any, choices: list[str], label: str, elem_id: str, info: str | None = None) -> Any:

@@ -34,6 +34,19 @@ CITYSCAPES = Layout("cityscapes", "leftImg8bit/{split}", "gtFine/{split}", "_lef
 ADE20K = Layout("ADEChallengeData2016", "images/{split}", "annotations/{split}", ".jpg", ".png",
                 split_folders={"val": "validation", "train": "training"})
 
+# A typical image (height, width) of each benchmark's evaluation split: the nominal figure used to size a feature
+# store (lposs.experiment.sizing) when the data is not on disk. Under the paper's resize (short side 448, long side
+# at most 2048) the window count depends only on the aspect ratio: a 4:3 image has 15 windows of 224 either way up.
+TYPICAL_IMAGE_HW = {
+    "voc": (375, 500),         # VOC2012 JPEGImages: at most 500 px a side, most 500 x 375 (landscape) or 375 x 500
+    "context": (375, 500),     # PASCAL Context: the VOC2010 JPEGImages, the same sizes
+    "coco": (480, 640),        # COCO 2017: at most 640 px a side, most 640 x 480 or 480 x 640
+    "cityscapes": (1024, 2048),  # Cityscapes leftImg8bit: every frame 2048 x 1024
+    "ade20k": (512, 683),      # ADEChallengeData2016: sizes vary, typically 512 px on the short side at about 4:3
+    "camvid": (360, 480),      # SegNet's CamVid: every frame 480 x 360
+    "davis2016": (480, 854),   # DAVIS-2016 480p: every frame 854 x 480
+}
+
 
 @dataclass(frozen=True)
 class DatasetSpec:
@@ -43,6 +56,9 @@ class DatasetSpec:
     share files share a folder (voc21/voc20, context60/59, coco_object/coco_stuff). ``label_max``: the
     largest raw mask value (before reduce_zero_label). ``images``: size of the default split in the
     paper's protocol (None where it depends on the copy). ``manual``: the download needs a person.
+    ``image_hw``: a typical image (height, width) of that split, for sizing the feature store before the data is
+    here (`lposs.experiment.sizing`; where the data is present, its files are measured instead), from
+    ``TYPICAL_IMAGE_HW`` by folder (None where no figure is kept: MESS, the demo).
     """
 
     name: str
@@ -55,6 +71,10 @@ class DatasetSpec:
     label_max: int = 0
     reduce_zero_label: bool = False
     manual: bool = False
+
+    @property
+    def image_hw(self) -> tuple[int, int] | None:
+        return TYPICAL_IMAGE_HW.get(self.folder)
 
     def fetch_hint(self, root) -> str:
         hint = f"Get it with `python -m lposs data fetch {self.name} --root {root}`"

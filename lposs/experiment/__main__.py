@@ -1,4 +1,4 @@
-"""python -m lposs.experiment paper | mess: the paper's setting or MESS's as a DVC experiment."""
+"""python -m lposs.experiment paper | mess: the paper's setting or MESS's as a DVC experiment (lposs paper | mess)."""
 
 from .paper import main
 

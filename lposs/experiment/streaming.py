@@ -1,11 +1,11 @@
 """Streaming evaluation of a dataset: decode -> backbones -> propagation -> metrics, without a feature store.
 
-    python -m lposs.experiment.streaming voc21|paxray:test_lungs [--data-dir data] [--device cuda] [--bf16] [--batch-images 4]
+    lposs stream voc21|paxray:test_lungs [--data-dir data] [--device cuda] [--bf16] [--batch-images 4]
         [--workers 4] [--modes maskclip,own,lposs,lposs+] [--store DIR] [--json OUT.json] [--limit N]
 
 The pipeline (stage -> features -> ablate) writes every image's features to disk first, which pays off
-when many settings are swept, and costs ~100 GB for the paper's 8 benchmarks. This evaluator runs the
-paper setting in one pass instead:
+when many settings are swept, and costs ~145 GB for the paper's 8 benchmarks (`lposs paper --check` sizes it).
+This evaluator runs the paper setting in one pass instead:
 - DataLoader workers decode the images and read, check and reduce the labels while the GPU works;
 - the windows of `batch_images` images go through each backbone as one batch (bf16 autocast lives in the
   backbones, `--bf16`), then every image is read back through `extraction.extract_shard`, the pipeline's
@@ -36,8 +36,10 @@ from ..core.windows import crop_windows, resize_image, resized_size, window_layo
 from ..io import file_md5, write_json
 from ..models.factory import BackboneSpec, create_backbones, resolve_device
 from ..models.protocols import own_head_params, own_step
+from ..plugins import load_plugins
 from ..settings import Setting, WindowSettings
 from .ablation import sweep_points
+from .commands import add_stream_arguments
 from .evaluation import SettingsRun, SweepPoint, records
 from .extraction import extract_shard, make_manifest
 from .parameters import background_rule
@@ -210,28 +212,9 @@ def open_protocol_entry(entry: str, data_dir: str, protocol: str = "lposs",
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The options of `lposs stream` (lposs.experiment.commands declares them without importing torch)."""
     parser = argparse.ArgumentParser(prog="python -m lposs.experiment.streaming", description=__doc__.split("\n\n")[0])
-    parser.add_argument("dataset", help="a dataset name (voc21, ..., demo), or name:split (paxray:test_bones)")
-    parser.add_argument("--data-dir", default="data", help="dataset roots: DATA_DIR/<folder> (default: data)")
-    parser.add_argument("--protocol", default="lposs", help="prompts, windows and background rule of a release")
-    parser.add_argument("--background", default="protocol", help="protocol | synonyms | softmax")
-    parser.add_argument("--vlm", default="ViT-B-16", help="open_clip model name, or demo")
-    parser.add_argument("--vlm-pretrained", default="protocol", help="weights tag; protocol = the release's")
-    parser.add_argument("--head", default="protocol", help="dense CLIP head; protocol = the release's")
-    parser.add_argument("--vm", default="dino_vitb16", help="graph model (lposs.models.loading.VISION_MODELS), "
-                                                            "clip, or demo")
-    parser.add_argument("--vm-pretrained", default="pretrained", help="pretrained | random")
-    parser.add_argument("--vm-feature", default="v", help="q | k | v | tokens")
-    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast in the backbones (CUDA)")
-    parser.add_argument("--modes", default="maskclip,lposs,lposs+", help="comma-separated, evaluated together "
-                        "(own: the head's release's own post-step, e.g. PEARL's TLP)")
-    parser.add_argument("--refiner", default="reference", help="LPOSS+ pixel refiner (lposs.core.refine.REFINERS)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--batch-images", type=int, default=4, help="images whose windows share a forward")
-    parser.add_argument("--workers", type=int, default=4, help="DataLoader workers decoding images")
-    parser.add_argument("--store", help="also write the feature shards to this folder (optional)")
-    parser.add_argument("--limit", type=int, help="only the first N images (a quick check)")
-    parser.add_argument("--json", help="write the results here")
+    add_stream_arguments(parser)
     return parser
 
 
@@ -248,7 +231,13 @@ def spec_from_args(args: argparse.Namespace, rule: dict[str, Any]) -> BackboneSp
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = build_parser().parse_args(argv)
+    """python -m lposs.experiment.streaming ARGS (lposs stream ARGS)."""
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Evaluate the dataset the options name, print the scores, write --json; returns the results."""
+    load_plugins(args.plugin)  # a plugin's head (and protocol) before the options are resolved
     device = resolve_device(args.device, "--device", "--device cpu")
     ds, rule, windows = open_protocol_entry(args.dataset, args.data_dir, args.protocol, args.background)
     if args.limit:
