@@ -16,7 +16,7 @@ export TQDM_MININTERVAL ?= 5
 # against the build environment's own torch, which may not be the torch installed beside it
 export SAM2_BUILD_CUDA ?= 0
 
-.PHONY: install repro paper mess test test-fast lab demo clean-results
+.PHONY: install repro paper mess test test-fast lab course course-install course-html demo clean-results
 
 install: $(STAMP)
 
@@ -50,8 +50,36 @@ test: install
 test-fast: install
 	$(PY) -m pytest -ra -m "not slow"
 
-lab: install
-	$(VENV)/bin/python -m pip install jupyterlab && $(VENV)/bin/jupyter lab notebooks/
+# The course lab: its own venv with the package and the `course` extra only (matplotlib, scikit-learn, ipywidgets,
+# JupyterLab, nbconvert; torch already on the machine is reused), then JupyterLab on the course notebook.
+COURSE_VENV ?= .venv-course
+COURSE_STAMP := $(COURSE_VENV)/.installed
+COURSE_NOTEBOOK := notebooks/teach_label_propagation.ipynb
+COURSE_HTML := executed/course/teach_label_propagation.html
+
+course-install: $(COURSE_STAMP)
+
+$(COURSE_STAMP): pyproject.toml
+	test -x $(COURSE_VENV)/bin/python || $(PYTHON) -m venv --system-site-packages $(COURSE_VENV)
+	$(COURSE_VENV)/bin/python -m pip install --upgrade pip
+	$(COURSE_VENV)/bin/python -m pip install -e ".[course]"
+	$(COURSE_VENV)/bin/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (lposs course)"
+	touch $(COURSE_STAMP)
+
+course: course-install
+	PATH="$(abspath $(COURSE_VENV))/bin:$$PATH" $(COURSE_VENV)/bin/jupyter lab $(COURSE_NOTEBOOK)
+
+lab: course
+
+# An executed copy for a lecturer to read without running it (full mode, static figures: no widget front end)
+course-html: course-install
+	mkdir -p $(dir $(COURSE_HTML))
+	env -u JPY_SESSION_NAME -u VSCODE_PID PATH="$(abspath $(COURSE_VENV))/bin:$$PATH" MPLBACKEND=module://matplotlib_inline.backend_inline \
+	    $(COURSE_VENV)/bin/jupyter nbconvert --to html --execute --ExecutePreprocessor.timeout=-1 \
+	    --ExecutePreprocessor.kernel_name=python3 $(COURSE_NOTEBOOK) \
+	    --output-dir $(dir $(COURSE_HTML)) --output $(notdir $(basename $(COURSE_HTML))).partial
+	mv $(dir $(COURSE_HTML))$(notdir $(basename $(COURSE_HTML))).partial.html $(COURSE_HTML)
+	@echo "executed copy: $(COURSE_HTML)"
 
 # the web app on http://127.0.0.1:7860 (real weights, downloaded on first use); DEMO_ARGS=--demo-backbones: offline
 demo: install
