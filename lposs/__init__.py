@@ -46,7 +46,7 @@ _LAZY = {
     "merge_windows": "core.windows", "resized_size": "core.windows", "window_layout": "core.windows",
     "Setting": "settings", "WindowSettings": "settings",
     "BackboneSpec": "models.factory", "create_backbones": "models.factory",
-    "register_head": "models.heads", "HeadRecord": "models.records", "Published": "models.records",
+    "register_head": "models.head_registry", "HeadRecord": "models.records", "Published": "models.records",
     "load_plugins": "plugins",
 }
 

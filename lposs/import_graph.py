@@ -11,7 +11,7 @@ computes a shard, so no module list is kept by hand) and by the tests that check
 Every `import` / `from ... import` statement counts, at module level or inside a function (a lazy import runs
 when the function does). `from pkg import name` counts as importing `pkg.name` when that is a module; a package
 whose `__init__` maps names to submodules in a literal `_LAZY` dict (PEP 562 lazy imports) counts as importing
-`pkg.<_LAZY[name]>`; a module that declares `_DISCOVER = "<glob>"` (lposs.models.heads: the head packages)
+`pkg.<_LAZY[name]>`; a module that declares `_DISCOVER = "<glob>"` (lposs.models.head_registry: the head packages)
 imports every module of the packages matching that glob beside it. Importing a module also runs its parent
 packages' `__init__`, so closures include them.
 """

@@ -248,6 +248,11 @@ def stages_run(log: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", log))
 
 
+def only_the_fingerprint_changes(status: str) -> bool:
+    """`dvc status` of an up-to-date pipeline: only the fingerprint stage, which always runs, is listed."""
+    return [line.strip() for line in status.splitlines() if line.strip()] == ["fingerprint:", "always changed"]
+
+
 @pytest.fixture(scope="module")
 def pipeline_copy(tmp_path_factory):
     """The real dvc.yaml, notebooks and package in a fresh git + DVC repo, on a 3-image demo with a tiny grid."""
@@ -272,7 +277,7 @@ def demo_pipeline(root: Path, count: int) -> Path:
 @pytest.mark.slow
 def test_repro_runs_every_stage_and_writes_meaningful_outputs(pipeline_copy):
     root, log = pipeline_copy
-    assert stages_run(log) == {"stage@demo", "features@demo-demo-demo", "ablate@demo-demo-demo-sweep0",
+    assert stages_run(log) == {"fingerprint", "stage@demo", "features@demo-demo-demo", "ablate@demo-demo-demo-sweep0",
                                "ablate@demo-demo-demo-sweep1", "plots"}
     import zmq
     from jupyter_client.kernelspec import KernelSpecManager
@@ -309,7 +314,7 @@ def test_repro_runs_every_stage_and_writes_meaningful_outputs(pipeline_copy):
         assert notebook["metadata"]["papermill"]["exception"] is None
         assert any(c.get("outputs") for c in notebook["cells"] if c["cell_type"] == "code")
     assert (root / "executed/plots.ipynb").exists()
-    assert "up to date" in run(["dvc", "status"], root)
+    assert only_the_fingerprint_changes(run(["dvc", "status"], root))
     shown = run(["dvc", "metrics", "show"], root)
     assert "demo.demo+demo.lposs+.miou" in shown
     run(["dvc", "plots", "show", "-o", "dvc_plots"], root)
@@ -319,17 +324,17 @@ def test_repro_runs_every_stage_and_writes_meaningful_outputs(pipeline_copy):
 @pytest.mark.slow
 def test_second_repro_runs_nothing_and_alpha_reruns_only_ablate_and_plots(pipeline_copy):
     root, log = pipeline_copy
-    assert stages_run(run(["dvc", "repro"], root)) == set()
+    assert stages_run(run(["dvc", "repro"], root)) == {"fingerprint"}  # a second: the code is unchanged
     # make repro's last words: the exact command that makes this run the baseline; a user follows it
     command = 'git add dvc.lock && git commit -m "Pipeline run: dvc.lock"'
     assert "no baseline row" in log and command in log
     run(["bash", "-c", command], root)
     before = json.loads((root / "results/metrics.json").read_text())["demo"]["demo+demo"]["lposs"]["miou"]
     log = run(["dvc", "exp", "run", "-S", "lp.alpha=0.9"], root)
-    assert stages_run(log) == {"ablate@demo-demo-demo-sweep0", "ablate@demo-demo-demo-sweep1", "plots"}
+    assert stages_run(log) == {"fingerprint", "ablate@demo-demo-demo-sweep0", "ablate@demo-demo-demo-sweep1", "plots"}
     results = json.loads((root / "ablations/demo/demo+demo/mode/results.json").read_text())
     assert results["base"]["alpha"] == 0.9
-    assert "up to date" in run(["dvc", "status"], root)
+    assert only_the_fingerprint_changes(run(["dvc", "status"], root))
     # DVC's own views now show both runs: the baseline and the experiment, each with its metrics
     table = [[cell.strip() for cell in line.strip().strip("|").split("|")]
              for line in run(["dvc", "exp", "show", "--md", "--no-pager"], root).splitlines()
@@ -395,15 +400,16 @@ def grid_copy(tmp_path_factory):
 
 
 def mess_grid(root: Path, datasets: list[str], heads: list[str], vms: list[str], protocol: str,
-              sweeps: list[dict]) -> tuple[Path, str]:
-    """The pipeline on MESS fixtures (2 images each) with random ViT-B/16 weights at 224: (root, dvc repro's log)."""
+              sweeps: list[dict], plugins: tuple[str, ...] = ()) -> tuple[Path, str]:
+    """The pipeline on MESS fixtures (2 images each) with random ViT-B/16 weights at 224: (root, dvc repro's log).
+    plugins: params.yaml's (files already written under root)."""
     from fixtures.mess_layouts import write_prepared
 
     from lposs.datasets.mess import MESS_DATASETS
 
     copy_pipeline(root)
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["datasets"] = datasets
+    params["datasets"], params["plugins"] = datasets, list(plugins)
     params["backbone"].update(vlm="ViT-B-16", vlm_pretrained="random", heads=heads, vms=vms, vm_pretrained="random",
                               vm_features="v")
     params["protocol"]["name"] = protocol
@@ -546,6 +552,40 @@ def test_the_mask_heads_grid_reruns_neither_features_nor_masks_for_a_propagation
     root, _ = grid_masks
     log = run(["dvc", "exp", "run", "-S", "graph.region_beta=0.5"], root, timeout=1800)
     assert stages_run(log) and not any(name.startswith("features@") for name in stages_run(log))
+
+
+# ------------------------------- a researcher's own head from params.yaml's plugins: the docs' example (slow)
+
+@pytest.fixture(scope="module")
+def grid_plugin(tmp_path_factory):
+    """docs/heads.md's plugin file, named in params.yaml's plugins, under its own protocol, CLIP's own features as
+    the graph, on one MESS fixture: random ViT-B/16 weights at 224."""
+    from test_plugins import docs_plugin
+
+    root = tmp_path_factory.mktemp("gridplugin")
+    (root / "my_head.py").write_text(docs_plugin())
+    return mess_grid(root, ["cwfid"], ["vvclip"], ["clip"], "vvclip", TINY_SWEEPS[:1], plugins=("my_head.py",))
+
+
+@pytest.mark.slow
+def test_a_plugin_head_gets_its_rows_and_editing_it_reruns_the_features_but_a_solver_does_not(grid_plugin):
+    from test_plugins import DOCS
+
+    root, log = grid_plugin
+    assert {"fingerprint", "features@cwfid-vvclip-clip", "plots"} <= stages_run(log)
+    table = (root / "results/table.md").read_text()
+    seeds = table_row(table, "vvclip", "clip", "vvclip", "seeds")
+    assert seeds and seeds[3] == "CLIP ViT-B-16 random, training-free"
+    shown = re.search(r"\| vvclip \| clip \| vvclip \| [^|]+ \| seeds \|", DOCS.read_text()).group(0)
+    assert shown in table  # the row docs/heads.md shows
+    assert "plugin:my_head.py" in json.loads((root / "features/code.json").read_text())["modules"]
+    with open(root / "my_head.py", "a") as plugin:
+        plugin.write("# an edit of the plugin\n")
+    assert "features@cwfid-vvclip-clip" in stages_run(run(["dvc", "repro"], root, timeout=1800))
+    with open(root / "lposs/core/propagation.py", "a") as solver:
+        solver.write("# an edit of a solver\n")
+    rerun = stages_run(run(["dvc", "repro"], root, timeout=1800))
+    assert "ablate@cwfid-vvclip-clip-sweep0" in rerun and not any(name.startswith("features@") for name in rerun)
 
 
 # --------------------------------------------------- the same pipeline on 2 local workers (slow, issue 11)

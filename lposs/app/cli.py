@@ -63,9 +63,10 @@ def add_segment_arguments(seg: argparse.ArgumentParser) -> None:
     from ..core.refiners import IMAGE_REFINERS
     from ..models import backbones
     from ..models.factory import RELEASE
-    from ..models.heads import HEADS
+    from ..models.head_registry import HEADS
     from ..models.masks import MASK_MODELS
     from ..models.protocols import PROTOCOLS
+    from ..models.records import DEFAULT_HEAD
 
     seg.add_argument("image", help="an RGB image file (png, jpg, ...)")
     seg.add_argument("--classes", help='class names: "cow; grass; sky" (";" between classes, "," between synonyms)')
@@ -83,7 +84,7 @@ def add_segment_arguments(seg: argparse.ArgumentParser) -> None:
                      help=f"open_clip model name (default {backbones.DEFAULT_CLIP_MODEL})")
     seg.add_argument("--clip-pretrained", default=backbones.DEFAULT_CLIP_PRETRAINED, help="open_clip pretrained tag")
     seg.add_argument("--clip-checkpoint", help="local open_clip weights file (offline use)")
-    seg.add_argument("--head", default="maskclip", choices=list(HEADS),
+    seg.add_argument("--head", default=DEFAULT_HEAD, choices=list(HEADS),
                      help="dense CLIP head for the seeds (--plugin adds your own)")
     seg.add_argument("--protocol", default="lposs", choices=list(PROTOCOLS),
                      help="windows and background rule: lposs (synonym max) or a peer's (softmax + threshold)")

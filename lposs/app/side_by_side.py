@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ..core.scoring import labels_from_scores
+from ..models.records import DEFAULT_HEAD
 from ..segmentation import MODES, as_image_tensor, extract_features, propagate_features
 
 DEMO_TITLE = "Demo stand-in"  # the web page's name for the demo VLM ("demo-vlm"), which has no head record
@@ -23,20 +24,20 @@ DEMO_TITLE = "Demo stand-in"  # the web page's name for the demo VLM ("demo-vlm"
 
 def head_title(head: str) -> str:
     """A head's display name: its record's title (the demo stand-in's, or the name itself, otherwise)."""
-    from ..models.heads import records
+    from ..models.head_registry import records
 
     record = records().get(head)
     return record.title if record is not None else DEMO_TITLE if head == "demo-vlm" else head
 
 
-def mode_titles(head: str = "maskclip") -> dict[str, str]:
+def mode_titles(head: str = DEFAULT_HEAD) -> dict[str, str]:
     """What each mode is called on screen: the seeds-only mode takes the name of the head that made them."""
     seeds = head_title(head)
-    return {"maskclip": seeds if head == "maskclip" else f"{seeds} (seeds only)", "lposs": "LPOSS",
+    return {"maskclip": seeds if head == DEFAULT_HEAD else f"{seeds} (seeds only)", "lposs": "LPOSS",
             "lposs+": "LPOSS+"}
 
 
-def stage_names(head: str = "maskclip", refiner: str = "reference") -> dict[str, str]:
+def stage_names(head: str = DEFAULT_HEAD, refiner: str = "reference") -> dict[str, str]:
     """Stage key -> the line shown beside its time."""
     titles = mode_titles(head)
     return {

@@ -34,9 +34,10 @@ def head_choices(weights: str) -> list[str]:
     model's regions (corrclip): the page runs no mask model (the CLI does: `segment --masks`)."""
     if weights == "demo":
         return [DEMO_CHOICE[1]]
-    from ..models.heads import HEADS
+    from ..models.head_registry import HEADS
+    from ..models.records import DEFAULT_HEAD
 
-    return _first([name for name, record in HEADS.items() if "regions" not in record.reads], "maskclip")
+    return _first([name for name, record in HEADS.items() if "regions" not in record.reads], DEFAULT_HEAD)
 
 
 def vision_model_choices(weights: str) -> list[str]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..models.records import DEFAULT_HEAD
+
 EXPERIMENTS = {"paper": "the paper's 8 benchmarks", "mess": "MESS's 22 datasets (25 runs)"}
 STREAM_HELP = "evaluate one dataset in one pass, without a feature store (decode, backbones, propagation, metrics)"
 
@@ -20,7 +22,8 @@ def add_experiment_arguments(parser: argparse.ArgumentParser, command: str) -> N
     parser.add_argument("--check", action="store_true",
                         help="only check: the feature store's size against the free disk, the data, the weights")
     parser.add_argument("--data-dir", default="data", help="dataset roots: DATA_DIR/<folder> (default: data)")
-    parser.add_argument("--head", default="maskclip", help="dense head (default maskclip; an unknown name lists them)")
+    parser.add_argument("--head", default=DEFAULT_HEAD,
+                        help=f"dense head (default {DEFAULT_HEAD}; an unknown name lists them)")
     parser.add_argument("--protocol", default="lposs",
                         help="evaluation protocol (default lposs; sclip, clearclip, ...: an unknown name lists them)")
     parser.add_argument("--vm", default=None, help="graph model (default: the head record's paper_vm, dino_vitb16; "

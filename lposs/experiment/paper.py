@@ -15,9 +15,10 @@ import sys
 from pathlib import Path
 
 from ..models.factory import BackboneSpec, create_backbones
-from ..models.heads import HEADS, head_record
+from ..models.head_registry import HEADS, head_record
 from ..models.loading import BackboneUnavailable
 from ..models.protocols import PROTOCOLS, own_step, resolve
+from ..models.records import DEFAULT_HEAD
 from .commands import EXPERIMENTS, add_experiment_arguments
 from .results import mess_entries
 from .sizing import StoreEstimate, StoreShape, estimate_store
@@ -28,7 +29,7 @@ PAPER_DATASETS = ["voc21", "context60", "coco_object", "voc20", "context59", "co
 PAPER_VM_FEATURES, PAPER_VM_DTYPE = "v", "float16"  # the smallest store the pipeline writes: DINO's v, half precision
 
 
-def paper_overrides(head: str = "maskclip", protocol: str = "lposs", vm: str | None = None,
+def paper_overrides(head: str = DEFAULT_HEAD, protocol: str = "lposs", vm: str | None = None,
                     datasets: list[str] | None = None) -> list[str]:
     """`dvc exp run -S` overrides of the paper setting: the 8 benchmarks (or `datasets`), `head` seeds under
     `protocol` (windows, class files, background rule, CLIP weights of its release, head parameters when the
@@ -51,7 +52,7 @@ def paper_modes(head: str) -> list[str]:
     return ["maskclip"] + (["own"] if own_step(head, PAPER_DATASETS[0]) else []) + ["lposs", "lposs+"]
 
 
-def paper_problems(data_dir: str, head: str = "maskclip", protocol: str = "lposs", vm: str | None = None,
+def paper_problems(data_dir: str, head: str = DEFAULT_HEAD, protocol: str = "lposs", vm: str | None = None,
                    datasets: list[str] | None = None) -> list[str]:
     """What is missing for the paper setting: each line names it and the command that provides it."""
     problems, roots = [], set()
@@ -79,9 +80,10 @@ def stores_masks(head: str) -> bool:
     return BackboneSpec(head=head).masks != "none"
 
 
-def paper_store(data_dir: str, head: str = "maskclip", protocol: str = "lposs", vm: str | None = None,
+def paper_store(data_dir: str, head: str = DEFAULT_HEAD, protocol: str = "lposs", vm: str | None = None,
                 datasets: list[str] | None = None) -> StoreEstimate:
-    """The feature store the paper setting (or `datasets`) will write, beside the free disk (lposs.experiment.sizing)."""
+    """The feature store the paper setting (or `datasets`) will write, beside the free disk
+    (lposs.experiment.sizing)."""
     vm = vm or head_record(head).paper_vm
     shape = StoreShape(vm=vm, features=(PAPER_VM_FEATURES,), vm_dtype=PAPER_VM_DTYPE, masks=stores_masks(head))
     return estimate_store(datasets or PAPER_DATASETS, data_dir, shape, protocol, combo_name(head, vm))
@@ -107,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     if args.head not in HEADS:
         raise ValueError(f"unknown head {args.head!r}; the heads: {', '.join(HEADS)}")
     datasets = mess_entries() if args.command == "mess" else PAPER_DATASETS
-    default = (args.head, args.protocol) == ("maskclip", "lposs")
+    default = (args.head, args.protocol) == (DEFAULT_HEAD, "lposs")
     name = args.command if default else f"{args.command}-{args.head}-{args.protocol}"
     overrides = paper_overrides(args.head, args.protocol, args.vm, datasets)  # an unknown protocol stops here
     command = ["dvc", "exp", "run", "-n", name] + [arg for o in overrides for arg in ("-S", o)]

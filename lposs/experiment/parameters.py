@@ -52,7 +52,8 @@ SCHEMA: dict[str, Any] = {
 }
 CHOICES = {"backbone.masks": MASK_MODELS + (RELEASE,), "backbone.vm_dtype": tuple(VM_DTYPES),
            "backbone.device": DEVICES,
-           "protocol.name": tuple(PROTOCOLS), "protocol.background": (PROTOCOL_VALUE,) + BACKGROUND_RULES}
+           "protocol.name": PROTOCOLS,  # live: a plugin's protocol counts once the plugin is loaded
+           "protocol.background": (PROTOCOL_VALUE,) + BACKGROUND_RULES}
 SWEEP_KEYS = ("param", "values", "mode")
 
 # The notebooks' parameters cells, by name and type (tests/test_notebooks_clean.py keeps the two in step)
@@ -124,6 +125,12 @@ def merged(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, A
     return out
 
 
+def check_plugins(plugins: Any, where: str) -> None:
+    if not isinstance(plugins, list) or not all(isinstance(plugin, str) and plugin for plugin in plugins):
+        raise ValueError(f"{where}: `plugins` lists files (paths relative to params.yaml's folder) or module names, "
+                         f"got {plugins!r}")
+
+
 def check_params(params: Mapping[str, Any], where: str) -> None:
     """Every section and key of params.yaml known and of the right type (settings sections: lposs.settings)."""
     refuse_unknown(params, tuple(SCHEMA), where)
@@ -147,9 +154,7 @@ def check_params(params: Mapping[str, Any], where: str) -> None:
                                      f"{', '.join(CHOICES[f'{section}.{key}'])}")
         else:
             check_type(section, value, spec)
-    if not all(isinstance(plugin, str) and plugin for plugin in params["plugins"]):
-        raise ValueError(f"{where}: `plugins` lists files (paths relative to params.yaml's folder) or module names, "
-                         f"got {params['plugins']!r}")
+    check_plugins(params["plugins"], where)
     for sweep in params["ablate"]["sweeps"]:
         if not isinstance(sweep, Mapping):
             raise ValueError(f"{where}: every ablate.sweeps entry is {{param, values, mode}}, got {sweep!r}")
@@ -174,10 +179,11 @@ class PipelineParams:
         raw = yaml.safe_load(path.read_text()) or {}
         refuse_unknown(overrides or {}, tuple(SCHEMA), "overrides")
         raw = {"plugins": [], **merged(raw, overrides or {})}  # a params.yaml without plugins: none
-        check_params(raw, str(path) + (" with overrides" if overrides else ""))
-        params = cls(raw, str(path.resolve().parent))
-        load_plugins(params.plugins)  # every stage imports them first, so that their heads exist
-        return params
+        where = str(path) + (" with overrides" if overrides else "")
+        check_plugins(raw["plugins"], where)
+        load_plugins(raw["plugins"], root=path.resolve().parent)  # first: their heads and protocols are choices
+        check_params(raw, where)
+        return cls(raw, str(path.resolve().parent))
 
     def section(self, name: str) -> dict[str, Any]:
         return dict(self.raw[name])

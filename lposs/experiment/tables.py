@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..models.heads import records
+from ..models.head_registry import records
 from ..models.records import PUBLISHED_ORDER, TRAINING_FREE
 from .captions import DEMO_NOTE
 

@@ -35,14 +35,8 @@ from torch import Tensor, nn
 
 from ..core.color import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD  # noqa: F401 - re-exported
 from ..hardware import cpu_has_native_bf16
-from .heads import (
-    HEADS,
-    dense_clip_features,
-    head_record,
-    heads_reading,
-    positional_embedding,
-    tokens_before_last_block,
-)
+from .head_registry import HEADS, head_record, heads_reading
+from .heads import dense_clip_features, positional_embedding, tokens_before_last_block
 from .loading import (  # noqa: F401 - BackboneUnavailable, CLIP_WEIGHTS, VISION_MODELS, hf_cache_dir re-exported
     CLIP_WEIGHTS,
     VISION_MODELS,
@@ -55,7 +49,7 @@ from .loading import (  # noqa: F401 - BackboneUnavailable, CLIP_WEIGHTS, VISION
     timm_name,
     weights_label,
 )
-from .records import SAM_INPUTS
+from .records import DEFAULT_HEAD, SAM_INPUTS
 from .rope import apply_rope
 from .text import CONTEXTS, imagenet_templates, split_synonyms  # noqa: F401 - imagenet_templates re-exported
 from .text_cache import TextCache, cached_prompt_ensembles, weights_digest
@@ -149,7 +143,7 @@ class DenseCLIP:
         bf16: bool = False,
         seed: int = 0,
         *,
-        head: str = "maskclip",
+        head: str = DEFAULT_HEAD,
         head_params: dict[str, Any] | None = None,
         proxy: Any = None,
         quick_gelu: bool | None = None,
@@ -330,7 +324,7 @@ class DenseCLIP:
         return self._text_identity
 
 
-MaskCLIP = DenseCLIP  # LPOSS's name; the head defaults to "maskclip"
+MaskCLIP = DenseCLIP  # LPOSS's name; the head defaults to DEFAULT_HEAD, MaskCLIP's
 
 
 # ----------------------------------------------------------------------------------------------------

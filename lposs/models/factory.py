@@ -30,10 +30,10 @@ from .backbones import (
     DenseCLIP,
     VisionFeatures,
 )
-from .heads import head_record
+from .head_registry import head_record
 from .loading import BackboneUnavailable, open_clip_quick_gelu, resolve_clip_weights, timm_name
 from .masks import MASK_MODELS, create_mask_model
-from .records import HeadRecord
+from .records import DEFAULT_HEAD, HeadRecord
 
 DEFAULT_VM = "dino_vitb16"  # DINO ViT-B/16, LPOSS's graph (lposs.models.loading.VISION_MODELS)
 VLM_WEIGHTS_SPECIAL = ("random", "none")  # seeded random weights | no weights (the demo stand-ins)
@@ -68,7 +68,7 @@ class BackboneSpec:
 
     vlm: str = DEFAULT_CLIP_MODEL
     vlm_weights: str = DEFAULT_CLIP_PRETRAINED
-    head: str = "maskclip"
+    head: str = DEFAULT_HEAD
     vm: str = DEFAULT_VM
     vm_weights: str = "pretrained"
     vm_features: tuple[str, ...] = ("v",)

@@ -4,9 +4,9 @@
     feats = dense_clip_features(visual, windows, "proxyclip", proxy=dino_tokens)   # at the proxy grid
 
 Every head is a record (lposs.models.records: its function, kind, defaults, inputs, protocol, published rows)
-declared in its own module, lposs/models/heads_*/<name>.py; `HEADS` is the registry ({name: record}), the one
-list the factory, the CLI, the web app, the tables and the benchmarks read. A researcher's own head registers
-the same way (`lposs.register_head`) and runs here like the others.
+declared in its own module, lposs/models/heads_*/<name>.py; `HEADS` is the registry ({name: record},
+lposs.models.head_registry), the one list the factory, the CLI, the web app, the tables and the benchmarks read.
+A researcher's own head registers the same way (`lposs.register_head`) and runs here like the others.
 
 All heads share CLIP's first blocks and differ in what replaces or follows the last one (docs/field.md section
 2). With h = ln_1(x), [q; k; v] = h W_in^T + b_in split into heads of size d, s = d^-1/2 and
@@ -32,64 +32,17 @@ the SCLIP family adds the native embedding unresized when a non-native grid has 
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import records as _records
+from .head_registry import HEADS, head_record, heads_reading, records, register_head  # noqa: F401 - re-exported
 from .heads_2025.common import WindowTrace
-from .records import INPUTS, KINDS, REGISTRY, HeadRecord, Published, unregister_head  # noqa: F401 - re-exported
+from .records import DEFAULT_HEAD, INPUTS, KINDS, HeadRecord, Published, unregister_head  # noqa: F401 - re-exported
 from .vit import hidden_states_as_released, positional_embedding, proxy_affinity, qkv_per_head, tokens_before_last_block  # noqa: F401 - positional_embedding, tokens_before_last_block, qkv_per_head, proxy_affinity re-exported
 
-_DISCOVER = "heads_*"  # the packages beside this file whose every module registers heads (lposs.import_graph reads it)
-_state = {"loaded": False, "loading": False}
-
-
-def _load_package_heads() -> None:
-    """Import every module of the `heads_*` packages beside this file, once; each registers its head's record."""
-    if _state["loaded"] or _state["loading"]:
-        return
-    _state["loading"] = True
-    try:
-        here = Path(__file__).parent
-        for package in sorted(p.name for p in here.glob(_DISCOVER) if (p / "__init__.py").is_file()):
-            module = importlib.import_module(f"{__package__}.{package}")
-            for info in sorted(pkgutil.iter_modules(module.__path__), key=lambda m: m.name):
-                importlib.import_module(f"{module.__name__}.{info.name}")
-        _state["loaded"] = True
-    finally:
-        _state["loading"] = False
-
-
-def records() -> dict[str, HeadRecord]:
-    """{name: record} of every head: the package's (ordered by year, then name), then those registered from outside
-    it. The same dict every time (`HEADS`), so it stays current as plugins register."""
-    _load_package_heads()
-    return REGISTRY
-
-
-def head_record(name: str) -> HeadRecord:
-    """The record of head `name`; ValueError naming the choices when there is none."""
-    found = records().get(name)
-    if found is None:
-        raise ValueError(f"unknown head {name!r}; choose one of {', '.join(records())} "
-                         "(or register your own: lposs.register_head, --plugin FILE)")
-    return found
-
-
-def register_head(name: str | HeadRecord, **fields: Any) -> Any:
-    """`lposs.register_head`: register a head of your own (lposs.models.records.register_head, documented there),
-    after the package's heads are loaded, so that a name already taken by one of them is refused."""
-    _load_package_heads()
-    return _records.register_head(name, **fields)
-
-
-HEADS: dict[str, HeadRecord] = records()  # the one registry: every head, by name (a live view: plugins join it)
 # What each proxy feature a record may name is (lposs.models.backbones.VisionFeatures computes them)
 PROXY_FEATURES = {"tokens": "the vision model's final patch tokens [B, h', w', Dv]",
                   "k_raw": "DINO's last-block keys [B, h', w', heads * 64] (CLS dropped, heads concatenated)",
@@ -99,11 +52,6 @@ PROXY_FEATURES = {"tokens": "the vision model's final patch tokens [B, h', w', D
 def head_settings(head: str, head_params: dict[str, Any] | None = None) -> dict[str, Any]:
     """The head's default parameters updated by `head_params`; unknown names and values raise ValueError."""
     return head_record(head).settings(head_params)
-
-
-def heads_reading(*inputs: str) -> tuple[str, ...]:
-    """The heads that read any of `inputs` (names of `records.INPUTS`), in registry order."""
-    return tuple(name for name, record in HEADS.items() if set(inputs) & set(record.reads))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -193,7 +141,7 @@ def _check_required(record: HeadRecord, settings: dict[str, Any]) -> None:
 
 
 def dense_clip_features(
-    visual: nn.Module, windows: Tensor, head: str = "maskclip", proxy: Tensor | None = None, *,
+    visual: nn.Module, windows: Tensor, head: str = DEFAULT_HEAD, proxy: Tensor | None = None, *,
     regions: Tensor | None = None, cells: Tensor | None = None, canvas: tuple[int, int] | None = None,
     sam_attn: Tensor | None = None, sam_v: Tensor | None = None, **head_params: Any
 ) -> Tensor:

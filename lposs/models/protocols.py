@@ -38,14 +38,15 @@ from typing import Any
 
 from ..core.defaults import CROP, LONG_SIDE, SHORT_SIDE, STRIDE
 from ..core.scoring import BACKGROUND_RULES, check_rule  # noqa: F401 - part of a protocol's interface
-from .heads import records
+from .head_registry import records
+from .records import DEFAULT_HEAD
 
 # LPOSS's own protocol (vladan-stojnic/LPOSS e489a74 configs/*.yaml); every other is its release's record's
 LPOSS = {
     # logit_scale is LPOSS's "none": it is used only when the background switch says softmax (SCLIP's 40)
     "base": {"background": "synonyms", "logit_scale": 40.0, "prob_thd": 0.0, "area_thd": None, "crop": CROP,
              "stride": STRIDE, "short_side": SHORT_SIDE, "long_side": LONG_SIDE, "classes": "lposs",
-             "clip": "laion2b_s34b_b88k", "head": "maskclip", "post": "lposs+",
+             "clip": "laion2b_s34b_b88k", "head": DEFAULT_HEAD, "post": "lposs+",
              "source": "vladan-stojnic/LPOSS e489a74 configs/*.yaml"},
     "datasets": {},
 }

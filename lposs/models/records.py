@@ -4,9 +4,9 @@
                    protocol=..., published=(...), release="wangf3014/SCLIP@b56bd30", year=2024)
     def sclip(block, x, grid, settings, proxy): ...
 
-A head module (lposs/models/heads_*/<name>.py) registers its record when it is imported; the registry's door,
-`lposs.models.heads` (`records()`, `head_record(name)`, `HEADS`), imports every module of those packages once, so a
-new head is one new file. A researcher's own head registers the same way from any file or module
+A head module (lposs/models/heads_*/<name>.py) registers its record when it is imported; the registry,
+`lposs.models.head_registry` (`records()`, `head_record(name)`, `HEADS`), imports every module of those packages
+once, so a new head is one new file. A researcher's own head registers the same way from any file or module
 (`lposs.register_head`, `lposs.plugins`), after the package's heads, and may not take a name already taken (the
 error names both places).
 
@@ -46,6 +46,7 @@ SAM_INPUTS = ("sam_attn", "sam_v")
 # The 8 benchmarks in the order of the published lists (Published.miou)
 PUBLISHED_ORDER = ("voc21", "context60", "coco_object", "voc20", "cityscapes", "context59", "ade20k", "coco_stuff")
 TRAINING_FREE = "training-free"
+DEFAULT_HEAD = "maskclip"  # LPOSS's seeds: the head everything uses unless told otherwise
 _HERE = Path(__file__).resolve().parent
 
 
@@ -178,7 +179,7 @@ class HeadRecord:
 # The registry
 # ----------------------------------------------------------------------------------------------------
 
-REGISTRY: dict[str, HeadRecord] = {}  # every head registered so far; lposs.models.heads.records() loads the package's
+REGISTRY: dict[str, HeadRecord] = {}  # every head registered so far (lposs.models.head_registry loads the package's)
 
 
 def register_head(name: str | HeadRecord, **fields: Any) -> Any:

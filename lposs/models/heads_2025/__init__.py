@@ -4,7 +4,7 @@
     feats = lposs.dense_clip_features(visual, windows, "resclip", text=queries, temp_thd=0.5)
     feats = lposs.dense_clip_features(visual, windows, "cass", proxy=dino_keys)           # [B, h', w', 768] keys
 
-Unlike the 2024 heads (lposs.models.heads), these read intermediate blocks (x_4, x_9, x_11, blocks 6-9's
+Unlike the 2024 heads (lposs.models.heads_2024), these read intermediate blocks (x_4, x_9, x_11, blocks 6-9's
 attention, ...), so each takes a `WindowTrace` (every block's output for one window) and returns that window's
 patch tokens [N, W] before ln_post; `lposs.models.heads.dense_clip_features` applies ln_post, proj and the L2
 norm. Every statistic (means, quantiles, outliers, labels, spectra) is computed per window, as the releases
