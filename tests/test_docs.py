@@ -46,9 +46,10 @@ def test_every_cited_docs_section_exists():
         text = (REPO / "docs" / f"{doc}.md").read_text(encoding="utf-8")
         headings[doc] = {int(n) for n in re.findall(r"^## (\d+)\. ", text, flags=re.MULTILINE)}
         assert headings[doc] == set(range(1, max(headings[doc]) + 1)), f"docs/{doc}.md: sections not 1..N"
+    # "docs/method.md section 9", "[`field.md`](field.md) sections 5 and 7"
+    cite = re.compile(r"\b(method|field)\.md`?\]?(?:\([^)]*\))?\s+sections?\s+([\d, and-]+)")
     cites = [(name, doc, int(n)) for name, text in project_texts().items()
-             for doc, numbers in re.findall(r"\b(method|field)\.md`?\]?(?:\([^)]*\))?\s+sections?\s+([\d, and-]+)", text)
-             for n in re.findall(r"\d+", numbers)]
+             for doc, numbers in cite.findall(text) for n in re.findall(r"\d+", numbers)]
     assert len(cites) > 10
     missing = [f"{name} cites docs/{doc}.md section {n}" for name, doc, n in cites if n not in headings[doc]]
     assert not missing, "\n".join(missing)
@@ -161,7 +162,8 @@ def test_docs_choices_names_every_registered_head_protocol_refiner_and_mask_mode
     from lposs.models.protocols import PROTOCOLS
 
     named = set(code_spans((REPO / "docs" / "choices.md").read_text(encoding="utf-8")))
-    for registry, what in ((HEADS, "head"), (PROTOCOLS, "protocol"), (REFINERS, "refiner"), (MASK_MODELS, "mask model")):
+    registries = ((HEADS, "head"), (PROTOCOLS, "protocol"), (REFINERS, "refiner"), (MASK_MODELS, "mask model"))
+    for registry, what in registries:
         absent = [name for name in registry if name not in named]
         assert not absent, f"docs/choices.md does not describe the {what}s {absent}"
 
