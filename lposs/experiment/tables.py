@@ -16,7 +16,8 @@ from ..models.head_registry import records
 from ..models.records import PUBLISHED_ORDER, TRAINING_FREE
 from .captions import DEMO_NOTE
 
-TALK_AVERAGES = {"maskclip": 27.0, "lposs": 38.3, "lposs+": 41.3}  # the talk: MaskCLIP -> LPOSS -> LPOSS+
+# the talk's averages of the 8: MaskCLIP -> patch LP on CLIP's own features (not DINO's) -> LPOSS+ on DINO's graph
+TALK_AVERAGES = {"maskclip": 27.0, "lposs": 38.3, "lposs+": 41.3}
 METHODS = {"maskclip": "seeds", "own": "+ own step", "lposs": "+ LPOSS", "lposs+": "+ LPOSS+"}
 OWN_STEP_TITLES = {"tlp": "PEARL's TLP", "pamr": "PAMR", "region_mode": "CorrCLIP's map correction",
                    "sam_refine": "Trident's SAM refinement"}  # the own steps of lposs.core.own_steps, as a row says
@@ -60,7 +61,9 @@ def results_table(runs: list[dict[str, Any]], datasets: list[str]) -> str:
     lines += ["", ("mIoU (Boundary IoU) in percent. Published rows: ViT-B/16, each under its own release's protocol "
               "(docs/field.md sections 5 and 7: the OV-Stitcher release's comparison table, the NACLIP README, ResCLIP's "
               "figures; LPOSS+: arXiv 2503.19777); the talk's averages of the 8: MaskCLIP "
-              f"{TALK_AVERAGES['maskclip']} -> LPOSS {TALK_AVERAGES['lposs']} -> LPOSS+ {TALK_AVERAGES['lposs+']}.")]
+              f"{TALK_AVERAGES['maskclip']} -> label propagation over patches with CLIP's own features as the graph "
+              f"{TALK_AVERAGES['lposs']} -> LPOSS+ with DINO's graph {TALK_AVERAGES['lposs+']} (docs/method.md "
+              "section 9).")]
     with_rows = [record for record in shown if record.published]
     if with_rows:  # only then: tables without them (the demo's) keep their footnote byte for byte
         sources = "; ".join(dict.fromkeys(row.source for record in with_rows for row in record.published))
