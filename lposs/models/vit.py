@@ -76,14 +76,20 @@ def block_as_released(block: nn.Module, x: Tensor) -> Tensor:
     open_clip's batch-first blocks take torch's fused fast path, which rounds differently (~1e-6). The
     releases' float rounding matters where a head makes discrete choices from near-ties (CASS's head pairing).
     """
+    x = attention_as_released(block, x)
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+def attention_as_released(block: nn.Module, x: Tensor) -> Tensor:
+    """The first half of `block_as_released`: y = x + Attn(ln_1 x) on sequence-first tokens [L, B, W] (what the
+    block's ln_2 reads)."""
     attn, h = block.attn, block.ln_1(x)
     attended = F.multi_head_attention_forward(
         h, h, h, attn.embed_dim, attn.num_heads, attn.in_proj_weight, attn.in_proj_bias, attn.bias_k, attn.bias_v,
         attn.add_zero_attn, attn.dropout, attn.out_proj.weight, attn.out_proj.bias, training=False,
         need_weights=False,
     )[0]
-    x = x + block.ls_1(attended)
-    return x + block.ls_2(block.mlp(block.ln_2(x)))
+    return x + block.ls_1(attended)
 
 
 def hidden_states_as_released(visual: nn.Module, x: Tensor, interpolation: str = "sclip") -> list[Tensor]:
