@@ -258,8 +258,8 @@ def test_the_release_checkpoint_loads_with_its_keys_and_shapes(tmp_path):
 @pytest.mark.parametrize("changes, named", [
     ({"obj_proj.bias": None}, "missing key 'obj_proj.bias'"),
     ({"clip.proj": torch.zeros(2)}, "unexpected key 'clip.proj'"),
-    ({"obj_proj.weight": torch.zeros(256, 768, 1, 1)}, r"obj_proj.weight has shape \[256, 768, 1, 1\], the release's "
-                                                        r"\[256, 768, 3, 3\]"),
+    ({"obj_proj.weight": torch.zeros(256, 768, 1, 1)},
+     r"obj_proj.weight has shape \[256, 768, 1, 1\], the release's \[256, 768, 3, 3\]"),
     ({"bkg_decoder.weight": torch.zeros(1, 512, 1, 1)}, r"bkg_decoder.weight has shape \[1, 512, 1, 1\]"),
 ])
 def test_a_wrong_key_or_shape_is_refused_naming_it(tmp_path, changes, named):
@@ -286,7 +286,7 @@ def test_offline_the_missing_checkpoint_is_named_at_once(tmp_path, monkeypatch):
         cd.release_convolutions(None)
     message = str(caught.value)
     assert str(tmp_path / "hub" / "checkpoints" / "last.pt") in message and "no network (test)" in message
-    assert f"load_state_dict_from_url('{cd.CHECKPOINT_URL}')" in message and "pass checkpoint=PATH." in message
+    assert f"load_state_dict_from_url('{cd.CHECKPOINT_URL}')" in message and "pass checkpoint=PATH as the head's parameter (head_params={'checkpoint': PATH})" in message
 
 
 def test_the_backbones_name_a_missing_checkpoint_and_random_clip_gets_random_convolutions(tmp_path):

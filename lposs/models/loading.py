@@ -154,8 +154,8 @@ def _unavailable_message(what: str, where: str, reason: str, fetch_cmd: str, fil
 
 
 def _cli(cli_flag: str | None) -> str:
-    """The CLI's option for a weight file, as the messages name it (none for a head parameter)."""
-    return f" (CLI: {cli_flag} PATH)" if cli_flag else ""
+    """The CLI's option for a weight file, as the messages name it; None: a head's parameter, which has none."""
+    return f" (CLI: {cli_flag} PATH)" if cli_flag else " as the head's parameter (head_params={'checkpoint': PATH})"
 
 
 def _resolve_download(
@@ -194,7 +194,7 @@ def _check_checkpoint(checkpoint: str | os.PathLike, what: str, cli_flag: str | 
     if not path.is_file():
         raise BackboneUnavailable(
             f"checkpoint file {path} for {what} does not exist: pass the path of a .bin/.pt/.pth/.safetensors "
-            f"weight file (checkpoint=PATH{', CLI ' + cli_flag + ' PATH' if cli_flag else ''})."
+            f"weight file (checkpoint=PATH{_cli(cli_flag) if cli_flag is None else ', CLI ' + cli_flag + ' PATH'})."
         )
     return str(path)
 

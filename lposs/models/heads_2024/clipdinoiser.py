@@ -92,13 +92,18 @@ def load_convolutions(path: str | os.PathLike) -> Convolutions:
 
 
 @functools.lru_cache(maxsize=4)
-def release_convolutions(checkpoint: str | os.PathLike | None = None) -> Convolutions:
+def release_convolutions(checkpoint: str | os.PathLike | None = None, width: int = 768) -> Convolutions:
     """The convolutions the `checkpoint` parameter names (None: the release's published file; "random": seeded
-    random weights of the release's shapes), loaded once. Offline without the file: BackboneUnavailable within
-    seconds, naming the file, torch hub's folder and the command that fetches it."""
+    random weights of the release's shapes, reading `width` channels: 768 for ViT-B, the release's only width),
+    loaded once. Offline without the file: BackboneUnavailable within seconds, naming the file, torch hub's folder
+    and the command that fetches it."""
     if checkpoint == "random":
-        return seeded(0, Convolutions).eval()
-    return load_convolutions(torch_hub_weights(checkpoint, CHECKPOINT_URL, WHAT, None))
+        return seeded(0, lambda: Convolutions(width)).eval()
+    convolutions = load_convolutions(torch_hub_weights(checkpoint, CHECKPOINT_URL, WHAT, None))
+    if width != convolutions.obj_proj.in_channels:
+        raise ValueError(f"{WHAT} read {convolutions.obj_proj.in_channels} channels (a ViT-B's); this CLIP's blocks "
+                         f"are {width} wide: use a ViT-B CLIP, or checkpoint='random'")
+    return convolutions
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -204,4 +209,5 @@ PROTOCOL = {
 def clipdinoiser(visual: nn.Module, windows: Tensor, **settings: Any) -> Tensor:
     """Windows [B, 3, H, W] (CLIP-normalised) -> F' [B, h, w, D] after proj, with the convolutions the `checkpoint`
     parameter names."""
-    return clipdinoiser_features(visual, windows, release_convolutions(settings["checkpoint"]), settings)
+    width = int(visual.transformer.width)
+    return clipdinoiser_features(visual, windows, release_convolutions(settings["checkpoint"], width), settings)
