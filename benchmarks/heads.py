@@ -7,9 +7,9 @@ Random-weight OpenCLIP ViT-B/16 with each head of `lposs.models.heads.HEADS` (Pr
 proxy: its final tokens, its raw keys; ResCLIP reads the 21 class queries inside its forward; Trident a DINO ViT-B/16
 proxy and SAM ViT-B's image encoder at 1024 px, its release's windows 336 / 224 of the whole image; CorrCLIP DINO
 ViT-B/8's q + k and the demo's stand-in mask model, whose colour segments of a random image are many and small,
-its time included)
-and a DINO ViT-B/16 graph (q, k, v from one forward), on random images of VOC's size (375 x 500, 15 windows
-at short side 448); the cost does not depend on the weights. Per head: seconds per image of
+its time included; GEM one window per forward; CLIP-DINOiser its two convolutions, random, FOUND's rule off as
+on most datasets) and a DINO ViT-B/16 graph (q, k, v from one forward), on random images of VOC's size (375 x 500,
+15 windows at short side 448); the cost does not depend on the weights. Per head: seconds per image of
 `features.extract_shard` (both backbones over all windows, seeds, graph features), the text classifier
 time for 21 classes once, and the ratio to the MaskCLIP head measured in the same run (the heads take turns
 image by image, so a change of load hits all of them alike).

@@ -164,6 +164,8 @@ class DenseCLIP:
             raise ValueError(f"head {head!r}: pass the query embeddings with each call, dense_features(windows, "
                              "text=emb), not in head_params (they change with the class list)")
         self.record = record = head_record(head)
+        if pretrained is None and checkpoint is None:  # random CLIP: the head's own trained weights random too
+            head_params = record.random_trained(head_params) or None
         self.head, self.head_params = head, {**record.caller_defaults, **(head_params or {})}
         self.settings = record.settings(self.head_params)
         reads = set(record.reads)

@@ -222,6 +222,8 @@ def create_backbones(spec: BackboneSpec, device: str = "cpu") -> Backbones:
     proxy_missing = "proxy" in record.reads and proxy is None  # its weights are missing: named below
     sam = attempt(lambda: _sam_attention(spec, device)) if record.reads_sam else None
     sam_missing = record.reads_sam and sam is None
+    if record.trained is not None:  # the head's own trained weights (CLIP-DINOiser's): a missing file named here
+        attempt(lambda: _trained_weights(spec))
     vlm = None if proxy_missing or sam_missing else attempt(lambda: _dense_clip(spec, proxy, device, sam))
     if missing:
         raise BackboneUnavailable("\n\n".join(map(str, missing)), [m for error in missing for m in error.missing])
@@ -234,6 +236,16 @@ def _vision_model(spec: BackboneSpec, name: str, feature: str, checkpoint: str |
     random = spec.vm_weights == "random"
     return VisionFeatures(name, pretrained=not random, feature=feature, device=device,
                           checkpoint=None if random else checkpoint, bf16=spec.bf16)
+
+
+def _trained_weights(spec: BackboneSpec) -> Any:
+    """The head's own trained weights (record.trained), as its head will read them: random with a random VLM, else
+    the file its parameter names (None: the release's published one)."""
+    record = spec.record
+    params = dict(spec.head_params)
+    if spec.vlm_weights in VLM_WEIGHTS_SPECIAL:
+        params = record.random_trained(params)
+    return record.trained.load(record.settings({**record.caller_defaults, **params})[record.trained.parameter])
 
 
 def _sam_attention(spec: BackboneSpec, device: str) -> Any:

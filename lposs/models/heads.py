@@ -21,7 +21,9 @@ Attn(A) = W_o concat_h(A_h v_h) + b_o, the 2024 heads (lposs.models.heads_2024) 
 then features = normalise(ln_post(z)[patches] @ proj). Off the native 14x14 grid the position embedding is
 resized by each release's own rule (`interpolation`): "lposs" resizes bicubically to the grid size;
 "sclip" (SCLIP, ClearCLIP, NACLIP, ProxyCLIP) passes scale_factor ((gh + 0.1) / 14, (gw + 0.1) / 14), which
-samples other points. Windows are CLIP-normalised; the batch dimension comes first throughout. The 2025 heads
+samples other points; "gem" (GEM) resizes to the grid size with the antialiased bicubic kernel. GEM (a self-self
+attention path beside the last six blocks, a traced head) and CLIP-DINOiser (MaskCLIP pooled by two trained
+convolutions, its record's `trained` weights) are in lposs.models.heads_2024 too. Windows are CLIP-normalised; the batch dimension comes first throughout. The 2025 heads
 (lposs.models.heads_2025) read intermediate blocks too and run window by window; the two that read a mask model
 (lposs.models.heads_masks) take its regions or SAM's tensors as extra inputs.
 
@@ -149,7 +151,7 @@ def dense_clip_features(
 
     visual: an open_clip VisionTransformer (`model.visual`). head: a name in `HEADS`; head_params override its
     defaults (sigma for naclip; beta, gamma, affinity_mean for proxyclip; the records' defaults for the others;
-    interpolation "lposs" | "sclip" for the CLIP heads; text for resclip). The extra inputs (records.INPUTS), each
+    interpolation "lposs" | "sclip" | "gem" for the CLIP heads; text for resclip and clipdinoiser). The extra inputs (records.INPUTS), each
     only for a head that reads it: proxy (proxyclip's and trident's vision-model tokens [B, h', w', Dv], the output
     is then at the proxy grid; cass's DINO keys; corrclip's DINO q + k), corrclip's `regions` [B, h', w'] (each
     window's region ids at the proxy grid), trident's `cells` [B, 4] and `canvas` (the windows' patch cells on the

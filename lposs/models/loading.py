@@ -144,13 +144,18 @@ def _probe(url: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
     return outcome[0] if outcome else f"no answer within {timeout:.0f} s"
 
 
-def _unavailable_message(what: str, where: str, reason: str, fetch_cmd: str, files: str, cli_flag: str) -> str:
+def _unavailable_message(what: str, where: str, reason: str, fetch_cmd: str, files: str, cli_flag: str | None) -> str:
     return (
         f"Cannot load the weights of {what}: they are not in the local cache ({where}) and cannot be "
         f"downloaded ({reason}).\nFix, either:\n"
         f"  1. run once with network access to cache them, e.g.\n       {fetch_cmd}\n"
-        f"  2. or download {files} yourself and pass checkpoint=PATH (CLI: {cli_flag} PATH)."
+        f"  2. or download {files} yourself and pass checkpoint=PATH{_cli(cli_flag)}."
     )
+
+
+def _cli(cli_flag: str | None) -> str:
+    """The CLI's option for a weight file, as the messages name it; None: a head's parameter, which has none."""
+    return f" (CLI: {cli_flag} PATH)" if cli_flag else " as the head's parameter (head_params={'checkpoint': PATH})"
 
 
 def _resolve_download(
@@ -160,7 +165,7 @@ def _resolve_download(
     url: str | None,
     url_cache: Path | None,
     fetch_cmd: str,
-    cli_flag: str,
+    cli_flag: str | None,
 ) -> str | None:
     """A cached weight file, or None when the library may download it; raise if neither is possible."""
     if repo_id:
@@ -184,21 +189,22 @@ def _resolve_download(
                               [(summary, fetch_cmd)])
 
 
-def _check_checkpoint(checkpoint: str | os.PathLike, what: str, cli_flag: str) -> str:
+def _check_checkpoint(checkpoint: str | os.PathLike, what: str, cli_flag: str | None) -> str:
     path = Path(checkpoint).expanduser()
     if not path.is_file():
         raise BackboneUnavailable(
             f"checkpoint file {path} for {what} does not exist: pass the path of a .bin/.pt/.pth/.safetensors "
-            f"weight file (checkpoint=PATH, CLI {cli_flag} PATH)."
+            f"weight file (checkpoint=PATH{_cli(cli_flag) if cli_flag is None else ', CLI ' + cli_flag + ' PATH'})."
         )
     return str(path)
 
 
-def torch_hub_weights(checkpoint: str | os.PathLike | None, url: str, what: str, cli_flag: str) -> str:
+def torch_hub_weights(checkpoint: str | os.PathLike | None, url: str, what: str, cli_flag: str | None) -> str:
     """The local path of a weight file published at `url`: `checkpoint` when given, else torch hub's cached copy
     (`$TORCH_HOME/hub/checkpoints`, where `torch.hub.load_state_dict_from_url` puts it), downloaded there when the
     network answers. Offline without it: BackboneUnavailable at once, naming the file, the folder and the command
-    that fetches it (the mask models' SAM ViT-B and SAM 2 weights)."""
+    that fetches it (the mask models' SAM ViT-B and SAM 2 weights, CLIP-DINOiser's convolutions). cli_flag: the CLI
+    option that takes such a file, or None (a head parameter, `checkpoint=PATH`)."""
     if checkpoint is not None:
         return _check_checkpoint(checkpoint, what, cli_flag)
     cache = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)

@@ -79,6 +79,20 @@ class TextStep:
 
 
 @dataclass(frozen=True)
+class TrainedWeights:
+    """A head's own trained weights (what makes it not training-free: CLIP-DINOiser's two convolutions).
+
+    The head parameter `parameter` names them: None = the release's published file (torch hub's cached copy,
+    downloaded when the network answers), a local file, or "random" (seeded random weights of the same shapes; what
+    the backbones pass whenever the CLIP weights are random). `load(value)` returns them, cached, and raises
+    lposs.models.loading.BackboneUnavailable naming the file when it cannot be had or is not the release's (a wrong
+    key or shape); the backbones call it once when they are built, so a missing file is named with the others."""
+
+    load: Callable[[Any], Any]
+    parameter: str = "checkpoint"
+
+
+@dataclass(frozen=True)
 class HeadRecord:
     """Everything the package needs of one release's dense head (see the module docstring).
 
@@ -98,6 +112,7 @@ class HeadRecord:
     protocol            the release's evaluation protocol {"base": {...}, "datasets": {...}} (lposs.models.protocols)
     published           its published rows (`Published`)
     training            "training-free", or what was trained (a table row's "built on" says it)
+    trained             the head's own trained weights (`TrainedWeights`), for a head that is not training-free
     release             the release it reproduces, "owner/repo@commit"
     year                publication year (the registry's order: year, then name)
     paper_vm            the graph model of its paper run (`python -m lposs.experiment paper`)
@@ -123,6 +138,7 @@ class HeadRecord:
     protocol: Mapping[str, Any] | None = None
     published: tuple[Published, ...] = ()
     training: str = TRAINING_FREE
+    trained: TrainedWeights | None = None
     release: str = ""
     year: int = 0
     paper_vm: str = "dino_vitb16"
@@ -141,6 +157,9 @@ class HeadRecord:
                      if name not in self.defaults]
         problems += [f"parameter {name!r} is the name of an input" for name in self.defaults
                      if name in INPUTS and name != "text"]
+        if self.trained is not None and (self.trained.parameter not in self.defaults or self.training == TRAINING_FREE):
+            problems.append(f"a head with trained weights names them by a parameter among its defaults (not "
+                            f"{self.trained.parameter!r}) and says what was trained (training=)")
         if self.protocol is not None:
             from .protocol_bases import PROTOCOL_KEYS
 
@@ -157,6 +176,13 @@ class HeadRecord:
     @property
     def reads_sam(self) -> bool:
         return any(name in self.reads for name in SAM_INPUTS)
+
+    def random_trained(self, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """`params` for random CLIP weights: the head's own trained weights (`trained`) random too, unless named."""
+        params = dict(params or {})
+        if self.trained is not None:
+            params.setdefault(self.trained.parameter, "random")
+        return params
 
     def settings(self, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The defaults updated by `params`, checked: an unknown name or a bad value raises ValueError."""

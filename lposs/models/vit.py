@@ -7,10 +7,12 @@
 x_l is the output of block l (1-based), x_0 the embedded tokens (ln_pre(CLS + patches + position embedding)),
 so x_{L-1} enters the last block. Windows are CLIP-normalised [B, 3, H, W]; the batch comes first throughout.
 
-Position embeddings off the native grid follow one of two rules (`interpolation`): "lposs" resizes the patch
+Position embeddings off the native grid follow one of three rules (`interpolation`): "lposs" resizes the patch
 part bicubically to the grid size; "sclip" (SCLIP clip/model.py:263-281 @b56bd30, copied by NACLIP,
 ClearCLIP, ProxyCLIP, SC-CLIP, SFP, ResCLIP, CASS, PEARL) passes scale_factor ((gh + 0.1) / 14, (gw + 0.1) / 14),
-which samples other points.
+which samples other points; "gem" (GEM gem/gem_utils.py resample_abs_pos_embed @5fa677c) resizes to the grid size
+with torch's antialiased bicubic, whose kernel (PIL's, a = -0.5) differs from the plain one (a = -0.75) even when
+upsampling.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-INTERPOLATIONS = ("lposs", "sclip")
+INTERPOLATIONS = ("lposs", "sclip", "gem")
 
 
 def positional_embedding(visual: nn.Module, grid: tuple[int, int], interpolation: str = "lposs") -> Tensor:
@@ -36,6 +38,8 @@ def positional_embedding(visual: nn.Module, grid: tuple[int, int], interpolation
         patch_pos = F.interpolate(
             patch_pos, scale_factor=scale, mode="bicubic", align_corners=False, recompute_scale_factor=False
         )
+    elif interpolation == "gem":  # GEM gem/gem_utils.py resample_abs_pos_embed: antialiased, to the target size
+        patch_pos = F.interpolate(patch_pos, size=tuple(grid), mode="bicubic", antialias=True, align_corners=False)
     else:
         raise ValueError(f"interpolation={interpolation!r}: use one of {INTERPOLATIONS}")
     assert tuple(patch_pos.shape[-2:]) == tuple(grid), (patch_pos.shape, grid)
@@ -72,14 +76,20 @@ def block_as_released(block: nn.Module, x: Tensor) -> Tensor:
     open_clip's batch-first blocks take torch's fused fast path, which rounds differently (~1e-6). The
     releases' float rounding matters where a head makes discrete choices from near-ties (CASS's head pairing).
     """
+    x = attention_as_released(block, x)
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+def attention_as_released(block: nn.Module, x: Tensor) -> Tensor:
+    """The first half of `block_as_released`: y = x + Attn(ln_1 x) on sequence-first tokens [L, B, W] (what the
+    block's ln_2 reads)."""
     attn, h = block.attn, block.ln_1(x)
     attended = F.multi_head_attention_forward(
         h, h, h, attn.embed_dim, attn.num_heads, attn.in_proj_weight, attn.in_proj_bias, attn.bias_k, attn.bias_v,
         attn.add_zero_attn, attn.dropout, attn.out_proj.weight, attn.out_proj.bias, training=False,
         need_weights=False,
     )[0]
-    x = x + block.ls_1(attended)
-    return x + block.ls_2(block.mlp(block.ln_2(x)))
+    return x + block.ls_1(attended)
 
 
 def hidden_states_as_released(visual: nn.Module, x: Tensor, interpolation: str = "sclip") -> list[Tensor]:
