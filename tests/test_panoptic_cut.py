@@ -257,3 +257,12 @@ def test_overlapping_masks_keep_their_code_and_give_ids_by_the_lowest_index():
     assert torch.equal(resize_masks(masks, (10, 14))[:, ::2, ::2], masks)  # nearest: every source pixel kept
     with pytest.raises(ValueError, match="damaged"):
         decode_masks(torch.cat([torch.tensor([2], dtype=torch.int32), code[1:]]))  # bits above mask 1
+
+
+def test_the_registry_names_the_models_of_overlapping_masks():
+    from lposs.models.masks import MASK_MODELS, OVERLAPPING, create_mask_model
+
+    assert OVERLAPPING <= set(MASK_MODELS) and PanopticCut.overlapping
+    assert create_mask_model("panoptic_cut_demo").overlapping and not getattr(create_mask_model("demo"), "overlapping",
+                                                                               False)
+    assert {"sam_vit_b", "sam2_hiera_l"}.isdisjoint(OVERLAPPING)  # region maps only

@@ -17,6 +17,7 @@ from pathlib import Path
 from ..models.factory import BackboneSpec, create_backbones
 from ..models.heads import HEADS, head_record
 from ..models.loading import BackboneUnavailable
+from ..models.masks import OVERLAPPING
 from ..models.protocols import PROTOCOLS, own_step, resolve
 from .commands import EXPERIMENTS, add_experiment_arguments
 from .results import mess_entries
@@ -83,7 +84,8 @@ def paper_store(data_dir: str, head: str = "maskclip", protocol: str = "lposs", 
                 datasets: list[str] | None = None) -> StoreEstimate:
     """The feature store the paper setting (or `datasets`) will write, beside the free disk (lposs.experiment.sizing)."""
     vm = vm or head_record(head).paper_vm
-    shape = StoreShape(vm=vm, features=(PAPER_VM_FEATURES,), vm_dtype=PAPER_VM_DTYPE, masks=stores_masks(head))
+    shape = StoreShape(vm=vm, features=(PAPER_VM_FEATURES,), vm_dtype=PAPER_VM_DTYPE, masks=stores_masks(head),
+                       masks_overlap=BackboneSpec(head=head).masks in OVERLAPPING)
     return estimate_store(datasets or PAPER_DATASETS, data_dir, shape, protocol, combo_name(head, vm))
 
 

@@ -60,6 +60,7 @@ MASK_BUILDERS: dict[str, Callable[[str, str | None], Any] | None] = {
 PACKAGES = {"sam_vit_b": "segment-anything", "sam2_hiera_l": "sam2", "panoptic_cut": "pydensecrf2",
             "panoptic_cut_demo": "pydensecrf2"}
 MASK_MODELS = tuple(MASK_BUILDERS)
+OVERLAPPING = frozenset({"panoptic_cut", "panoptic_cut_demo"})  # models whose `overlapping` masks are stored too
 
 
 def create_mask_model(name: str, device: str = "cpu", checkpoint: str | None = None) -> Any:
