@@ -22,8 +22,9 @@ then features = normalise(ln_post(z)[patches] @ proj). Off the native 14x14 grid
 resized by each release's own rule (`interpolation`): "lposs" resizes bicubically to the grid size;
 "sclip" (SCLIP, ClearCLIP, NACLIP, ProxyCLIP) passes scale_factor ((gh + 0.1) / 14, (gw + 0.1) / 14), which
 samples other points. Windows are CLIP-normalised; the batch dimension comes first throughout. The 2025 heads
-(lposs.models.heads_2025) read intermediate blocks too and run window by window; the two that read a mask model
-(lposs.models.heads_masks) take its regions or SAM's tensors as extra inputs.
+(lposs.models.heads_2025) read intermediate blocks too and run window by window; two heads that read a mask model
+(lposs.models.heads_masks) take its regions or SAM's tensors as extra inputs, and LaVG's (SCLIP's head) leaves its
+Panoptic Cut masks to its own step.
 
 Release quirks deliberately NOT reproduced (they only bite on grids the releases' protocols never use):
 the SCLIP family adds the native embedding unresized when a non-native grid has exactly 196 patches (e.g.
