@@ -16,8 +16,9 @@ release hard-codes `.cuda()`), so everything runs on the CPU.
 With --release it prints, per image: the largest difference between the two models' keys (and how far timm's own
 antialiased resize of the position embedding is from DINO's rule), then per seed whether the masks are identical.
 Without it, only ours runs. With several seeds it prints how the masks move from the first seed's: the best-match
-IoU of each first-seed mask (mean, and the smallest), and the share of pixels whose region id (1 + the first mask
-covering it) changes. Random DINO weights make masks of colour and texture, not objects: the movement measured
+IoU of each first-seed mask (mean, and the smallest), the share of pixels whose region id (1 + the first mask
+covering it) changes, and the share outside their best-matching region (the partition, whatever the ids: a change
+of discovery order renumbers the regions without moving them). Random DINO weights make masks of colour and texture, not objects: the movement measured
 here is the eigen-solver's, not what trained DINO's masks would show. The same is printed for the cut's patch
 masks before the CRF (the CRF's IoU check empties most masks of random keys, hiding the cut's movement).
 """
@@ -89,6 +90,18 @@ def best_match_iou(reference: torch.Tensor, other: torch.Tensor) -> list[float]:
     return scores
 
 
+def partition_moved(first: torch.Tensor, other: torch.Tensor) -> float:
+    """The share of pixels outside the region of one id map [H, W] that best overlaps their region of the other,
+    the larger of the two ways: 0 when the maps cut the image alike, whatever the ids (the discovery order may
+    differ between seeds), and a split or a merge of regions counts."""
+    def one_way(a: torch.Tensor, b: torch.Tensor) -> float:
+        width = int(b.max()) + 1
+        pairs = torch.bincount(a.flatten() * width + b.flatten(), minlength=(int(a.max()) + 1) * width)
+        return 1.0 - float(pairs.view(-1, width).max(dim=1).values.sum()) / a.numel()
+
+    return max(one_way(first, other), one_way(other, first))
+
+
 def movement(masks: dict[int, torch.Tensor]) -> str:
     """How the masks of every other seed differ from the first seed's."""
     seeds = list(masks)
@@ -96,10 +109,11 @@ def movement(masks: dict[int, torch.Tensor]) -> str:
     lines = [f"    seed {s}: {len(m) - 1} masks, {int(sum(c.any() for c in m[:-1]))} non-empty" for s, m in masks.items()]
     for seed in seeds[1:]:
         ious = best_match_iou(first, masks[seed])
-        moved = (masks_to_regions(first) != masks_to_regions(masks[seed])).float().mean()
+        ids, other = masks_to_regions(first), masks_to_regions(masks[seed])
         lines.append(f"    seed {seed} vs {seeds[0]}: best-match IoU mean {np.mean(ious) if ious else float('nan'):.3f}"
-                     f" min {min(ious) if ious else float('nan'):.3f}; region id changed on {100 * moved:.1f}% of "
-                     "pixels")
+                     f" min {min(ious) if ious else float('nan'):.3f}; region id changed on "
+                     f"{100 * float((ids != other).float().mean()):.1f}% of pixels, the partition on "
+                     f"{100 * partition_moved(ids, other):.1f}%")
     return "\n".join(lines)
 
 
