@@ -6,6 +6,7 @@ benchmarks/parity_panoptic_cut.py compares with the release's own files."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import sys
 from typing import ClassVar
@@ -19,9 +20,10 @@ from PIL import Image
 from lposs.core.regions import decode_masks, encode_masks, masks_to_regions, partition_masks, resize_masks
 from lposs.models.ncut import cut_masks
 
-pytest.importorskip("pydensecrf", reason="Panoptic Cut's CRF needs pydensecrf2: pip install -e .[masks]")
-
 from lposs.models.panoptic_cut import DinoKeys, PanopticCut, dino_position_embedding, square_pixels, to_image_size
+
+needs_crf = pytest.mark.skipif(importlib.util.find_spec("pydensecrf") is None,
+                               reason="Panoptic Cut's CRF needs pydensecrf2: pip install -e .[masks]")
 
 # ------------------------------------------------------------------- the release, re-typed as the reference
 
@@ -145,6 +147,7 @@ def tiny_dino():
 
 # ------------------------------------------------------------------------------------------- tests
 
+@needs_crf
 def test_a_tiny_image_gets_the_releases_masks_with_the_same_seed():
     image = blobs_image()
     for seed in (0, 1):
@@ -170,6 +173,7 @@ def test_the_seed_is_the_only_randomness_and_leaves_the_callers_rng_alone():
     assert not torch.equal(torch.random.get_rng_state(), state)
 
 
+@needs_crf
 def test_the_image_is_resized_to_a_square_and_the_masks_come_back_at_its_size():
     SpyKeys.seen.clear()
     image = blobs_image(30, 44)
@@ -209,6 +213,7 @@ def test_the_tiny_dinos_keys_are_its_last_block_keys_with_dinos_position_rule():
     assert torch.equal(dino_position_embedding(model.pos_embed, (4, 4)), model.pos_embed)  # native: unchanged
 
 
+@needs_crf
 def test_a_mask_the_crf_moves_far_is_emptied_but_keeps_its_channel():
     from lposs.models.panoptic_cut import refine_mask
 
@@ -259,6 +264,7 @@ def test_overlapping_masks_keep_their_code_and_give_ids_by_the_lowest_index():
         decode_masks(torch.cat([torch.tensor([2], dtype=torch.int32), code[1:]]))  # bits above mask 1
 
 
+@needs_crf
 def test_the_registry_names_the_models_of_overlapping_masks():
     from lposs.models.masks import MASK_MODELS, OVERLAPPING, create_mask_model
 
