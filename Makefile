@@ -15,6 +15,8 @@ export TQDM_MININTERVAL ?= 5
 # it: no nvcc attempt on a CPU machine (which fails and goes on anyway), and where a toolkit exists no extension built
 # against the build environment's own torch, which may not be the torch installed beside it
 export SAM2_BUILD_CUDA ?= 0
+# pydensecrf2 (the masks extra: Panoptic Cut's dense CRF) ships as an sdist too: pip compiles its C++ and Cython
+# (about 3 minutes on 2 cores) and needs a C++ compiler (Debian: apt-get install g++)
 
 .PHONY: install repro paper mess test test-fast lab course course-install course-html demo clean-results
 

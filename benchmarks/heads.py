@@ -8,8 +8,10 @@ proxy: its final tokens, its raw keys; ResCLIP reads the 21 class queries inside
 proxy and SAM ViT-B's image encoder at 1024 px, its release's windows 336 / 224 of the whole image; CorrCLIP DINO
 ViT-B/8's q + k and the demo's stand-in mask model, whose colour segments of a random image are many and small,
 its time included; GEM one window per forward; CLIP-DINOiser its two convolutions, random, FOUND's rule off as
-on most datasets) and a DINO ViT-B/16 graph (q, k, v from one forward), on random images of VOC's size (375 x 500,
-15 windows at short side 448); the cost does not depend on the weights. Per head: seconds per image of
+on most datasets; LaVG SCLIP's head and its release's mask model, Panoptic Cut with random DINO ViT-B/8 weights at
+640 x 640, its time included: the vote runs later, in the evaluation) and a DINO ViT-B/16 graph (q, k, v from one
+forward), on random images of VOC's size (375 x 500, 15 windows at short side 448); the cost does not depend on
+the weights. Per head: seconds per image of
 `features.extract_shard` (both backbones over all windows, seeds, graph features), the text classifier
 time for 21 classes once, and the ratio to the MaskCLIP head measured in the same run (the heads take turns
 image by image, so a change of load hits all of them alike).
@@ -34,8 +36,9 @@ CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus"
 
 def build(head: str, device: str) -> dict:
     """The head's backbones (random weights), its text classifier and that classifier's seconds."""
-    spec = spec_from_clip_tag(DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, True, head=head,
-                              masks="demo" if "regions" in HEADS[head].reads else "none")
+    record = HEADS[head]
+    masks = "demo" if "regions" in record.reads else record.masks if record.masks and not record.reads_sam else "none"
+    spec = spec_from_clip_tag(DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, True, head=head, masks=masks)
     vlm, graphs, masks = create_backbones(spec, device)
     vm = next(iter(graphs.values()))
     start = time.perf_counter()

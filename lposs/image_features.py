@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .core.regions import masks_to_regions, resize_regions
 from .core.tlp import text_self_affinity
 from .core.windows import Window, crop_windows, merge_windows, resize_image, resized_size, window_layout
 from .settings import WindowSettings
@@ -39,6 +40,8 @@ class ImageFeatures:
     image_resized: Tensor | None = field(default=None, repr=False)  # [3, H', W'] in [0, 1], for LPOSS+
     text_affinity: Tensor | None = field(default=None, repr=False)  # [C'] what PEARL's TLP reads of the text
     regions: Tensor | None = field(default=None, repr=False)  # [H', W'] mask-region ids (lposs.core.regions)
+    masks: Tensor | None = field(default=None, repr=False)  # [M, H, W] bool: a mask model's overlapping masks at
+    # the ORIGINAL size, as its release keeps them (Panoptic Cut's; LaVG's vote reads them), else None
 
 
 def as_image_tensor(image: Any) -> Tensor:
@@ -74,7 +77,9 @@ def extract_features(
     keep_on_device: leave seeds and graph features where the backbones ran (a GPU streaming pass that
     propagates at once); by default they come to the CPU, as a feature store keeps them.
     masks: a mask model (`lposs.models.masks`): the resized image's regions, computed once, go to `.regions`
-    (and to a head that reads them, corrclip). A head that needs them (`vlm.reads_regions`) refuses None.
+    (and to a head that reads them, corrclip). A head that needs them (`vlm.reads_regions`) refuses None. A mask
+    model of overlapping masks (`overlapping`, Panoptic Cut) reads the original image: its masks go to `.masks`,
+    and `.regions` is their id map (the first mask covering a pixel) nearest-resized to the resized image.
     """
     win = window_settings(windows, window_values)
     image = as_image_tensor(image)
@@ -84,7 +89,7 @@ def extract_features(
     layout = window_layout(*resized_hw, crop=win.crop, stride=win.stride)
     crops = crop_windows(resized, layout, crop=win.crop)  # [B, 3, crop, crop]
     emb, owner = text if text is not None else vlm.text_embeddings(class_names)  # [C', D], [C']
-    regions = None if masks is None else masks.regions(resized).cpu()  # [H', W'] region ids, 0 = no mask
+    regions, overlapping = mask_regions(masks, image, resized)  # [H', W'] ids (0 = no mask), [M, H, W] or None
     dense = _head_features(vlm, image, resized, crops, layout, emb, regions)  # [B, g, g, D]
     reuses_vlm = getattr(vm, "vlm", None) is vlm  # the VLM's own features as the graph (no second model)
     graph = dense if reuses_vlm else vm.dense_features(crops)  # [B, g', g', Dv]
@@ -111,7 +116,19 @@ def extract_features(
         image_resized=resized,
         text_affinity=text_affinity,
         regions=regions,
+        masks=overlapping,
     )
+
+
+def mask_regions(masks: Any, image: Tensor, resized: Tensor) -> tuple[Tensor | None, Tensor | None]:
+    """A mask model's output for one image: (region ids [H', W'] at the resized size, or None without a model;
+    the overlapping masks [M, H, W] bool at the original size of a model that makes them, else None)."""
+    if masks is None:
+        return None, None
+    if not getattr(masks, "overlapping", False):
+        return masks.regions(resized).cpu(), None
+    overlapping = masks.masks(image).cpu()  # [M, H, W]: the release's masks, from the original image
+    return resize_regions(masks_to_regions(overlapping), tuple(resized.shape[1:])), overlapping
 
 
 def _head_features(vlm: Any, image: Tensor, resized: Tensor, crops: Tensor, layout: list[Window], emb: Tensor,

@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .core.graphs import patch_graph
-from .core.own_steps import LABEL_STEPS, relabel, run_label_step, run_own_step
+from .core.own_steps import relabel, run_label_step, run_own_step, run_window_step, step_kind
 from .core.propagation import propagate
 from .core.refine import refine_pixels
 from .core.refiners import REGION_REFINERS
-from .core.regions import patch_region_fractions
+from .core.regions import patch_region_fractions, partition_masks, resize_masks
 from .core.scoring import class_scores, labels_from_scores, pool_synonyms  # noqa: F401 - pool_synonyms re-exported
 from .core.windows import patch_centers
 from .image_features import ImageFeatures, as_image_tensor, extract_features, merge_patches, to_graph_grid  # noqa: F401 - re-exported
@@ -59,9 +59,12 @@ def propagate_features(
     else:
         patch_scores = propagate_patches(features, seeds, setting, device)  # [N, C']
         cosine_scale *= 1 - setting.lp.alpha
-    canvas = merge_patches(features, patch_scores)  # [C', H', W']
-    label_step = setting.mode == OWN_STEP and own_step is not None and own_step.get("name") in LABEL_STEPS
-    if setting.mode == OWN_STEP and own_step is not None and not label_step:
+    kind = step_kind(own_step) if setting.mode == OWN_STEP and own_step is not None else None
+    if kind == "window":  # LaVG's vote: on each window's scores, in place of the plain merge
+        canvas = _window_step(features, patch_scores, own_step, device)  # [C', H', W']
+    else:
+        canvas = merge_patches(features, patch_scores)  # [C', H', W']
+    if kind == "canvas":
         canvas = run_own_step(canvas, _resized_image(features, "the own step", device), own_step,
                               features.text_affinity)
     if setting.mode == "lposs+":
@@ -80,7 +83,7 @@ def propagate_features(
     else:
         scores = class_scores(canvas, features.owner, rule)  # [K, H', W']
         scores = F.interpolate(scores[None], size=features.original_hw, mode="bilinear", align_corners=False)[0]
-    if label_step:  # CorrCLIP's map correction, Trident's SAM refinement: on the labels at the original size
+    if kind == "label":  # CorrCLIP's map correction, Trident's SAM refinement: on the labels at the original size
         scores = _label_step(features, scores, own_step, rule)
     return scores
 
@@ -93,6 +96,25 @@ def _label_step(features: ImageFeatures, scores: Tensor, step: dict[str, Any], r
         image = _resized_image(features, "own step sam_refine", "cpu")
         return relabel(scores, labels, refine_with_sam(image, labels.cpu(), scores.float().cpu(), step))
     return run_label_step(scores, _regions(features, f"own step {step['name']}").to(scores.device), step, rule)
+
+
+def _window_step(features: ImageFeatures, patch_scores: Tensor, step: dict[str, Any],
+                 device: str | torch.device) -> Tensor:
+    """A window step (LaVG's vote) on the patch scores [N, C'] of every window -> the merged canvas [C', H', W']."""
+    g, n_windows = features.grid, len(features.layout)
+    blocks = patch_scores.T.reshape(-1, n_windows, g, g).transpose(0, 1)  # [B, C', g, g]
+    masks = _window_masks(features, f"own step {step['name']}").to(device, non_blocking=True)  # [M, H', W']
+    return run_window_step(blocks, features.layout, features.resized_hw, features.crop, masks,
+                           features.owner.to(device), step)
+
+
+def _window_masks(features: ImageFeatures, who: str) -> Tensor:
+    """The masks a window step reads, at the resized size [M, H', W'] bool: the mask model's overlapping masks
+    (Panoptic Cut's, kept at the original size) nearest-resized as LaVG does; for a model that makes a region map
+    (SAM, the demo's), its regions as a partition (`partition_masks`: no overlap, what no mask covers last)."""
+    if features.masks is not None:
+        return resize_masks(features.masks, features.resized_hw)
+    return partition_masks(_regions(features, who))
 
 
 def _regions(features: ImageFeatures, who: str) -> Tensor:

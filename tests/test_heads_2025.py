@@ -518,7 +518,7 @@ def test_cass_low_rank_step_follows_the_global_rng(visual):
 def test_parameters_are_validated_by_name(visual):
     x = clip_windows(1, 224, 224)
     assert {HEADS[head].kind for head in HEADS_2025} == {"traced"} and len(HEADS_2025) == 5
-    assert set(HEADS_MASKS) == {"trident", "corrclip"}
+    assert set(HEADS_MASKS) == {"trident", "corrclip", "lavg"}
     for head in [*HEADS_2025, *HEADS_MASKS]:
         assert head_settings(head)["interpolation"] == "sclip"
         with pytest.raises(ValueError, match=f"head '{head}' has no parameter 'bogus'"):

@@ -106,7 +106,8 @@ def test_sam_weights_offline_stop_at_once_naming_the_file_and_the_fetch(monkeypa
 
 
 def test_an_unknown_mask_model_is_refused_with_the_choices():
-    assert MASK_MODELS == ("none", "demo", "sam_vit_b", "sam2_hiera_l") and create_mask_model("none") is None
+    assert MASK_MODELS == ("none", "demo", "sam_vit_b", "sam2_hiera_l", "panoptic_cut", "panoptic_cut_demo")
+    assert create_mask_model("none") is None
     with pytest.raises(ValueError, match="masks='sam2': use one of none, demo, sam_vit_b, sam2_hiera_l"):
         BackboneSpec(masks="sam2")
     with pytest.raises(ValueError, match="unknown mask model 'sam2'; choose one of none, demo, sam_vit_b, sam2_hiera_l"):

@@ -400,9 +400,9 @@ def grid_copy(tmp_path_factory):
 
 
 def mess_grid(root: Path, datasets: list[str], heads: list[str], vms: list[str], protocol: str,
-              sweeps: list[dict], plugins: tuple[str, ...] = ()) -> tuple[Path, str]:
+              sweeps: list[dict], plugins: tuple[str, ...] = (), masks: str | None = None) -> tuple[Path, str]:
     """The pipeline on MESS fixtures (2 images each) with random ViT-B/16 weights at 224: (root, dvc repro's log).
-    plugins: params.yaml's (files already written under root)."""
+    plugins: params.yaml's (files already written under root); masks: backbone.masks (None: params.yaml's)."""
     from fixtures.mess_layouts import write_prepared
 
     from lposs.datasets.mess import MESS_DATASETS
@@ -411,7 +411,7 @@ def mess_grid(root: Path, datasets: list[str], heads: list[str], vms: list[str],
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["datasets"], params["plugins"] = datasets, list(plugins)
     params["backbone"].update(vlm="ViT-B-16", vlm_pretrained="random", heads=heads, vms=vms, vm_pretrained="random",
-                              vm_features="v")
+                              vm_features="v", **({"masks": masks} if masks else {}))
     params["protocol"]["name"] = protocol
     params["windows"]["short_side"] = 224
     params["ablate"].update(sweeps=sweeps, predictions=1)
@@ -586,6 +586,46 @@ def test_a_plugin_head_gets_its_rows_and_editing_it_reruns_the_features_but_a_so
         solver.write("# an edit of a solver\n")
     rerun = stages_run(run(["dvc", "repro"], root, timeout=1800))
     assert "ablate@cwfid-vvclip-clip-sweep0" in rerun and not any(name.startswith("features@") for name in rerun)
+
+
+# ------------------ LaVG: SCLIP's seeds, its per-window vote on Panoptic Cut's masks, and LPOSS on top (slow)
+
+@pytest.fixture(scope="module")
+def grid_lavg(tmp_path_factory):
+    """LaVG's four rows on a DINO S/16 graph under its protocol, on one 3-class MESS fixture, random weights at 224;
+    Panoptic Cut with the demo's stand-in keys (the cut, the CRF, the complement; no DINO B/8 forward at 640)."""
+    return mess_grid(tmp_path_factory.mktemp("gridlavg"), ["cwfid"], ["lavg"], ["dino_vits16"], "lavg", MODE_SWEEP,
+                     masks="panoptic_cut_demo")
+
+
+@pytest.mark.slow
+def test_lavg_gives_its_four_rows_with_panoptic_cuts_masks_in_the_shards(grid_lavg):
+    import torch
+
+    from lposs.core.regions import decode_masks, decode_regions, masks_to_regions, resize_masks
+
+    root, log = grid_lavg
+    assert "features@cwfid-lavg-dino_vits16" in stages_run(log)
+    table = (root / "results/table.md").read_text()
+    rows = four_rows(table, "lavg", "dino_vits16", "lavg", "LaVG's per-window mask vote")
+    assert rows["seeds"][3] == "CLIP ViT-B-16 random, training-free"  # SCLIP's head reads no masks
+    assert rows["+ own step (LaVG's per-window mask vote)"][3] == ("CLIP ViT-B-16 random + panoptic_cut_demo masks, "
+                                                                   "training-free")
+    assert "| lavg | published | own | as its name says | LaVG (" in table
+    results = json.loads((root / "ablations/cwfid/lavg+dino_vits16/mode/results.json").read_text())
+    assert results["own_step"] == {"name": "lavg_vote", "complement_to_background": False}
+    miou = {r["label"]: r["metrics"]["miou"] for r in results["records"]}
+    assert set(miou) == {"mode=maskclip", "mode=own", "mode=lposs", "mode=lposs+"}
+    folder = next((root / "features/cwfid/lavg+dino_vits16").glob("*/manifest.json")).parent
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["masks"].startswith("panoptic_cut-demo-vm-1-k") and manifest["masks_overlap"] is True
+    for path in sorted(folder.glob("*.pt")):
+        shard = torch.load(path, weights_only=True)
+        masks = decode_masks(shard["masks"])  # [M + 1, H, W] at the original size
+        assert masks.shape[1:] == tuple(shard["original_hw"]) and 2 <= len(masks) <= 9
+        assert torch.equal(masks[-1], ~masks[:-1].any(0))  # the complement last
+        assert torch.equal(decode_regions(shard["regions"]),
+                           masks_to_regions(resize_masks(masks, tuple(shard["resized_hw"]))))
 
 
 # --------------------------------------------------- the same pipeline on 2 local workers (slow, issue 11)

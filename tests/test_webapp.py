@@ -254,7 +254,7 @@ def test_the_page_offers_what_the_registries_hold():
     assert len({id(REFINERS[n]) for n in names}) == len(names)  # aliases are not offered twice
     assert {id(REFINERS[n]) for n in names} == {id(REFINERS[n]) for n in IMAGE_REFINERS}
     assert "regions" in REFINERS and "regions" not in names  # it needs a mask model's regions
-    assert head_choices("real")[0] == "maskclip" and set(head_choices("real")) == set(HEADS) - {"corrclip"}
+    assert head_choices("real")[0] == "maskclip" and set(head_choices("real")) == set(HEADS) - {"corrclip", "lavg"}
     models = vision_model_choices("real")
     assert VISION_MODELS[models[0]] == DEFAULT_DINO_MODEL and set(models) == set(VISION_MODELS) | {"clip"}
     assert head_choices("demo") == [DEMO.head] and vision_model_choices("demo") == [DEMO.vision_model]

@@ -92,12 +92,12 @@ def add_segment_arguments(seg: argparse.ArgumentParser) -> None:
     seg.add_argument("--dino-model", default=backbones.DEFAULT_DINO_MODEL,
                      help="graph model: dino_vitb16 dino_vitb8 dino_vits16 dinov2_vitb14_reg, a timm name, or clip")
     seg.add_argument("--dino-checkpoint", help="local timm DINO weights file (offline use)")
-    readers = {name: record.masks for name, record in HEADS.items() if "regions" in record.reads}
+    readers = {name: record.masks for name, record in HEADS.items() if record.masks and not record.reads_sam}
     seg.add_argument("--masks", default=RELEASE, choices=MASK_MODELS + (RELEASE,),
                      help=f"class-agnostic mask model; {RELEASE} (default): the one the head's release reads ("
                           + ", ".join(f"{head}: {masks}" for head, masks in readers.items()) + "), none for the others")
-    seg.add_argument("--masks-checkpoint", help="local SAM / SAM 2 weights file (offline use; trident reads SAM "
-                                                "ViT-B's from here too)")
+    seg.add_argument("--masks-checkpoint", help="local SAM / SAM 2 weights file, or DINO ViT-B/8's for panoptic_cut "
+                                                "(offline use; trident reads SAM ViT-B's from here too)")
     weights = seg.add_mutually_exclusive_group()
     weights.add_argument("--random-weights", action="store_true",
                          help="random backbones, mask models and SAM included: smoke tests only, meaningless output")

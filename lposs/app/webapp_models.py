@@ -30,14 +30,17 @@ def clip_weight_choices(weights: str, first: str | None = None) -> list[str]:
 
 
 def head_choices(weights: str) -> list[str]:
-    """Dense CLIP heads of lposs.models.heads.HEADS (MaskCLIP, LPOSS's, first), but those whose record reads a mask
-    model's regions (corrclip): the page runs no mask model (the CLI does: `segment --masks`)."""
+    """Dense CLIP heads of lposs.models.heads.HEADS (MaskCLIP, LPOSS's, first), but those whose release needs a mask
+    model's output (corrclip's regions, lavg's masks for its vote): the page runs no mask model (the CLI does:
+    `segment --masks`; the pipeline runs lavg's vote)."""
     if weights == "demo":
         return [DEMO_CHOICE[1]]
     from ..models.head_registry import HEADS
     from ..models.records import DEFAULT_HEAD
 
-    return _first([name for name, record in HEADS.items() if "regions" not in record.reads], DEFAULT_HEAD)
+    needs_masks = {name for name, record in HEADS.items()
+                   if "regions" in record.reads or (record.masks is not None and not record.reads_sam)}
+    return _first([name for name in HEADS if name not in needs_masks], DEFAULT_HEAD)
 
 
 def vision_model_choices(weights: str) -> list[str]:

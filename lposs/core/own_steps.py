@@ -14,14 +14,24 @@
                  each mask region takes its commonest label
     sam_refine   Trident's SAM refinement (`lposs.models.sam_refine`, run by `lposs.segmentation`: it needs
                  SAM); params: coarse_thresh, minimal_area, sam_mask_coff, sam_iou_thresh, sam (the weights)
+
+    canvas = run_window_step(window_scores, layout, size, crop, masks, owner, {"name": "lavg_vote"})
+        window_scores [B, C', g, g] each window's patch scores (cosines), masks [M, H', W'] bool at the resized
+        size, owner [C'] each query's class -> the merged canvas [C', H', W'], in place of `windows.merge_windows`
+
+    lavg_vote    LaVG's per-window mask vote (`lposs.core.mask_vote`): each window's pixels take the mean scores
+                 of the first mask covering them, before the windows are merged; params:
+                 complement_to_background (VOC21's rule: the complement's pixels can only be background)
+
 A label step returns scores in which a pixel whose label it changes gets that label's one-hot scores
 (`relabel`), so `scoring.labels_from_scores` reads the corrected map.
 
-Which release has which step, with its per-dataset values: `lposs.models.protocols.own_step`. Both steps return
+Which release has which step, with its per-dataset values: `lposs.models.protocols.own_step`. The steps return
 scores of the size they were given, so the background rule and the argmax apply after them as after the head.
-Here they run on the canvas that LPOSS+ refines (the windows' scores merged at the resized image size), so the
+TLP and PAMR run on the canvas that LPOSS+ refines (the windows' scores merged at the resized image size), so the
 rows "head + own step" and "head + LPOSS+" start from the same scores; the releases resize the logits to the
-original image first (PEARL pools them to about 80 x 80 for TLP either way).
+original image first (PEARL pools them to about 80 x 80 for TLP either way). A window step runs where its
+release runs it: on each window, before the merge.
 """
 
 from __future__ import annotations
@@ -32,14 +42,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .mask_vote import vote_windows
 from .pamr import clip_normalise, pamr
 from .regions import region_mode, resize_regions
 from .scoring import labels_from_scores
 from .tlp import tlp
+from .windows import Window
 
 LABEL_STEPS = ("region_mode", "sam_refine")  # steps on the label map, after the background rule
 # sam_refine (Trident's) prompts SAM: it runs in lposs.segmentation through lposs.models.sam_refine
-OWN_STEPS = ("tlp", "pamr", *LABEL_STEPS)
+WINDOW_STEPS = {"lavg_vote": ("complement_to_background",)}  # steps on each window's scores: {name: its params}
+OWN_STEPS = ("tlp", "pamr", *LABEL_STEPS, *WINDOW_STEPS)
+
+
+def step_kind(step: dict[str, Any]) -> str:
+    """Where step {"name": ...} runs: "window" (on each window's scores, in place of the merge), "label" (on the
+    label map at the original size) or "canvas" (on the merged scores, `run_own_step`)."""
+    name = step.get("name")
+    if name not in OWN_STEPS:
+        raise ValueError(f"unknown own step {name!r}; the steps are {', '.join(OWN_STEPS)}")
+    return "window" if name in WINDOW_STEPS else "label" if name in LABEL_STEPS else "canvas"
 
 
 def run_own_step(canvas: Tensor, image: Tensor, step: dict[str, Any], text_affinity: Tensor | None = None) -> Tensor:
@@ -49,6 +71,9 @@ def run_own_step(canvas: Tensor, image: Tensor, step: dict[str, Any], text_affin
         raise ValueError(f"unknown own step {name!r}; the steps are {', '.join(OWN_STEPS)}")
     if name in LABEL_STEPS:
         raise ValueError(f"own step {name} runs on labels: run_label_step(scores, regions, step, rule)")
+    if name in WINDOW_STEPS:
+        raise ValueError(f"own step {name} runs on each window's scores: run_window_step(window_scores, layout, "
+                         "size, crop, masks, owner, step)")
     if tuple(image.shape[1:]) != tuple(canvas.shape[1:]):
         raise ValueError(f"own step {name}: image {tuple(image.shape)} and scores {tuple(canvas.shape)} differ in size")
     if name == "pamr":
@@ -77,3 +102,19 @@ def relabel(scores: Tensor, labels: Tensor, corrected: Tensor) -> Tensor:
     whose label changed gets its new label's one-hot scores, the others keep theirs."""
     one_hot = F.one_hot(corrected.to(scores.device), scores.shape[0]).permute(2, 0, 1).to(scores.dtype)  # [K, H, W]
     return torch.where((corrected.to(scores.device) != labels.to(scores.device))[None], one_hot, scores)
+
+
+def run_window_step(window_scores: Tensor, layout: list[Window], size: tuple[int, int], crop: int, masks: Tensor,
+                    owner: Tensor, step: dict[str, Any]) -> Tensor:
+    """Apply a window step ({"name": "lavg_vote", **its params}) to each window's patch scores [B, C', g, g] with
+    the image's masks [M, H', W'] (bool, at the resized size) and the queries' classes owner [C'], then merge the
+    windows -> canvas [C', H', W']."""
+    name, params = step.get("name"), {key: value for key, value in step.items() if key != "name"}
+    if name not in WINDOW_STEPS:
+        raise ValueError(f"{name!r} is not a window step of lposs.core; here: {', '.join(WINDOW_STEPS)}")
+    unknown = set(params) - set(WINDOW_STEPS[name])
+    if unknown:
+        raise ValueError(f"own step {name} has no parameter {sorted(unknown)}; its parameters: "
+                         f"{', '.join(WINDOW_STEPS[name])}")
+    background = (owner != 0).to(window_scores.device) if params.get("complement_to_background") else None
+    return vote_windows(window_scores, layout, size, crop, masks, background)

@@ -11,6 +11,14 @@ covers, counted as one more region, so a map of zeros means "no regions" and cha
     smaller = resize_regions(regions, (h, w))                          # an id map at another size (nearest)
     code = encode_regions(regions); regions = decode_regions(code)     # run-length code, as a feature store keeps it
 
+Overlapping masks (Panoptic Cut's, `lposs.models.panoptic_cut`: binary masks that may overlap, in the order the
+model found them, the last one the complement) become a region map by priority to the lowest index:
+
+    regions = masks_to_regions(masks)          # [M, H, W] bool -> [H, W]: 1 + the first mask covering a pixel
+    smaller = resize_masks(masks, (h, w))      # nearest, as LaVG resizes them
+    masks = partition_masks(regions)           # a region map as non-overlapping masks, id 0 last
+    code = encode_masks(masks); masks = decode_masks(code)             # bit i of a run-length coded map = mask i
+
 Patch graph: the kNN weights get a third factor S_r = beta + (1 - beta) <f_i, f_j> (`lposs.core.graphs.patch_graph`
 `regions=`, `region_beta=`): 1 between two patches inside one region, beta between patches of different regions,
 in between for patches that straddle a boundary. beta = 1 gives today's graph exactly (the factor is not applied).
@@ -75,6 +83,12 @@ def resize_regions(regions: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(regions[None, None].to(torch.float64), size=tuple(size), mode="nearest")[0, 0].long()
 
 
+def resize_masks(masks: Tensor, size: tuple[int, int]) -> Tensor:
+    """Binary masks [M, H, W] -> [M, h, w] bool by nearest neighbour (F.interpolate's "nearest" on float32, as
+    LaVG's segmentor resizes Panoptic Cut's masks to the resized image, clip_segmentor.py:130)."""
+    return F.interpolate(masks[None].float(), size=tuple(size), mode="nearest")[0] > 0
+
+
 def region_mode(labels: Tensor, regions: Tensor) -> Tensor:
     """CorrCLIP's map correction (zdk258/CorrCLIP corrclip_segmentor.py:216-222): labels [H, W] -> [H, W], every
     region but the one of the SMALLEST id present takes its most frequent label (the smallest among ties, as
@@ -117,3 +131,47 @@ def decode_regions(code: Tensor) -> Tensor:
     if int(pairs[:, 1].sum()) != height * width:
         raise ValueError(f"a region code of {int(pairs[:, 1].sum())} pixels for a {height} x {width} map: damaged")
     return torch.repeat_interleave(pairs[:, 0], pairs[:, 1]).reshape(height, width)
+
+
+MAX_MASKS = 31  # bits of an int32 code (`encode_masks`)
+
+
+def masks_to_regions(masks: Tensor) -> Tensor:
+    """Binary masks [M, H, W] (may overlap) -> region ids [H, W] int64: 1 + the index of the FIRST mask covering
+    the pixel (the lowest index wins where masks overlap), 0 where none does. With Panoptic Cut's masks, whose
+    last channel is the complement, every pixel is covered: ids 1..M, the complement M."""
+    if masks.dim() != 3 or masks.dtype != torch.bool:
+        raise ValueError(f"masks must be bool [M, H, W], got {masks.dtype} {tuple(masks.shape)}")
+    covered = masks.any(dim=0)  # [H, W]
+    first = masks.to(torch.uint8).argmax(dim=0)  # [H, W]: the first maximum, so the lowest covering index
+    return torch.where(covered, first.long() + 1, torch.zeros_like(first, dtype=torch.long))
+
+
+def partition_masks(regions: Tensor) -> Tensor:
+    """A region map [H, W] -> its regions as binary masks [R, H, W] bool: ids 1, 2, ... in increasing order, then
+    id 0 (what no mask covers) last, as Panoptic Cut puts its complement. Empty channels for absent ids."""
+    count = int(regions.max()) + 1 if regions.numel() else 1
+    ids = torch.cat([torch.arange(1, count), torch.zeros(1, dtype=torch.long)]).to(regions.device)  # [R]
+    return regions[None] == ids[:, None, None]
+
+
+def encode_masks(masks: Tensor) -> Tensor:
+    """Binary masks [M, H, W] (M <= 31, may overlap) -> int32 [1 + 2 + 2 * runs]: M, then `encode_regions` of the
+    map whose bit i is mask i. Exact: every mask, empty ones included, comes back from `decode_masks`."""
+    if masks.dim() != 3 or masks.dtype != torch.bool or not 0 < masks.shape[0] <= MAX_MASKS:
+        raise ValueError(f"masks must be bool [M, H, W] with 1 <= M <= {MAX_MASKS}, got {masks.dtype} "
+                         f"{tuple(masks.shape)}")
+    weights = (1 << torch.arange(masks.shape[0], dtype=torch.int64)).to(masks.device)  # [M]
+    bits = (masks.long() * weights[:, None, None]).sum(dim=0)  # [H, W]
+    return torch.cat([torch.tensor([masks.shape[0]], dtype=torch.int32), encode_regions(bits)])
+
+
+def decode_masks(code: Tensor) -> Tensor:
+    """`encode_masks`' int32 code -> the masks [M, H, W] bool."""
+    count = int(code[0])
+    if not 0 < count <= MAX_MASKS:
+        raise ValueError(f"a mask code of {count} masks: damaged")
+    bits = decode_regions(code[1:])  # [H, W]
+    if bits.numel() and int(bits.max()) >= 1 << count:
+        raise ValueError(f"a mask code of {count} masks holds higher bits: damaged")
+    return (bits[None] >> torch.arange(count)[:, None, None]) & 1 == 1

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..core.regions import decode_regions, encode_regions
+from ..core.regions import decode_masks, decode_regions, encode_masks, encode_regions
 from ..core.scoring import pool_synonyms
 from ..core.windows import crop_windows, resize_image
 from ..image_features import ImageFeatures, as_image_tensor, extract_features, merge_patches
@@ -79,15 +79,18 @@ def code_fingerprint(package_dir: str | Path | None = None) -> str:
 
 def make_manifest(dataset: str, class_names: list[str], vlm_id: str, vm_ids: dict[str, str],
                   windows: WindowSettings | dict[str, int], vm_dtype: str = "float32",
-                  masks: str | None = None) -> dict[str, Any]:
+                  masks: str | None = None, masks_overlap: bool = False) -> dict[str, Any]:
     """The identity of a store: change any of it and the stored features no longer apply.
 
     vm_dtype: storage type of the vision features ("float16" halves the disk; seeds stay float32).
     masks: the id of the mask model whose regions each shard keeps (None: no regions, no "masks" key).
+    masks_overlap: that model makes overlapping masks (Panoptic Cut), which each shard keeps too ("masks").
     """
     if vm_dtype not in VM_DTYPES:
         raise ValueError(f"vm_dtype must be one of {', '.join(VM_DTYPES)}, got {vm_dtype!r}")
-    return ({"masks": masks} if masks else {}) | {
+    if masks_overlap and not masks:
+        raise ValueError("masks_overlap: name the mask model (masks=its id) whose overlapping masks the shards keep")
+    return ({"masks": masks} if masks else {}) | ({"masks_overlap": True} if masks_overlap else {}) | {
         "format": FORMAT_VERSION,
         "vm_dtype": vm_dtype,
         "dataset": dataset,
@@ -108,7 +111,8 @@ def extract_shard(image_id: str, image: Any, class_names: list[str], vlm: Any, v
 
     keep_on_device: the tensors stay where the backbones ran (a streaming pass on a GPU that propagates
     at once); a shard to be saved must be on the CPU (the default). masks: a mask model
-    (`lposs.models.masks`): the shard also keeps the resized image's regions, run-length coded."""
+    (`lposs.models.masks`): the shard also keeps the resized image's regions, run-length coded, and a model's
+    overlapping masks at the original size (Panoptic Cut's, as its release keeps them), coded by `encode_masks`."""
     start = time.perf_counter()
     first, *others = vms
     graph = _OneForward(vms) if others and _one_network(vms) else vms[first]
@@ -124,6 +128,7 @@ def extract_shard(image_id: str, image: Any, class_names: list[str], vlm: Any, v
             vm[name] = dense.reshape(-1, dense.shape[-1]).float()
     place = (lambda t: t) if keep_on_device else (lambda t: t.cpu())  # the one place the shard leaves the device
     regions = {} if feats.regions is None else {"regions": encode_regions(feats.regions)}
+    regions |= {} if feats.masks is None else {"masks": encode_masks(feats.masks)}
     return regions | {
         "id": image_id,
         "seeds": place(feats.seeds.float().contiguous()),
@@ -182,6 +187,7 @@ def to_image_features(shard: dict[str, Any], vm_feature: str, image: Any = None)
         original_hw=tuple(shard["original_hw"]), grid=shard["grid"], crop=shard["crop"], image_resized=resized,
         text_affinity=shard["text_affinity"],
         regions=decode_regions(shard["regions"]) if "regions" in shard else None,
+        masks=decode_masks(shard["masks"]) if "masks" in shard else None,
     )
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from ..models.factory import BackboneSpec, create_backbones
 from ..models.head_registry import HEADS, head_record
 from ..models.loading import BackboneUnavailable
+from ..models.masks import OVERLAPPING
 from ..models.protocols import PROTOCOLS, own_step, resolve
 from ..models.records import DEFAULT_HEAD
 from .commands import EXPERIMENTS, add_experiment_arguments
@@ -85,7 +86,8 @@ def paper_store(data_dir: str, head: str = DEFAULT_HEAD, protocol: str = "lposs"
     """The feature store the paper setting (or `datasets`) will write, beside the free disk
     (lposs.experiment.sizing)."""
     vm = vm or head_record(head).paper_vm
-    shape = StoreShape(vm=vm, features=(PAPER_VM_FEATURES,), vm_dtype=PAPER_VM_DTYPE, masks=stores_masks(head))
+    shape = StoreShape(vm=vm, features=(PAPER_VM_FEATURES,), vm_dtype=PAPER_VM_DTYPE, masks=stores_masks(head),
+                       masks_overlap=BackboneSpec(head=head).masks in OVERLAPPING)
     return estimate_store(datasets or PAPER_DATASETS, data_dir, shape, protocol, combo_name(head, vm))
 
 

@@ -240,7 +240,10 @@ class PipelineParams:
             return {"clip": clip, "proxy": None, "masks": None}
         spec = self.backbone_spec(head, "clip" if backbone["vlm"] != "demo" else "demo")
         record = spec.record
-        masks = record.masks if record.reads_sam else spec.masks if "regions" in record.reads else None
+        # the mask model whose output the head or its own step reads: SAM's tensors (Trident), or the masks the
+        # features stage stores (CorrCLIP's regions, LaVG's vote on Panoptic Cut's masks)
+        reads_masks = "regions" in record.reads or record.masks is not None
+        masks = record.masks if record.reads_sam else spec.masks if reads_masks else None
         return {"clip": clip, "proxy": spec.proxy if "proxy" in record.reads else None, "masks": masks,
                 "training": record.training}
 

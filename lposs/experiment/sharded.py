@@ -87,6 +87,11 @@ class DatasetFeatures:
         return None if masks is None else masks.id
 
     @property
+    def masks_overlap(self) -> bool:
+        """Whether the mask model makes overlapping masks that the shards keep (Panoptic Cut's)."""
+        return bool(getattr(self.load()._computer.masks, "overlapping", False))
+
+    @property
     def vlm(self) -> Any:
         return self.load()._computer.vlm
 

@@ -42,6 +42,7 @@ class StoreShape:
     features: tuple[str, ...] = ("v",)  # stored graph features (backbone.vm_features)
     vm_dtype: str = "float32"  # their storage type (backbone.vm_dtype)
     masks: bool = False  # a mask model's regions kept with each shard
+    masks_overlap: bool = False  # and its overlapping masks at the original size (Panoptic Cut's)
     vlm: str = "ViT-B-16"  # open_clip model (its patch and width matter only for vm = clip)
 
 
@@ -148,6 +149,8 @@ def shard_bytes(image_hw: tuple[int, int], class_names: tuple[str, ...], windows
                + len(shape.features) * patches * width * VM_DTYPES[shape.vm_dtype].itemsize)  # vm {f: [N, D]}
     if shape.masks:  # regions: int32 [2 + 2 * runs], nominal runs
         tensors += 4 * (2 + 2 * RUNS_PER_ROW * resized_hw[0])
+    if shape.masks_overlap:  # masks: int32 [3 + 2 * runs] at the original size, nominal runs
+        tensors += 4 * (3 + 2 * RUNS_PER_ROW * image_hw[0])
     return tensors + _format_overhead(class_names, tuple(layout), resized_hw, image_hw, grid, crop, shape,
                                       image_id), len(layout)
 
@@ -165,10 +168,12 @@ def _format_overhead(class_names: tuple[str, ...], layout: tuple, resized_hw: tu
            "vm": {name: torch.zeros(1, dtype=VM_DTYPES[shape.vm_dtype]) for name in shape.features}}
     if shape.masks:
         one["regions"] = torch.zeros(4, dtype=torch.int32)
+    if shape.masks_overlap:
+        one["masks"] = torch.zeros(5, dtype=torch.int32)
     shard = one | {"id": image_id, "layout": [tuple(w) for w in layout], "resized_hw": resized_hw,
                    "original_hw": image_hw, "grid": grid, "crop": crop,
                    "class_names": list(class_names), "image_md5": "0" * 32, "seconds": 0.0}
-    if set(shard) - {"regions"} != SHARD_KEYS:
+    if set(shard) - {"regions", "masks"} != SHARD_KEYS:
         raise RuntimeError("the shard format changed (lposs.experiment.store.SHARD_KEYS): update lposs.experiment.sizing")
     buffer = io.BytesIO()
     torch.save(shard, buffer)
@@ -250,6 +255,7 @@ def estimate_store(entries: list[str], data_dir: str, shape: StoreShape, protoco
     folder = Path(features_dir)
     stored = sum(stored_bytes(folder / entry / combo) for entry in entries) if combo else 0
     what = (f"{combo or shape.vm}, graph features {','.join(shape.features)} in {shape.vm_dtype}"
-            + (f", mask regions (nominal: {RUNS_PER_ROW} runs a row)" if shape.masks else "") + f", {protocol} protocol")
+            + (f", mask regions{' and masks' if shape.masks_overlap else ''} (nominal: {RUNS_PER_ROW} runs a row)"
+               if shape.masks else "") + f", {protocol} protocol")
     return StoreEstimate(estimates, folder, shutil.disk_usage(free_space_path(folder)).free, stored, what,
                          [d.entry for d in estimates if d.bytes is None])

@@ -149,6 +149,7 @@ class FeatureStore:
             raise CorruptShard(f"feature shard for {image_id!r} in {self.folder}: {why}")
 
         keys = SHARD_KEYS | ({"regions"} if self.manifest.get("masks") else set())  # a mask model's regions
+        keys |= {"masks"} if self.manifest.get("masks_overlap") else set()  # and its overlapping masks
         if not isinstance(shard, dict) or set(shard) != keys:
             fail(f"keys {sorted(shard) if isinstance(shard, dict) else type(shard).__name__}, "
                  f"expected {sorted(keys)}")
@@ -175,6 +176,11 @@ class FeatureStore:
             if not (isinstance(code, torch.Tensor) and code.dtype == torch.int32 and code.dim() == 1
                     and code.numel() >= 4 and tuple(code[:2].tolist()) == tuple(shard["resized_hw"])):
                 fail(f"regions should be a run-length code of the {tuple(shard['resized_hw'])} resized image")
+        if "masks" in shard:
+            code = shard["masks"]
+            if not (isinstance(code, torch.Tensor) and code.dtype == torch.int32 and code.dim() == 1
+                    and code.numel() >= 5 and tuple(code[1:3].tolist()) == tuple(shard["original_hw"])):
+                fail(f"masks should be a mask code (encode_masks) of the {tuple(shard['original_hw'])} image")
         if class_names is not None and list(shard["class_names"]) != list(class_names):
             fail("computed for other class names")
         if image_md5 is not None and shard["image_md5"] != image_md5:

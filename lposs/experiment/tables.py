@@ -20,7 +20,8 @@ from .captions import DEMO_NOTE
 TALK_AVERAGES = {"maskclip": 27.0, "lposs": 38.3, "lposs+": 41.3}
 METHODS = {"maskclip": "seeds", "own": "+ own step", "lposs": "+ LPOSS", "lposs+": "+ LPOSS+"}
 OWN_STEP_TITLES = {"tlp": "PEARL's TLP", "pamr": "PAMR", "region_mode": "CorrCLIP's map correction",
-                   "sam_refine": "Trident's SAM refinement"}  # the own steps of lposs.core.own_steps, as a row says
+                   "sam_refine": "Trident's SAM refinement",
+                   "lavg_vote": "LaVG's per-window mask vote"}  # the own steps of lposs.core.own_steps, as a row says
 
 
 def published(head: str, dataset: str) -> list[tuple[str, float]]:
@@ -91,7 +92,9 @@ def built_on(run: dict[str, Any], mode: str) -> str:
     if run["head"] == "demo":
         return "demo stand-ins (no CLIP, no DINO)"
     parts = [f"CLIP {run.get('clip', '?')}"] + ([f"{run['proxy']} proxy"] if run.get("proxy") else [])
-    parts += [f"{run['masks']} masks"] if run.get("masks") else []
+    record = records().get(run["head"])
+    in_head = record is None or "regions" in record.reads or record.reads_sam  # else only its own step reads them
+    parts += [f"{run['masks']} masks"] if run.get("masks") and (in_head or mode != "maskclip") else []
     parts += [f"{run['vm']} graph"] if mode in ("lposs", "lposs+") else []
     return " + ".join(parts) + f", {run.get('training', TRAINING_FREE)}"
 

@@ -23,9 +23,10 @@ resized by each release's own rule (`interpolation`): "lposs" resizes bicubicall
 "sclip" (SCLIP, ClearCLIP, NACLIP, ProxyCLIP) passes scale_factor ((gh + 0.1) / 14, (gw + 0.1) / 14), which
 samples other points; "gem" (GEM) resizes to the grid size with the antialiased bicubic kernel. GEM (a self-self
 attention path beside the last six blocks, a traced head) and CLIP-DINOiser (MaskCLIP pooled by two trained
-convolutions, its record's `trained` weights) are in lposs.models.heads_2024 too. Windows are CLIP-normalised; the batch dimension comes first throughout. The 2025 heads
-(lposs.models.heads_2025) read intermediate blocks too and run window by window; the two that read a mask model
-(lposs.models.heads_masks) take its regions or SAM's tensors as extra inputs.
+convolutions, its record's `trained` weights) are in lposs.models.heads_2024 too. Windows are CLIP-normalised; the
+batch dimension comes first throughout. The 2025 heads (lposs.models.heads_2025) read intermediate blocks too and
+run window by window; two heads that read a mask model (lposs.models.heads_masks) take its regions or SAM's
+tensors as extra inputs, and LaVG's (SCLIP's head) leaves its Panoptic Cut masks to its own step.
 
 Release quirks deliberately NOT reproduced (they only bite on grids the releases' protocols never use):
 the SCLIP family adds the native embedding unresized when a non-native grid has exactly 196 patches (e.g.

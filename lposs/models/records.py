@@ -106,7 +106,8 @@ class HeadRecord:
     reads               the extra inputs it reads (`INPUTS`)
     proxy_feature       the proxy model's feature it reads ("tokens", "k_raw", "qk"); proxy: the release's proxy
     output_grid         "clip" or "proxy": the grid of its features (so of the seeds)
-    masks               the release's mask model (lposs.models.masks) for heads that read regions, or SAM's
+    masks               the release's mask model (lposs.models.masks) for heads that read regions or whose own
+                        step reads the stored masks (LaVG's), or SAM's
     image_windows       whole_image heads: fn(image [3, H, W], settings, patch) -> (windows, cells, canvas)
     text_step           a text-side query adjustment (`TextStep`), fed by the protocol's text_params
     protocol            the release's evaluation protocol {"base": {...}, "datasets": {...}} (lposs.models.protocols)
