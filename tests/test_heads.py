@@ -18,7 +18,11 @@ from lposs.models.backbones import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_
 from lposs.models.factory import create_backbones, spec_from_clip_choice
 from lposs.models.heads import HEADS, dense_clip_features, positional_embedding
 
-CHECKED_HEADS = [name for name, record in HEADS.items() if record.kind == "last_block"]  # 2025 heads: test_heads_2025
+# One head per last-block function (2025 heads: test_heads_2025); a record that reuses another head's function
+# (LaVG runs SCLIP's) is checked to give exactly that head's features.
+LAST_BLOCK = {name: record.function.__name__ for name, record in HEADS.items() if record.kind == "last_block"}
+CHECKED_HEADS = [name for name, function in LAST_BLOCK.items() if name == function]
+REUSING_HEADS = [(name, function) for name, function in LAST_BLOCK.items() if name != function]
 ERRORS: dict[str, float] = {}  # max abs error of each hand check, printed at the end of the module (-s)
 
 
@@ -203,6 +207,14 @@ def test_heads_differ_from_each_other(visual):
     for a in CHECKED_HEADS:
         for b in CHECKED_HEADS:
             assert a == b or (feats[a] - feats[b]).abs().max() > 1e-2, (a, b)
+
+
+@pytest.mark.parametrize("head, function", REUSING_HEADS)
+def test_a_head_reusing_a_function_gives_that_heads_features(visual, head, function):
+    assert function in CHECKED_HEADS, f"{head} reuses {function}, which no hand recomputation checks"
+    x = clip_windows(1, 160, 272, seed=5)
+    with torch.no_grad():
+        assert torch.equal(dense_clip_features(visual, x, head), dense_clip_features(visual, x, function))
 
 
 # ---------------------------------------------------------------------------------------------------
