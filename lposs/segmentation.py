@@ -20,7 +20,7 @@ from .core.own_steps import relabel, run_label_step, run_own_step, run_window_st
 from .core.propagation import propagate
 from .core.refine import refine_pixels
 from .core.refiners import REGION_REFINERS
-from .core.regions import patch_region_fractions, partition_masks, resize_masks
+from .core.regions import partition_masks, patch_region_fractions, resize_masks
 from .core.scoring import class_scores, labels_from_scores, pool_synonyms  # noqa: F401 - pool_synonyms re-exported
 from .core.windows import patch_centers
 from .image_features import ImageFeatures, as_image_tensor, extract_features, merge_patches, to_graph_grid  # noqa: F401 - re-exported

@@ -15,8 +15,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from test_gem import error, layer_norm, tiny_visual
-from torch import nn
+from test_gem import block_inputs, error, layer_norm, tiny_visual
 
 from lposs.experiment import tables
 from lposs.models import loading
@@ -70,26 +69,6 @@ def release_positional_embedding(visual, grid):
     return torch.cat([pos[:1], patch.flatten(2).transpose(1, 2)[0]])
 
 
-def block_inputs(visual, x):
-    """[x_0, ..., x_{L-1}] of one window [1, 3, H, W], each [1 + N, W], from open_clip's own unfused forward."""
-    seen, native = [], visual.positional_embedding
-    hooks = [b.register_forward_pre_hook(lambda _m, a: seen.append(a[0][0].clone()))
-             for b in visual.transformer.resblocks]
-    visual.positional_embedding = nn.Parameter(release_positional_embedding(visual, (x.shape[2] // 16,
-                                                                                     x.shape[3] // 16)))
-    fast = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        with torch.no_grad():
-            visual(x)
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fast)
-        visual.positional_embedding = native
-        for hook in hooks:
-            hook.remove()
-    return seen
-
-
 def mlp(block, x):
     hidden = x @ block.mlp.c_fc.weight.T + block.mlp.c_fc.bias
     hidden = hidden * torch.sigmoid(1.702 * hidden)  # QuickGELU
@@ -123,7 +102,7 @@ def hand_maskclip(visual, x):
 def hand_clipdinoiser(visual, x, convs, guide_block=9, padding="replicate", normalise_first=False, self_weight=True,
                       found=False, text=None):
     """F' [N, D] of one window, patch by patch, as the release computes it (the keyword arguments: wrong choices)."""
-    xs = block_inputs(visual, x)
+    xs = block_inputs(visual, x, release_positional_embedding)
     grid = (x.shape[2] // 16, x.shape[3] // 16)
     block = visual.transformer.resblocks[guide_block]
     y = xs[guide_block] + hand_attention(block, xs[guide_block])

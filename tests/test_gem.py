@@ -65,14 +65,15 @@ def release_positional_embedding(visual, grid: tuple[int, int]) -> torch.Tensor:
     return torch.cat([prefix, posemb], dim=1)[0]
 
 
-def block_inputs(visual, x: torch.Tensor) -> list[torch.Tensor]:
+def block_inputs(visual, x: torch.Tensor, positional=release_positional_embedding) -> list[torch.Tensor]:
     """The input of every block, [x_0, ..., x_{L-1}] of ONE image [1, 3, H, W], each [1 + N, W], from open_clip's own
-    forward (unfused attention, as the release's sequence-first blocks run) with the release's position embedding."""
+    forward (unfused attention, as the release's sequence-first blocks run) with a release's position embedding
+    (`positional(visual, grid)`, GEM's by default)."""
     seen, native = [], visual.positional_embedding
     hooks = [b.register_forward_pre_hook(lambda _m, a: seen.append(a[0][0].clone()))
              for b in visual.transformer.resblocks]
     grid = (x.shape[2] // 16, x.shape[3] // 16)
-    visual.positional_embedding = nn.Parameter(release_positional_embedding(visual, grid))
+    visual.positional_embedding = nn.Parameter(positional(visual, grid))
     fast = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:

@@ -19,7 +19,6 @@ from PIL import Image
 
 from lposs.core.regions import decode_masks, encode_masks, masks_to_regions, partition_masks, resize_masks
 from lposs.models.ncut import cut_masks
-
 from lposs.models.panoptic_cut import DinoKeys, PanopticCut, dino_position_embedding, square_pixels, to_image_size
 
 needs_crf = pytest.mark.skipif(importlib.util.find_spec("pydensecrf") is None,
