@@ -238,8 +238,8 @@ def test_the_fixture_keeps_the_seams_apart(features):
 # ------------------------------------------------------------------------------ the released numbers (slow)
 @pytest.mark.slow
 def test_refinement_benchmark_reference_rows_on_camvid_val(camvid_root):
-    """benchmarks.refine on CamVid val (101 images), reference refiner, 1 thread: the README's row
-    coarse 73.06 / 63.25, refined 74.51 / 65.30 (mIoU / Boundary IoU), within 0.01 (README rounding).
+    """benchmarks.refine on CamVid val (101 images), reference refiner, 1 thread: the row of docs/benchmarks.md
+    coarse 73.06 / 63.25, refined 74.51 / 65.30 (mIoU / Boundary IoU), within 0.01 (its rounding).
     ~3.5 min on 2 cores; the data folder is LPOSS_SHARED_DATA (default ../shared/data)/camvid_segnet."""
     from benchmarks.refine import load_dataset, run, set_threads
 

@@ -51,7 +51,7 @@ def test_features_layout_and_shapes():
 
 
 def test_reference_solver_gives_the_same_scores():
-    """Batched CG against the released per-column CG: within 2e-6 of the score scale, the README's measure
+    """Batched CG against the released per-column CG: within 2e-6 of the score scale, docs/benchmarks.md's measure
     (max |fast - ref| / max |ref|, benchmarks/speed.py); measured 3.7e-7 here (6.3e-7 elementwise)."""
     backbone = ColourBackbone()
     feats = extract_features(two_colour_image(), ["red", "green", "blue"], backbone, backbone)

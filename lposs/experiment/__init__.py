@@ -11,7 +11,9 @@
     records      the JSON records and timings the stages write
     results, tables, mess_*    stage 4: collected results, the results table, MESS's tables
     captions     the demo note and figure titles that carry it
-    paper        python -m lposs.experiment paper | mess: the paper's or MESS's setting as a DVC experiment
+    paper        lposs paper | mess: the paper's or MESS's setting as a DVC experiment
+    sizing       lposs paper --check: the store's size per dataset beside the free disk
+    commands     the `lposs` subcommands this layer serves (paper, mess, data, stream)
     run_notebook papermill for the stages (dvc.yaml), the kernel's sockets encrypted
     dvc_views    dvc plots show / diff offline, and what to commit as the experiments' baseline
 
