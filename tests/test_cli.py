@@ -1,5 +1,6 @@
 """The command line: class parsing, offline failure, and a random-weights smoke run."""
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -250,3 +251,20 @@ def test_the_make_targets_call_the_door():
     for target in ("paper", "mess", "demo"):
         recipe = makefile.split(f"\n{target}: ", 1)[1].split("\n\n", 1)[0]
         assert f"$(PY) -m lposs {target}" in recipe, recipe
+
+
+def test_head_params_are_name_value_pairs_read_as_yaml():
+    from lposs.app.cli import head_param
+
+    assert head_param("sigma=3") == ("sigma", 3)
+    assert head_param("checkpoint=/tmp/last.pt") == ("checkpoint", "/tmp/last.pt")
+    assert head_param("checkpoint=null") == ("checkpoint", None)
+    with pytest.raises(argparse.ArgumentTypeError, match="NAME=VALUE"):
+        head_param("sigma")
+
+
+def test_an_unknown_head_parameter_stops_before_any_weights_naming_the_heads(tmp_path):
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(image)
+    error = segment_error(tmp_path, str(image), "--classes", "cow", "--head", "naclip", "--head-param", "sigmaa=3")
+    assert "no parameter 'sigmaa'" in error and "sigma" in error

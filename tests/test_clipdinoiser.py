@@ -265,7 +265,8 @@ def test_offline_the_missing_checkpoint_is_named_at_once(tmp_path, monkeypatch):
         cd.release_convolutions(None)
     message = str(caught.value)
     assert str(tmp_path / "hub" / "checkpoints" / "last.pt") in message and "no network (test)" in message
-    assert f"load_state_dict_from_url('{cd.CHECKPOINT_URL}')" in message and "pass checkpoint=PATH as the head's parameter (head_params={'checkpoint': PATH})" in message
+    assert f"load_state_dict_from_url('{cd.CHECKPOINT_URL}')" in message
+    assert "head_params={'checkpoint': PATH}; CLI: --head-param checkpoint=PATH" in message
 
 
 def test_the_backbones_name_a_missing_checkpoint_and_random_clip_gets_random_convolutions(tmp_path):

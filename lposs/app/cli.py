@@ -43,7 +43,7 @@ def cmd_segment(args: argparse.Namespace) -> None:
         spec = BackboneSpec(vlm="demo", vlm_weights="none", head="demo", vm="demo", vm_weights="none", masks="none")
     else:
         spec = spec_from_clip_tag(args.clip_model, args.clip_pretrained, args.random_weights, head=args.head,
-                                  vm=args.dino_model, clip_checkpoint=args.clip_checkpoint,
+                                  head_params=dict(args.head_param), vm=args.dino_model, clip_checkpoint=args.clip_checkpoint,
                                   vm_checkpoint=args.dino_checkpoint, bf16=args.bf16, masks=args.masks,
                                   masks_checkpoint=args.masks_checkpoint)
     backbones = create_backbones(spec, device=device)
@@ -86,6 +86,10 @@ def add_segment_arguments(seg: argparse.ArgumentParser) -> None:
     seg.add_argument("--clip-checkpoint", help="local open_clip weights file (offline use)")
     seg.add_argument("--head", default=DEFAULT_HEAD, choices=list(HEADS),
                      help="dense CLIP head for the seeds (--plugin adds your own)")
+    seg.add_argument("--head-param", action="append", default=[], type=head_param, metavar="NAME=VALUE",
+                     help="one of the head's parameters (naclip's sigma=3, clipdinoiser's checkpoint=PATH; an unknown "
+                          "name lists the head's); the value is read as YAML (numbers, true/false, null, else text); "
+                          "repeatable")
     seg.add_argument("--protocol", default="lposs", choices=list(PROTOCOLS),
                      help="windows and background rule: lposs (synonym max) or a peer's (softmax + threshold)")
     seg.add_argument("--refiner", default="reference", choices=list(IMAGE_REFINERS), help="pixel refiner of LPOSS+")
@@ -105,6 +109,19 @@ def add_segment_arguments(seg: argparse.ArgumentParser) -> None:
                          help="the embedded stand-in backbones of lposs.demo, no download: they know only the demo "
                               "scenes' classes (sky, tree, grass, water, road, building, cow, sand) and synonyms")
     seg.set_defaults(run=cmd_segment)
+
+
+def head_param(text: str) -> tuple[str, object]:
+    """`--head-param NAME=VALUE` -> (name, value), the value read as YAML ("3" -> 3, "null" -> None, a path stays text)."""
+    import yaml
+
+    name, equals, value = text.partition("=")
+    if not equals or not name.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE (e.g. sigma=3, checkpoint=/path/last.pt)")
+    try:
+        return name.strip(), yaml.safe_load(value)
+    except yaml.YAMLError:
+        return name.strip(), value
 
 
 def add_demo_arguments(demo: argparse.ArgumentParser) -> None:

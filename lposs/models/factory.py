@@ -113,6 +113,8 @@ class BackboneSpec:
             raise ValueError(f"head {self.head!r} reads a mask model's regions: set masks (one of "
                              f"{', '.join(MASK_MODELS[1:])}; {release}the offline demo 'demo'; '{RELEASE}' = its "
                              "release's)")
+        if self.record is not None:  # the head's parameters, before any weights load: a wrong name lists the head's
+            self.record.settings({**self.record.caller_defaults, **dict(self.head_params)})
         if self.vm_weights not in VM_WEIGHTS:
             raise ValueError(f"vm_weights={self.vm_weights!r}: use one of {', '.join(VM_WEIGHTS)}")
         allowed = DEMO_FEATURES if self.is_demo else ("clip",) if self.vm == "clip" else VM_FEATURES

@@ -154,8 +154,10 @@ def _unavailable_message(what: str, where: str, reason: str, fetch_cmd: str, fil
 
 
 def _cli(cli_flag: str | None) -> str:
-    """The CLI's option for a weight file, as the messages name it; None: a head's parameter, which has none."""
-    return f" (CLI: {cli_flag} PATH)" if cli_flag else " as the head's parameter (head_params={'checkpoint': PATH})"
+    """The CLI's option for a weight file, as the messages name it; None: a head's parameter (`--head-param`)."""
+    if cli_flag:
+        return f" (CLI: {cli_flag} PATH)"
+    return " as the head's parameter (head_params={'checkpoint': PATH}; CLI: --head-param checkpoint=PATH)"
 
 
 def _resolve_download(
