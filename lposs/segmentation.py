@@ -168,6 +168,7 @@ def segment(
     device: str | torch.device = "cpu",
     background: dict[str, Any] | None = None,
     masks: Any = None,
+    own_step: dict[str, Any] | None = None,
     **values: Any,
 ) -> Tensor:
     """Label map [H, W] (class indices into class_names) for one image.
@@ -177,7 +178,8 @@ def segment(
     stride, short_side, long_side: `settings.WindowSettings`) and the propagation setting (k, gamma, sigma,
     p, alpha, ..., refiner, r, tau: `settings.Setting`) by name. background: a protocol's rule, e.g.
     `lposs.models.protocols.resolve("sclip", "voc21")`. masks: a mask model (`lposs.models.masks`), whose
-    regions the corrclip head, graph.region_beta, pixel.boundary_beta and the regions refiner read.
+    regions the corrclip head, graph.region_beta, pixel.boundary_beta and the regions refiner read. own_step: for
+    mode "own", the head's release's post-step (`lposs.models.protocols.own_step(head, dataset)`).
     """
     if not class_names:
         raise ValueError("class_names is empty: give at least one class, e.g. ['cow', 'grass', 'sky']")
@@ -192,4 +194,4 @@ def segment(
         vlm, vm = vlm or default.vlm, vm or default.vm
     image = as_image_tensor(image).to(device)
     features = extract_features(image, class_names, vlm, vm, windows, masks=masks)
-    return predict_labels(features, background=background, device=device, setting=setting)
+    return predict_labels(features, background=background, device=device, setting=setting, own_step=own_step)

@@ -27,7 +27,7 @@ from .core.refiners import REFINERS
 
 MODES = ("maskclip", "lposs", "lposs+")  # seeds only | + patch LP | + patch LP, then pixel refinement
 OWN_STEP = "own"  # seeds, then the head's release's own post-step (PEARL's TLP, NACLIP's PAMR; lposs.core.own_steps)
-EVALUATED_MODES = MODES + (OWN_STEP,)  # what an evaluation can run; segment, the CLI and the demo run MODES
+EVALUATED_MODES = MODES + (OWN_STEP,)  # what an evaluation and `lposs segment --mode` can run; the demo page runs MODES
 SOLVERS = ("cg", "cg_reference")  # batched CG | one column at a time, as the released code
 GRAPH_FEATURES = ("q", "k", "v", "tokens", "clip")  # last-block q/k/v, final tokens, or the VLM's own
 

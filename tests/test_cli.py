@@ -268,3 +268,10 @@ def test_an_unknown_head_parameter_stops_before_any_weights_naming_the_heads(tmp
     Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(image)
     error = segment_error(tmp_path, str(image), "--classes", "cow", "--head", "naclip", "--head-param", "sigmaa=3")
     assert "no parameter 'sigmaa'" in error and "sigma" in error
+
+
+def test_mode_own_for_a_head_without_an_own_step_stops_before_any_weights(tmp_path):
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(image)
+    error = segment_error(tmp_path, str(image), "--classes", "cow", "--head", "maskclip", "--mode", "own")
+    assert "no own post-step" in error and "lavg" in error and "--mode maskclip" in error

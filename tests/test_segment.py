@@ -74,3 +74,17 @@ def test_bad_inputs_are_named():
     feats = extract_features(two_colour_image(), ["red"], backbone, backbone)
     with pytest.raises(ValueError, match=r"mode=.lposs\+\+.: choose one of maskclip"):
         propagate_features(feats, mode="lposs++")
+
+
+def test_segment_runs_the_heads_own_step_in_mode_own():
+    """mode "own": the seeds, then the step it is given (NACLIP's PAMR here); without a step, the seeds."""
+    backbone = ColourBackbone()
+    image = np.random.RandomState(0).randint(0, 255, (96, 128, 3), dtype=np.uint8)
+    names, windows = ["red", "green", "blue"], {"crop": 64, "stride": 32, "short_side": 96}
+    seeds = segment(image, names, mode="maskclip", vlm=backbone, vm=backbone, **windows)
+    assert torch.equal(segment(image, names, mode="own", vlm=backbone, vm=backbone, **windows), seeds)
+    refined = segment(image, names, mode="own", vlm=backbone, vm=backbone, own_step={"name": "pamr"}, **windows)
+    features = extract_features(torch.from_numpy(image).permute(2, 0, 1) / 255.0, names, backbone, backbone,
+                                crop=64, stride=32, short_side=96)
+    direct = propagate_features(features, mode="own", own_step={"name": "pamr"}).argmax(0)
+    assert torch.equal(refined, direct) and not torch.equal(refined, seeds)

@@ -14,7 +14,7 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from ..settings import MODES
+from ..settings import MODES, OWN_STEP
 from .label_maps import parse_classes, write_outputs
 
 
@@ -24,10 +24,15 @@ def cmd_segment(args: argparse.Namespace) -> None:
     from ..datasets.base import read_image
     from ..hardware import use_physical_cores
     from ..models.factory import BackboneSpec, create_backbones, resolve_device, spec_from_clip_tag
-    from ..models.protocols import WINDOW_KEYS, resolve
+    from ..models.protocols import WINDOW_KEYS, own_step, resolve
     from ..segmentation import segment
+    from ..settings import OWN_STEP
 
     device = resolve_device(args.device, "--device", "--device cpu")  # before any weights load
+    if args.mode == OWN_STEP and (args.demo_backbones or own_step(args.head, "") is None):
+        raise ValueError(f"--mode {OWN_STEP}: head {'demo' if args.demo_backbones else args.head!r} has no own "
+                         f"post-step (heads with one: {', '.join(heads_with_own_steps())}); use --mode maskclip for "
+                         "its seeds")
     use_physical_cores()  # torch's threads = physical cores unless OMP_NUM_THREADS is set
     names = parse_classes(args.classes, args.classes_file)
     image = read_image(Path(args.image))
@@ -52,8 +57,10 @@ def cmd_segment(args: argparse.Namespace) -> None:
     if args.short_side is not None:
         windows["short_side"] = args.short_side
     with torch.no_grad():
+        step = own_step(args.head, "", sam=spec.mask_weights) if args.mode == OWN_STEP else None
         labels = segment(image, names, mode=args.mode, vlm=backbones.vlm, vm=backbones.vm, device=device,
-                         background=rule, masks=backbones.masks, refiner=args.refiner, **windows).cpu().numpy()
+                         background=rule, masks=backbones.masks, own_step=step, refiner=args.refiner,
+                         **windows).cpu().numpy()
     overlay = write_outputs(image, labels, names, Path(args.out), warning)
     print(f"wrote {args.out} (label map, palette index = class) and {overlay}")
 
@@ -72,9 +79,11 @@ def add_segment_arguments(seg: argparse.ArgumentParser) -> None:
     seg.add_argument("--classes", help='class names: "cow; grass; sky" (";" between classes, "," between synonyms)')
     seg.add_argument("--classes-file", help="a text file with one class per line (';' between synonyms)")
     seg.add_argument("--out", required=True, help="label map PNG; an _overlay.png with a legend is written beside it")
-    seg.add_argument("--mode", choices=MODES, default="lposs+",
+    seg.add_argument("--mode", choices=MODES + (OWN_STEP,), default="lposs+",
                      help="maskclip: the dense head's seeds alone; lposs: + label propagation over patches; "
-                          "lposs+: + propagation over pixels (default)")
+                          "lposs+: + propagation over pixels (default); own: the seeds, then the head's release's "
+                          "own post-step with its release's values (" + ", ".join(
+                              f"{head}: {step}" for head, step in heads_with_own_steps().items()) + ")")
     seg.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto (cuda when torch sees a GPU)")
     seg.add_argument("--short-side", type=int,
                      help="resize the image to this short side before windowing (default: the protocol's, 448)")
@@ -109,6 +118,14 @@ def add_segment_arguments(seg: argparse.ArgumentParser) -> None:
                          help="the embedded stand-in backbones of lposs.demo, no download: they know only the demo "
                               "scenes' classes (sky, tree, grass, water, road, building, cow, sand) and synonyms")
     seg.set_defaults(run=cmd_segment)
+
+
+def heads_with_own_steps() -> dict[str, str]:
+    """{head: the name of its release's own post-step} (lposs.core.own_steps), read from the records' protocols."""
+    from ..models.head_registry import HEADS
+    from ..models.protocols import own_step
+
+    return {name: step["name"] for name in HEADS if (step := own_step(name, "")) is not None}
 
 
 def head_param(text: str) -> tuple[str, object]:

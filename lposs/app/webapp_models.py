@@ -32,7 +32,7 @@ def clip_weight_choices(weights: str, first: str | None = None) -> list[str]:
 def head_choices(weights: str) -> list[str]:
     """Dense CLIP heads of lposs.models.heads.HEADS (MaskCLIP, LPOSS's, first), but those whose release needs a mask
     model's output (corrclip's regions, lavg's masks for its vote): the page runs no mask model (the CLI does:
-    `segment --masks`; the pipeline runs lavg's vote)."""
+    `segment --masks`, and `segment --mode own` runs lavg's vote, as the pipeline does)."""
     if weights == "demo":
         return [DEMO_CHOICE[1]]
     from ..models.head_registry import HEADS
