@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .regions import masks_to_regions
 from .windows import Window, window_coverage
 
 
@@ -42,8 +43,8 @@ def vote_window(logits: Tensor, masks: Tensor, background_queries: Tensor | None
     flat, inside = logits.reshape(logits.shape[0], -1), masks.reshape(masks.shape[0], -1)  # [C', hw], [M, hw]
     sizes = inside.sum(dim=1)  # [M]; an empty mask casts no vote
     means = flat @ inside.to(flat.dtype).T / sizes.clamp_min(1).to(flat.dtype)  # [C', M], each over its full extent
-    first = inside.to(torch.uint8).argmax(dim=0)  # [hw]: the lowest covering index, the one written last
-    voted = torch.where(inside.any(dim=0), means[:, first], flat)  # uncovered pixels (none in Panoptic Cut's) keep theirs
+    region = masks_to_regions(masks).reshape(-1)  # [hw]: 1 + the lowest covering index (written last), 0 = none
+    voted = torch.where(region > 0, means[:, (region - 1).clamp_min(0)], flat)  # uncovered pixels keep theirs
     if background_queries is not None:
         low = voted.min()
         push = background_queries.to(voted.device)[:, None] & inside[-1][None]  # [C', hw]

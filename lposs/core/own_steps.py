@@ -67,11 +67,10 @@ def step_kind(step: dict[str, Any]) -> str:
 def run_own_step(canvas: Tensor, image: Tensor, step: dict[str, Any], text_affinity: Tensor | None = None) -> Tensor:
     """Apply step {"name": one of OWN_STEPS, **its params} to canvas [C', H, W] with image [3, H, W] in [0, 1]."""
     name, params = step.get("name"), {key: value for key, value in step.items() if key != "name"}
-    if name not in OWN_STEPS:
-        raise ValueError(f"unknown own step {name!r}; the steps are {', '.join(OWN_STEPS)}")
-    if name in LABEL_STEPS:
+    kind = step_kind(step)  # an unknown name stops here
+    if kind == "label":
         raise ValueError(f"own step {name} runs on labels: run_label_step(scores, regions, step, rule)")
-    if name in WINDOW_STEPS:
+    if kind == "window":
         raise ValueError(f"own step {name} runs on each window's scores: run_window_step(window_scores, layout, "
                          "size, crop, masks, owner, step)")
     if tuple(image.shape[1:]) != tuple(canvas.shape[1:]):

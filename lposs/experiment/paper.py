@@ -86,8 +86,9 @@ def paper_store(data_dir: str, head: str = DEFAULT_HEAD, protocol: str = "lposs"
     """The feature store the paper setting (or `datasets`) will write, beside the free disk
     (lposs.experiment.sizing)."""
     vm = vm or head_record(head).paper_vm
-    shape = StoreShape(vm=vm, features=(PAPER_VM_FEATURES,), vm_dtype=PAPER_VM_DTYPE, masks=stores_masks(head),
-                       masks_overlap=BackboneSpec(head=head).masks in OVERLAPPING)
+    masks = BackboneSpec(head=head).masks  # "release" resolved: the head's record's mask model, or "none"
+    shape = StoreShape(vm=vm, features=(PAPER_VM_FEATURES,), vm_dtype=PAPER_VM_DTYPE, masks=masks != "none",
+                       masks_overlap=masks in OVERLAPPING)
     return estimate_store(datasets or PAPER_DATASETS, data_dir, shape, protocol, combo_name(head, vm))
 
 
