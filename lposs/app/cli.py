@@ -26,7 +26,6 @@ def cmd_segment(args: argparse.Namespace) -> None:
     from ..models.factory import BackboneSpec, create_backbones, resolve_device, spec_from_clip_tag
     from ..models.protocols import WINDOW_KEYS, own_step, resolve
     from ..segmentation import segment
-    from ..settings import OWN_STEP
 
     device = resolve_device(args.device, "--device", "--device cpu")  # before any weights load
     if args.mode == OWN_STEP and (args.demo_backbones or own_step(args.head, "") is None):
@@ -48,9 +47,9 @@ def cmd_segment(args: argparse.Namespace) -> None:
         spec = BackboneSpec(vlm="demo", vlm_weights="none", head="demo", vm="demo", vm_weights="none", masks="none")
     else:
         spec = spec_from_clip_tag(args.clip_model, args.clip_pretrained, args.random_weights, head=args.head,
-                                  head_params=dict(args.head_param), vm=args.dino_model, clip_checkpoint=args.clip_checkpoint,
-                                  vm_checkpoint=args.dino_checkpoint, bf16=args.bf16, masks=args.masks,
-                                  masks_checkpoint=args.masks_checkpoint)
+                                  head_params=dict(args.head_param), vm=args.dino_model,
+                                  clip_checkpoint=args.clip_checkpoint, vm_checkpoint=args.dino_checkpoint,
+                                  bf16=args.bf16, masks=args.masks, masks_checkpoint=args.masks_checkpoint)
     backbones = create_backbones(spec, device=device)
     rule = resolve(args.protocol, "")  # no dataset: the protocol's defaults (windows, background rule)
     windows = {key: rule[key] for key in WINDOW_KEYS}
@@ -105,7 +104,7 @@ def add_segment_arguments(seg: argparse.ArgumentParser) -> None:
     seg.add_argument("--dino-model", default=backbones.DEFAULT_DINO_MODEL,
                      help="graph model: dino_vitb16 dino_vitb8 dino_vits16 dinov2_vitb14_reg, a timm name, or clip")
     seg.add_argument("--dino-checkpoint", help="local timm DINO weights file (offline use)")
-    readers = {name: record.masks for name, record in HEADS.items() if record.masks and not record.reads_sam}
+    readers = {name: record.mask_model for name, record in HEADS.items() if record.mask_model}
     seg.add_argument("--masks", default=RELEASE, choices=MASK_MODELS + (RELEASE,),
                      help=f"class-agnostic mask model; {RELEASE} (default): the one the head's release reads ("
                           + ", ".join(f"{head}: {masks}" for head, masks in readers.items()) + "), none for the others")
@@ -129,7 +128,8 @@ def heads_with_own_steps() -> dict[str, str]:
 
 
 def head_param(text: str) -> tuple[str, object]:
-    """`--head-param NAME=VALUE` -> (name, value), the value read as YAML ("3" -> 3, "null" -> None, a path stays text)."""
+    """`--head-param NAME=VALUE` -> (name, value), the value read as YAML ("3" -> 3, "null" -> None, a path stays
+    text)."""
     import yaml
 
     name, equals, value = text.partition("=")

@@ -39,7 +39,7 @@ def head_choices(weights: str) -> list[str]:
     from ..models.records import DEFAULT_HEAD
 
     needs_masks = {name for name, record in HEADS.items()
-                   if "regions" in record.reads or (record.masks is not None and not record.reads_sam)}
+                   if "regions" in record.reads or record.mask_model is not None}
     return _first([name for name in HEADS if name not in needs_masks], DEFAULT_HEAD)
 
 

@@ -92,8 +92,7 @@ class BackboneSpec:
             object.__setattr__(self, "proxy", (record and record.proxy) or DEFAULT_PROXY_MODEL)
         if self.masks == RELEASE:  # the mask model the head's release reads (CorrCLIP: SAM 2); SAM's tensors, which
             # a head such as Trident reads itself, are not a mask model's regions
-            uses = record is not None and record.masks is not None and not record.reads_sam
-            object.__setattr__(self, "masks", record.masks if uses else "none")
+            object.__setattr__(self, "masks", (record and record.mask_model) or "none")
         object.__setattr__(self, "vm_features", tuple(self.vm_features))
         object.__setattr__(self, "head_params", tuple(sorted(dict(self.head_params).items())))
         object.__setattr__(self, "text_params", tuple(sorted(dict(self.text_params).items())))

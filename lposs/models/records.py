@@ -178,6 +178,13 @@ class HeadRecord:
     def reads_sam(self) -> bool:
         return any(name in self.reads for name in SAM_INPUTS)
 
+    @property
+    def mask_model(self) -> str | None:
+        """The mask model whose masks the features stage computes for this head (`masks: release`): its release's
+        (CorrCLIP's SAM 2 regions, LaVG's Panoptic Cut), or None (a head that reads SAM's tensors itself, Trident,
+        computes them in its own forward)."""
+        return None if self.reads_sam else self.masks
+
     def random_trained(self, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """`params` for random CLIP weights: the head's own trained weights (`trained`) random too, unless named."""
         params = dict(params or {})
